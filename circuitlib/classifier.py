@@ -1,0 +1,104 @@
+"""A linear classification head on the last non-pad token's hidden state, trained on cached features."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from transformers import PreTrainedTokenizerBase
+
+from circuitlib.masks import call_with_weights
+from circuitlib.models import LoadedModel
+
+
+@dataclass
+class Tokenized:
+    """Texts tokenized once, unpadded; batches are padded on the fly."""
+
+    ids: list[list[int]]
+    pad_id: int
+
+    def __len__(self) -> int:
+        return len(self.ids)
+
+    def batch(self, index: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
+        """Right-padded input_ids and attention_mask for the rows in `index`."""
+        rows = [self.ids[i] for i in index]
+        width = max(len(r) for r in rows)
+        input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
+        attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
+        for i, r in enumerate(rows):
+            input_ids[i, : len(r)] = torch.tensor(r)
+            attention_mask[i, : len(r)] = 1
+        return {"input_ids": input_ids.to(device), "attention_mask": attention_mask.to(device)}
+
+    def batches(self, batch_size: int, device: torch.device) -> Iterator[dict[str, torch.Tensor]]:
+        """All rows in order, `batch_size` at a time."""
+        for start in range(0, len(self), batch_size):
+            yield self.batch(range(start, min(start + batch_size, len(self))), device)
+
+
+def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 64) -> Tokenized:
+    """Tokenize every text once, truncated to `max_length` tokens."""
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    return Tokenized([list(r) for r in ids], int(tokenizer.pad_token_id))
+
+
+def last_token_features(
+    lm: LoadedModel, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Final hidden state [batch, d_model] at each row's last non-pad token, optionally with `weights` swapped in."""
+    base = lm.model.base_model
+    if weights is None:
+        hidden = base(**inputs).last_hidden_state
+    else:
+        prefix = lm.model.base_model_prefix + "."
+        hidden = call_with_weights(base, weights, prefix=prefix, **inputs).last_hidden_state
+    last = inputs["attention_mask"].sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+
+
+@torch.no_grad()
+def cached_features(
+    lm: LoadedModel, data: Tokenized, batch_size: int = 64, weights: Mapping[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Features of every row in one pass: [n, d_model] float32."""
+    return torch.cat([last_token_features(lm, b, weights) for b in data.batches(batch_size, lm.device)])
+
+
+def train_head(
+    features: torch.Tensor,
+    labels: torch.Tensor,
+    epochs: int = 400,
+    lr: float = 1e-3,
+    batch_size: int = 128,
+    seed: int = 0,
+) -> torch.nn.Linear:
+    """Fit a 2-way linear head on cached features (the LM is frozen, so its features never change).
+
+    Features are standardised for training and the scaling is folded back into the returned layer.
+    """
+    gen = torch.Generator().manual_seed(seed)
+    mean, std = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
+    features = (features - mean) / std
+    head = torch.nn.Linear(features.shape[1], 2, device=features.device)
+    with torch.no_grad():
+        head.weight.copy_(torch.randn(head.weight.shape, generator=gen).to(features.device) * 0.01)
+        head.bias.zero_()
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    n = features.shape[0]
+    for _ in range(epochs):
+        order = torch.randperm(n, generator=gen)
+        for start in range(0, n, batch_size):
+            idx = order[start : start + batch_size].to(features.device)
+            loss = F.cross_entropy(head(features[idx]), labels[idx])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+    with torch.no_grad():
+        head.weight.div_(std)
+        head.bias.sub_(head.weight @ mean)
+    head.requires_grad_(False)
+    return head

@@ -1,0 +1,269 @@
+"""Circuit discovery: learn a binary weight mask that keeps the model's task behaviour while shrinking.
+
+The method of Ge, Rudzicz and Zhu (2024), DESIGN.md section 1.1: a frozen LM plus a linear head,
+one logit per masked weight, Gumbel-sigmoid straight-through masks, loss = CE(masked logits,
+full-model predictions) + lambda * mean(sigmoid(logits)), with lambda growing per epoch.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from circuitlib import circuits
+from circuitlib.circuits import Circuit
+from circuitlib.classifier import Tokenized, cached_features, last_token_features, tokenize, train_head
+from circuitlib.errors import InputError
+from circuitlib.masks import (
+    FlatLayout,
+    apply_masks,
+    complement_masks,
+    count_kept,
+    flat_weights,
+    hard_masks,
+    init_logits,
+    mean_keep_probability,
+    sample_masked_weights,
+)
+from circuitlib.models import LoadedModel
+from circuitlib.types import PAPER_DENSITIES, ClassificationData
+
+
+FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
+
+
+@dataclass
+class DiscoveryConfig:
+    """Every hyperparameter of the paper's discovery, with the paper's values as defaults."""
+
+    densities: tuple[float, ...] = PAPER_DENSITIES
+    max_steps: int = 5000
+    batch_size: int = 128
+    lr: float = 0.01
+    weight_decay: float = 0.01
+    init_mean: float = 2.7
+    init_std: float = 0.01
+    temperature: float = 0.01
+    lambda_init: float = 10.0
+    lambda_step: float = 1.0
+    lambda_max: float = 1000.0
+    head_epochs: int = 400
+    head_lr: float = 1e-3
+    eval_every: int = 50
+    checkpoint_every: int = 50
+    feature_batch_size: int = 64
+    max_length: int = 64
+    seed: int = 0
+    fused: bool | None = None  # torch.compile the mask kernels; None: only for models over FUSE_ABOVE masked weights
+
+    def __post_init__(self) -> None:
+        self.densities = tuple(sorted((float(d) for d in self.densities), reverse=True))
+        bad = [d for d in self.densities if not 0.0 < d < 1.0]
+        if bad or not self.densities:
+            raise InputError(f"densities {list(self.densities)}: each target density must lie in (0, 1)")
+        if self.max_steps < 1 or self.batch_size < 1:
+            raise InputError("max_steps and batch_size must be positive")
+
+
+@dataclass
+class DiscoveryResult:
+    """The circuits found (one per reached target density, highest first) and the metrics history."""
+
+    circuits: list[Circuit]
+    history: list[dict[str, float]]
+    full_accuracy: float
+    unreached: list[float] = field(default_factory=list)
+
+
+@dataclass
+class _Task:
+    """Everything about the task that is fixed during discovery: tokens, head, full-model predictions."""
+
+    train: Tokenized
+    eval: Tokenized
+    eval_labels: torch.Tensor
+    head: torch.nn.Linear
+    train_targets: torch.Tensor
+    eval_full_preds: torch.Tensor
+
+
+def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: ClassificationData, config: DiscoveryConfig) -> _Task:
+    """Cache full-model features once, train the head on them, and fix the full model's predictions."""
+    device = lm.device
+    train_tok = tokenize(lm.tokenizer, train.texts, config.max_length)
+    eval_tok = tokenize(lm.tokenizer, eval_data.texts, config.max_length)
+    train_features = cached_features(lm, train_tok, config.feature_batch_size)
+    eval_features = cached_features(lm, eval_tok, config.feature_batch_size)
+    labels = torch.tensor(train.labels, device=device)
+    head = train_head(train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.seed)
+    with torch.no_grad():
+        train_targets = head(train_features).argmax(dim=1)
+        eval_full_preds = head(eval_features).argmax(dim=1)
+    return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_targets, eval_full_preds)
+
+
+@torch.no_grad()
+def evaluate(lm: LoadedModel, task: _Task, masks: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
+    """Faithfulness and accuracies of the circuit (deterministic mask) and its complement on the eval set."""
+    circuit = apply_masks(lm.model, masks)
+    circuit_preds = task.head(cached_features(lm, task.eval, batch_size, circuit)).argmax(dim=1)
+    del circuit
+    complement = apply_masks(lm.model, complement_masks(masks))
+    complement_preds = task.head(cached_features(lm, task.eval, batch_size, complement)).argmax(dim=1)
+    return {
+        "faithfulness": (circuit_preds == task.eval_full_preds).float().mean().item(),
+        "circuit_accuracy": (circuit_preds == task.eval_labels).float().mean().item(),
+        "complement_accuracy": (complement_preds == task.eval_labels).float().mean().item(),
+        "full_accuracy": (task.eval_full_preds == task.eval_labels).float().mean().item(),
+    }
+
+
+class DiscoveryState:
+    """The mutable state of a discovery run, checkpointable so a preempted run resumes exactly."""
+
+    def __init__(self, lm: LoadedModel, config: DiscoveryConfig, n_train: int):
+        device = lm.device
+        self.layout = FlatLayout(tuple(lm.params))
+        self.logits = init_logits(self.layout, device, config.init_mean, config.init_std, config.seed)
+        self.optimizer = torch.optim.AdamW([self.logits], lr=config.lr, weight_decay=config.weight_decay)
+        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.shuffle = torch.Generator().manual_seed(config.seed + 2)
+        self.step = 0
+        self.epoch = 0
+        self.order = torch.randperm(n_train, generator=self.shuffle)
+        self.position = 0
+        self.history: list[dict[str, float]] = []
+        self.circuits: list[Circuit] = []
+
+    def next_batch(self, batch_size: int) -> torch.Tensor:
+        """Indices of the next training batch; a new epoch reshuffles."""
+        if self.position >= len(self.order):
+            self.epoch += 1
+            self.order = torch.randperm(len(self.order), generator=self.shuffle)
+            self.position = 0
+        index = self.order[self.position : self.position + batch_size]
+        self.position += batch_size
+        return index
+
+    def save(self, directory: Path) -> None:
+        """Write logits, optimizer, generators, counters and history; circuits as circuit files."""
+        directory.mkdir(parents=True, exist_ok=True)
+        for i, circuit in enumerate(self.circuits):
+            circuits.save(circuit, directory / f"snapshot{i}.safetensors")
+        state = {
+            "logits": self.logits.detach(),
+            "optimizer": self.optimizer.state_dict(),
+            "noise": self.noise_gen.get_state(),
+            "shuffle": self.shuffle.get_state(),
+            "step": self.step,
+            "epoch": self.epoch,
+            "order": self.order,
+            "position": self.position,
+            "history": self.history,
+            "n_circuits": len(self.circuits),
+        }
+        tmp = directory / "state.pt.tmp"
+        torch.save(state, tmp)
+        tmp.replace(directory / "state.pt")
+
+    def load(self, directory: Path) -> None:
+        """Restore from `save`."""
+        state = torch.load(directory / "state.pt", weights_only=True, map_location="cpu")
+        with torch.no_grad():
+            self.logits.copy_(state["logits"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.noise_gen.set_state(state["noise"])
+        self.shuffle.set_state(state["shuffle"])
+        self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
+        self.order = state["order"]
+        self.history = state["history"]
+        self.circuits = [circuits.load(directory / f"snapshot{i}.safetensors") for i in range(state["n_circuits"])]
+
+
+def discover(
+    lm: LoadedModel,
+    train: ClassificationData,
+    eval_data: ClassificationData,
+    config: DiscoveryConfig,
+    checkpoint_dir: str | Path | None = None,
+    on_snapshot: Callable[[Circuit], None] | None = None,
+    on_eval: Callable[[dict[str, float]], None] | None = None,
+    progress: bool = True,
+) -> DiscoveryResult:
+    """Learn masks until the lowest target density (or `max_steps`), snapshotting a circuit at each target.
+
+    With `checkpoint_dir`, state is saved every `checkpoint_every` steps and a rerun resumes from it;
+    `on_snapshot` and `on_eval` see each new circuit and each metrics row as they happen.
+    """
+    task = prepare_task(lm, train, eval_data, config)
+    state = DiscoveryState(lm, config, len(train))
+    ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if ckpt is not None and (ckpt / "state.pt").is_file():
+        state.load(ckpt)
+    provenance = {"dataset": train.name, "seed": config.seed, "config": asdict(config)}
+
+    def record(loss: float = float("nan")) -> dict[str, float]:
+        kept, total = count_kept(state.logits)
+        row = {
+            "step": state.step,
+            "epoch": state.epoch,
+            "lambda": _lambda(config, state.epoch),
+            "loss": loss,
+            "density": kept / total,
+            **evaluate(lm, task, hard_masks(state.logits, state.layout), config.feature_batch_size),
+        }
+        state.history.append(row)
+        if on_eval is not None:
+            on_eval(row)
+        return row
+
+    if state.step == 0 and not state.history:
+        record()
+    remaining = [t for t in config.densities if t not in {c.target_density for c in state.circuits}]
+    weights = flat_weights(lm.model, state.layout)
+    noise = torch.empty(state.layout.total, device=lm.device)
+    fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
+    bar = tqdm(total=config.max_steps, initial=state.step, desc=f"discover {train.name}", disable=not progress)
+    while remaining and state.step < config.max_steps:
+        index = state.next_batch(config.batch_size)
+        inputs = task.train.batch(index.tolist(), lm.device)
+        masked = sample_masked_weights(state.logits, weights, noise, state.noise_gen, config.temperature, fused)
+        logits = task.head(last_token_features(lm, inputs, state.layout.split(masked)))
+        ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
+        loss = ce + _lambda(config, state.epoch) * mean_keep_probability(state.logits)
+        state.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        state.optimizer.step()
+        state.step += 1
+        bar.update(1)
+
+        kept, total = count_kept(state.logits)
+        density = kept / total
+        reached = [t for t in remaining if density <= t]
+        if reached or state.step % config.eval_every == 0:
+            row = record(loss.item())
+            bar.set_postfix(density=f"{density:.3f}", faithful=f"{row['faithfulness']:.2f}")
+        for target in reached:
+            circuit = Circuit.from_masks(
+                lm.params, hard_masks(state.logits, state.layout), lm.model_id, lm.revision, target_density=target,
+                provenance={**provenance, "step": state.step, **state.history[-1]},
+            )
+            state.circuits.append(circuit)
+            remaining.remove(target)
+            if on_snapshot is not None:
+                on_snapshot(circuit)
+        if ckpt is not None and (reached or state.step % config.checkpoint_every == 0):
+            state.save(ckpt)
+    bar.close()
+    if ckpt is not None:
+        state.save(ckpt)
+    return DiscoveryResult(state.circuits, state.history, state.history[0]["full_accuracy"], remaining)
+
+
+def _lambda(config: DiscoveryConfig, epoch: int) -> float:
+    return min(config.lambda_init + config.lambda_step * epoch, config.lambda_max)
