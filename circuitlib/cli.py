@@ -91,6 +91,10 @@ def cmd_edit(args: argparse.Namespace) -> None:
           f"NLL(new) drop {summary['nll_new_drop']:.3f}, overall {summary['overall_score']:.2f} -> {args.out}")
 
 
+def _fmt(x: float | None) -> str:
+    return "  n/a" if x is None else f"{x:.3f}"
+
+
 def cmd_info(args: argparse.Namespace) -> None:
     from circuitlib import circuits
 
@@ -104,8 +108,8 @@ def cmd_info(args: argparse.Namespace) -> None:
     print(f"masked weights  {info['masked_weights']:,} ({info['kept']:,} kept)")
     print(f"digest          {info['digest']}")
     print("composition     module type: share of circuit, fraction of own weights kept")
-    for row in info["composition"]:
-        print(f"  {row['module_type']:<10} {row['share_of_circuit']:.3f}  {row['fraction_kept']:.3f}")
+    for row in info["composition_by_module"]:
+        print(f"  {row['module_type']:<10} {_fmt(row['share_of_circuit'])}  {_fmt(row['fraction_kept'])}")
     for key, value in info["provenance"].items():
         if key != "config":
             print(f"{key:<15} {value}")

@@ -193,12 +193,14 @@ def discover(
     checkpoint_dir: str | Path | None = None,
     on_snapshot: Callable[[Circuit], None] | None = None,
     on_eval: Callable[[dict[str, float]], None] | None = None,
+    on_checkpoint: Callable[[Path], None] | None = None,
     progress: bool = True,
 ) -> DiscoveryResult:
     """Learn masks until the lowest target density (or `max_steps`), snapshotting a circuit at each target.
 
     With `checkpoint_dir`, state is saved every `checkpoint_every` steps and a rerun resumes from it;
-    `on_snapshot` and `on_eval` see each new circuit and each metrics row as they happen.
+    `on_snapshot` and `on_eval` see each new circuit and each metrics row as they happen, and
+    `on_checkpoint` each saved checkpoint folder (for a scheduler to persist it).
     """
     task = prepare_task(lm, train, eval_data, config)
     state = DiscoveryState(lm, config, len(train))
@@ -258,11 +260,17 @@ def discover(
             if on_snapshot is not None:
                 on_snapshot(circuit)
         if ckpt is not None and (reached or state.step % config.checkpoint_every == 0):
-            state.save(ckpt)
+            _checkpoint(state, ckpt, on_checkpoint)
     bar.close()
     if ckpt is not None:
-        state.save(ckpt)
+        _checkpoint(state, ckpt, on_checkpoint)
     return DiscoveryResult(state.circuits, state.history, state.history[0]["full_accuracy"], remaining)
+
+
+def _checkpoint(state: DiscoveryState, directory: Path, on_checkpoint: Callable[[Path], None] | None) -> None:
+    state.save(directory)
+    if on_checkpoint is not None:
+        on_checkpoint(directory)
 
 
 def _lambda(config: DiscoveryConfig, epoch: int) -> float:

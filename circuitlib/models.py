@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import importlib.util
 import logging
+import os
 import re
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -120,15 +123,46 @@ def smollm2_path() -> Path:
     return path
 
 
+def cache_dir() -> Path:
+    """Where converted models are kept: $CIRCUITLIB_CACHE, else ~/.cache/circuitlib."""
+    return Path(os.environ.get("CIRCUITLIB_CACHE", Path.home() / ".cache" / "circuitlib"))
+
+
+def smollm2_dir() -> Path:
+    """smollm2-135m converted once from GGUF to a safetensors folder, so later loads skip de-quantisation."""
+    target = cache_dir() / SMOLLM2
+    if (target / "config.json").is_file():
+        return target
+    source = smollm2_path()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
+    model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
+    # The weights are already de-quantised to float32; drop the GGUF marker so they save as plain safetensors.
+    model.hf_quantizer = None
+    del model.config.quantization_config
+    staging = Path(tempfile.mkdtemp(prefix=f"{SMOLLM2}-", dir=_ensure(target.parent)))
+    model.save_pretrained(staging)
+    tokenizer.save_pretrained(staging)
+    try:
+        staging.rename(target)
+    except OSError:  # another process converted it first
+        shutil.rmtree(staging, ignore_errors=True)
+    return target
+
+
+def _ensure(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
 def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).exists()
 
 
 def _from_pretrained(spec: str, revision: str | None, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if spec == SMOLLM2:
-        path = smollm2_path()
-        kwargs = {"gguf_file": path.name}
-        source = str(path.parent)
+        kwargs = {}
+        source = str(smollm2_dir())
     else:
         if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
             raise InputError(f"model {spec}: no such directory")

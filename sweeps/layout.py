@@ -1,0 +1,55 @@
+"""How a sweep is laid out in MLflow: run names, tags and artifact paths, shared by the sweep and the analysis.
+
+One parent run per sweep (tag kind=sweep); every trial is a nested child run (tag mlflow.parentRunId):
+
+- discovery  `discover/{dataset}/seed{seed}`: metrics = the discovery history by step; artifacts
+  `circuits/d{target}.safetensors` (one per reached target density); tag `unreached` lists missed targets.
+- edits      `edit/{dataset}/d{target}/{variant}/shard{k}` (the `full` model: `edit/full/shard{k}`):
+  metrics = the edit summary; artifact `edits.json` = the per-request table; tags link the circuit
+  (`circuit_run_id`, `circuit_artifact`).
+- analysis   `analysis`: the report, tables and plots.
+"""
+
+from __future__ import annotations
+
+TAG_KIND = "circuitlib.kind"  # sweep | discover | edit | analysis
+TAG_SWEEP = "circuitlib.sweep"  # the sweep's name, on every run of it
+TAG_TRIAL = "circuitlib.trial"  # the trial's key (its run name), unique within a sweep
+TAG_DATASET = "circuitlib.dataset"
+TAG_SEED = "circuitlib.seed"
+TAG_TARGET = "circuitlib.target_density"
+TAG_VARIANT = "circuitlib.variant"
+TAG_SHARD = "circuitlib.shard"
+TAG_MODEL = "circuitlib.model"
+TAG_NODE = "circuitlib.node_id"  # the Ray node that ran the trial
+TAG_CIRCUIT_RUN = "circuitlib.circuit_run_id"
+TAG_CIRCUIT_ARTIFACT = "circuitlib.circuit_artifact"
+TAG_UNREACHED = "circuitlib.unreached"  # comma-separated target densities a discovery never reached
+PARENT_TAG = "mlflow.parentRunId"
+
+CIRCUITS_DIR = "circuits"
+EDITS_ARTIFACT = "edits.json"
+FULL = "full"
+
+
+def density_label(target: float) -> str:
+    """`d0.05` for a target density of 0.05."""
+    return f"d{target:g}"
+
+
+def circuit_artifact(target: float) -> str:
+    """Artifact path of the circuit snapshot at `target` within its discovery run."""
+    return f"{CIRCUITS_DIR}/{density_label(target)}.safetensors"
+
+
+def discover_run_name(dataset: str, seed: int) -> str:
+    return f"discover/{dataset}/seed{seed}"
+
+
+def edit_run_name(dataset: str | None, target: float | None, variant: str, shard: int, seed: int = 0) -> str:
+    """`edit/{dataset}/d{target}/{variant}/shard{k}` (seeds other than 0 add `/seed{s}` after the dataset),
+    or `edit/full/shard{k}` for the unmasked model."""
+    if variant == FULL:
+        return f"edit/{FULL}/shard{shard}"
+    circuit = dataset if seed == 0 else f"{dataset}/seed{seed}"
+    return f"edit/{circuit}/{density_label(target)}/{variant}/shard{shard}"
