@@ -187,6 +187,16 @@ def load_classification(spec: str, limit: int | None = None, seed: int = 0) -> C
     return _balanced_subsample(data, limit, seed) if limit is not None and limit < len(data) else data
 
 
+def check_classification_spec(spec: str) -> None:
+    """Fail fast on a spec that cannot load: local and built-in data are loaded and validated, hub specs only parsed."""
+    scheme, value = _resolve(spec)
+    if scheme in ("blimp", "persona") and not _is_local(value):
+        if not value:
+            raise InputError(f"dataset {spec}: no {scheme} name given")
+        return
+    load_classification(spec)
+
+
 def _indices_by_label(data: ClassificationData, rng: random.Random) -> dict[int, list[int]]:
     """Row indices of each label, shuffled by `rng`."""
     groups: dict[int, list[int]] = {0: [], 1: []}

@@ -24,6 +24,7 @@ TAG_MODEL = "circuitlib.model"
 TAG_NODE = "circuitlib.node_id"  # the Ray node that ran the trial
 TAG_CIRCUIT_RUN = "circuitlib.circuit_run_id"
 TAG_CIRCUIT_ARTIFACT = "circuitlib.circuit_artifact"
+TAG_REACHED = "circuitlib.reached"  # comma-separated target densities a discovery reached
 TAG_UNREACHED = "circuitlib.unreached"  # comma-separated target densities a discovery never reached
 PARENT_TAG = "mlflow.parentRunId"
 

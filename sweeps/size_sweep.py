@@ -1,0 +1,204 @@
+"""The main job: discover circuits at each target density for each dataset, then edit every circuit variant.
+
+    python sweeps/size_sweep.py [--preset paper|smollm2-cpu|tiny] [--name NAME] [--FIELD VALUE ...]
+    ray job submit --working-dir . -- python sweeps/size_sweep.py --preset tiny
+
+Phase 1 fans out one discovery trial per dataset x seed, phase 2 one edit trial per circuit x variant
+x shard of the requests (plus the full model), as Ray Tune trials. Every trial is a child run of the
+sweep's MLflow run. Running the same sweep name again resumes it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if __package__ in (None, ""):  # run as a script: make the repository importable
+    sys.path.insert(0, str(REPO))
+
+from circuitlib import data
+from circuitlib.errors import InputError
+from sweeps import layout, tracking
+from sweeps.config import SweepConfig, add_override_arguments, apply_overrides, load_preset, preset_names
+from sweeps.progress import Progress
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="paper", help=f"one of: {', '.join(preset_names())}")
+    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and trial counts, run nothing")
+    add_override_arguments(parser)
+    return parser.parse_args(argv)
+
+
+def resolve_config(args: argparse.Namespace) -> SweepConfig:
+    """Preset, then command-line overrides, then derived defaults; validated."""
+    config = apply_overrides(load_preset(args.preset), args).resolved()
+    config.validate()
+    return config
+
+
+def freeze_params(config: SweepConfig) -> None:
+    """Write the sweep's params.json once; a rerun under the same name must ask for the same sweep."""
+    path = Path(config.work_dir) / config.name / "params.json"
+    current = dataclasses.asdict(config)
+    if path.is_file():
+        frozen = json.loads(path.read_text())
+        changed = sorted(k for k in set(frozen) | set(current) if frozen.get(k) != current.get(k))
+        if changed:
+            raise InputError(
+                f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
+                "rerun it unchanged to resume, or pick a new --name"
+            )
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(current, indent=2))
+
+
+def connect_ray(config: SweepConfig) -> dict[str, float]:
+    """Join the cluster this job runs on (or start a local one) and check it can serve the sweep."""
+    import ray
+
+    # A submitted job (RAY_ADDRESS set) ships its working dir to the workers; a local cluster gets the repo on its path.
+    local = "RAY_ADDRESS" not in os.environ
+    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
+    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}} if local else None
+    ray.init(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    resources = ray.cluster_resources()
+    if config.require_gpu and resources.get("GPU", 0) < 1:
+        raise InputError(
+            f"preset {config.name} needs GPUs (model {config.model}) but the Ray cluster has none; "
+            "submit it to a GPU cluster (see cluster/README.md) or use --preset smollm2-cpu"
+        )
+    return resources
+
+
+def trial_resources(config: SweepConfig, cluster: dict[str, float]) -> dict[str, float]:
+    """One GPU per trial where the cluster has GPUs (unless configured otherwise), CPUs otherwise."""
+    gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1 if cluster.get("GPU", 0) >= 1 else 0)
+    return {"cpu": config.cpus_per_trial, "gpu": gpus}
+
+
+def run_phase(
+    phase: str, trainable, trials: list[dict[str, Any]], config: SweepConfig, resources: dict[str, float]
+):
+    """Run (or resume) one phase as a Ray Tune experiment with one trial per entry of `trials`."""
+    from ray import tune
+
+    name = f"{config.name}-{phase}"
+    path = f"{config.storage_path.rstrip('/')}/{name}"
+    wrapped = tune.with_resources(trainable, resources)
+    if tune.Tuner.can_restore(path):
+        tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True)
+    else:
+        tuner = tune.Tuner(
+            wrapped,
+            param_space={"trial": tune.grid_search(trials)},
+            tune_config=tune.TuneConfig(
+                max_concurrent_trials=config.max_concurrent_trials or None,
+                trial_name_creator=lambda t: t.config["trial"]["key"],
+                trial_dirname_creator=lambda t: t.config["trial"]["key"].replace("/", "_"),
+            ),
+            run_config=tune.RunConfig(
+                name=name,
+                storage_path=config.storage_path,
+                verbose=0,
+                callbacks=[Progress(phase, len(trials))],
+                failure_config=tune.FailureConfig(max_failures=config.max_failures),
+                checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+            ),
+        )
+    return tuner.fit()
+
+
+def _unwrap(trainable):
+    """Tune passes {"trial": {...}}; the trainables take the trial dict itself."""
+
+    def run(config: dict[str, Any]) -> None:
+        trainable(config["trial"])
+
+    run.__name__ = trainable.__name__
+    return run
+
+
+def discovery_trials(config: SweepConfig, common: dict[str, Any]) -> list[dict[str, Any]]:
+    return [
+        {**common, "key": layout.discover_run_name(data.dataset_name(spec), seed), "dataset": spec, "seed": seed}
+        for spec in config.datasets
+        for seed in config.seeds
+    ]
+
+
+def edit_trials(config: SweepConfig, common: dict[str, Any], discovered: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every reached circuit x variant x shard, plus the full model x shard."""
+    shards = config.shards()
+    trials = []
+    for found in discovered:
+        reached = [float(t) for t in str(found.get("reached") or "").split(",") if t]
+        for target in (t for t in config.densities if t in reached):
+            for variant in config.variants:
+                for shard in range(shards):
+                    key = layout.edit_run_name(found["dataset"], target, variant, shard, found["seed"])
+                    trials.append({**common, "key": key, "dataset": found["dataset"], "seed": found["seed"],
+                                   "target": target, "variant": variant, "shard": shard,
+                                   "circuit_run_id": found["run_id"]})
+    if config.include_full:
+        for shard in range(shards):
+            trials.append({**common, "key": layout.edit_run_name(None, None, layout.FULL, shard), "seed": 0,
+                           "variant": layout.FULL, "shard": shard})
+    return trials
+
+
+def main(argv: list[str] | None = None) -> int:
+    try:
+        args = parse_args(argv)
+        config = resolve_config(args)
+        if args.dry_run:
+            print(json.dumps(dataclasses.asdict(config), indent=2))
+            print(f"{len(config.datasets) * len(config.seeds)} discovery trials; "
+                  f"{config.shards()} edit shards per circuit variant")
+            return 0
+        freeze_params(config)
+        return run_sweep(config)
+    except InputError as exc:
+        print(f"size_sweep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+def run_sweep(config: SweepConfig) -> int:
+    """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished)."""
+    from sweeps.trials import discovery_trial, edit_trial
+
+    cluster = connect_ray(config)
+    resources = trial_resources(config, cluster)
+    client = tracking.client_for(config.tracking_uri)
+    embedded = config.tracking_uri.startswith("sqlite:")
+    artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own
+    exp_id = tracking.experiment_id(client, config.experiment, artifact_root)
+    parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config))
+    print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
+    print(f"trial resources {resources}; results and checkpoints under {config.storage_path}")
+    common = {"sweep": dataclasses.asdict(config), "experiment_id": exp_id, "parent_run_id": parent}
+
+    found = run_phase("discover", _unwrap(discovery_trial), discovery_trials(config, common), config, resources)
+    discovered = [r.metrics for r in found if r.error is None and r.metrics and "run_id" in r.metrics]
+    failures = len(found.errors)
+    edits = edit_trials(config, common, discovered)
+    if edits:
+        edited = run_phase("edit", _unwrap(edit_trial), edits, config, resources)
+        failures += len(edited.errors)
+    client.set_terminated(parent, "FAILED" if failures else "FINISHED")
+    print(f"sweep {config.name}: {len(discovered)} discoveries, {len(edits)} edit trials, {failures} failed")
+    print(f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open http://127.0.0.1:5000")
+    print(f"analyse: python -m analysis report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
