@@ -65,6 +65,7 @@ def connect_ray(config: SweepConfig) -> dict[str, float]:
     """Join the cluster this job runs on (or start a local one) and check it can serve the sweep."""
     import ray
 
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # we keep 1 checkpoint
     # A submitted job (RAY_ADDRESS set) ships its working dir to the workers; a local cluster gets the repo on its path.
     local = "RAY_ADDRESS" not in os.environ
     paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
@@ -102,6 +103,7 @@ def run_phase(
             param_space={"trial": tune.grid_search(trials)},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=config.max_concurrent_trials or None,
+                reuse_actors=True,
                 trial_name_creator=lambda t: t.config["trial"]["key"],
                 trial_dirname_creator=lambda t: t.config["trial"]["key"].replace("/", "_"),
             ),
