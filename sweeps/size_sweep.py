@@ -71,18 +71,29 @@ def connect_ray(config: SweepConfig) -> dict[str, float]:
     paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
     runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}} if local else None
     ray.init(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
-    resources = ray.cluster_resources()
-    if config.require_gpu and resources.get("GPU", 0) < 1:
+    return ray.cluster_resources()
+
+
+def trial_resources(config: SweepConfig, cluster: dict[str, float], can_grow: bool = False) -> dict[str, float]:
+    """One GPU per trial where the cluster has GPUs (unless configured otherwise), CPUs otherwise.
+
+    Rejects a sweep the cluster cannot serve, before any trial starts; a cluster that `can_grow`
+    (a remote one, which an autoscaler may extend with GPU nodes) is trusted to provide them.
+    """
+    if can_grow:
+        gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1 if config.require_gpu or cluster.get("GPU", 0) >= 1 else 0)
+        return {"cpu": config.cpus_per_trial, "gpu": gpus}
+    if config.require_gpu and cluster.get("GPU", 0) < 1:
         raise InputError(
             f"preset {config.name} needs GPUs (model {config.model}) but the Ray cluster has none; "
             "submit it to a GPU cluster (see cluster/README.md) or use --preset smollm2-cpu"
         )
-    return resources
-
-
-def trial_resources(config: SweepConfig, cluster: dict[str, float]) -> dict[str, float]:
-    """One GPU per trial where the cluster has GPUs (unless configured otherwise), CPUs otherwise."""
     gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1 if cluster.get("GPU", 0) >= 1 else 0)
+    if gpus > cluster.get("GPU", 0) or config.cpus_per_trial > cluster.get("CPU", 0):
+        raise InputError(
+            f"a trial asks for {config.cpus_per_trial} CPU and {gpus} GPU, more than the cluster's "
+            f"{cluster.get('CPU', 0):g} CPU and {cluster.get('GPU', 0):g} GPU"
+        )
     return {"cpu": config.cpus_per_trial, "gpu": gpus}
 
 
@@ -178,7 +189,7 @@ def run_sweep(config: SweepConfig) -> int:
     from sweeps.trials import discovery_trial, edit_trial
 
     cluster = connect_ray(config)
-    resources = trial_resources(config, cluster)
+    resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
     client = tracking.client_for(config.tracking_uri)
     embedded = config.tracking_uri.startswith("sqlite:")
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own

@@ -1,0 +1,134 @@
+"""The tiny sweep end to end through Ray Tune and MLflow, and its resumption after the driver is killed."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from circuitlib import circuits
+from sweeps import layout
+
+REPO = Path(__file__).resolve().parents[1]
+SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny"]
+# Slower discovery than the preset (paper learning rate), so the kill lands mid-discovery.
+SLOW = ["--lr", "0.01", "--max-steps", "2000", "--checkpoint-every", "10", "--eval-every", "10"]
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return env | {"HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def run_sweep(work: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    return subprocess.run([*SWEEP, "--work-dir", str(work), *extra], capture_output=True, text=True,
+                          timeout=timeout, env=sweep_env())
+
+
+def child_runs(work: Path, name: str = "tiny"):
+    client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(name)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(layout.PARENT_TAG)]
+    return client, parents, children
+
+
+def outcome(work: Path) -> tuple[dict[str, str], dict[str, dict[str, float]], dict[str, list[float]]]:
+    """Circuit digests by (run, artifact), edit summaries by run name, discovery density histories."""
+    client, _, children = child_runs(work)
+    digests, summaries, histories = {}, {}, {}
+    for run in children:
+        name = run.info.run_name
+        if run.data.tags[layout.TAG_KIND] == "discover":
+            for art in client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR):
+                path = client.download_artifacts(run.info.run_id, art.path, str(work / "dl" / run.info.run_id))
+                digests[f"{name}/{art.path}"] = circuits.load(path).digest
+            histories[name] = [(m.step, m.value) for m in sorted(
+                client.get_metric_history(run.info.run_id, "density"), key=lambda m: m.step)]
+        else:
+            summaries[name] = {k: round(v, 5) for k, v in run.data.metrics.items()}
+    return digests, summaries, histories
+
+
+def test_tiny_sweep_logs_every_trial_once(tmp_path):
+    proc = run_sweep(tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "[edit]" in proc.stdout and "done" in proc.stdout
+    client, parents, children = child_runs(tmp_path)
+    assert len(parents) == 1
+    parent = parents[0].info.run_id
+    assert all(r.data.tags[layout.PARENT_TAG] == parent for r in children)
+    names = [r.info.run_name for r in children]
+    assert len(names) == len(set(names))
+    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
+    edits = [r for r in children if r.data.tags[layout.TAG_KIND] == "edit"]
+    assert sorted(r.info.run_name for r in discover) == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    reached = {r.info.run_name: r.data.tags[layout.TAG_REACHED].split(",") for r in discover}
+    n_circuits = sum(len([t for t in v if t]) for v in reached.values())
+    assert len(edits) == n_circuits * 3 * 2 + 2  # circuit x 3 variants x 2 shards, plus full x 2 shards
+    for run in discover:
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR)}
+        assert arts == {layout.circuit_artifact(float(t)) for t in reached[run.info.run_name]}
+        assert client.get_metric_history(run.info.run_id, "faithfulness")
+    for run in edits:
+        assert "efficacy_score" in run.data.metrics and "nll_new_drop" in run.data.metrics
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {layout.EDITS_ARTIFACT}
+        if run.data.tags[layout.TAG_VARIANT] != "full":
+            source = client.get_run(run.data.tags[layout.TAG_CIRCUIT_RUN])
+            assert source.info.run_name.startswith(f"discover/{run.data.tags[layout.TAG_DATASET]}/")
+
+    rerun = run_sweep(tmp_path)  # everything finished: nothing is redone, nothing duplicated
+    assert rerun.returncode == 0, rerun.stderr[-3000:]
+    _, parents2, children2 = child_runs(tmp_path)
+    assert len(parents2) == 1 and len(children2) == len(children)
+
+
+def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
+    reference = tmp_path / "reference"
+    proc = run_sweep(reference, *SLOW)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+
+    work = tmp_path / "interrupted"
+    driver = subprocess.Popen([*SWEEP, "--work-dir", str(work), *SLOW], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL, env=sweep_env(), start_new_session=True)
+    killed_mid_discovery = False
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None:
+            time.sleep(0.5)
+            if not (work / "mlflow.db").exists():
+                continue
+            try:
+                client, _, children = child_runs(work)
+            except Exception:  # the database is being created
+                continue
+            running = [r for r in children if r.info.status == "RUNNING" and r.data.tags[layout.TAG_KIND] == "discover"]
+            if any(client.get_metric_history(r.info.run_id, "density") for r in running):
+                killed_mid_discovery = True
+                break
+    finally:
+        os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
+        driver.wait()
+    assert killed_mid_discovery, "the sweep finished before it could be interrupted"
+
+    resumed = run_sweep(work, *SLOW)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    _, parents, children = child_runs(work)
+    _, _, reference_children = child_runs(reference)
+    assert len(parents) == 1
+    assert sorted(r.info.run_name for r in children) == sorted(r.info.run_name for r in reference_children)
+    digests, summaries, histories = outcome(work)
+    ref_digests, ref_summaries, ref_histories = outcome(reference)
+    assert digests == ref_digests
+    assert summaries == ref_summaries
+    assert histories == ref_histories
