@@ -66,11 +66,11 @@ def connect_ray(config: SweepConfig) -> dict[str, float]:
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # we keep 1 checkpoint
-    # A submitted job (RAY_ADDRESS set) ships its working dir to the workers; a local cluster gets the repo on its path.
-    local = "RAY_ADDRESS" not in os.environ
-    paths = [str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])]
-    runtime_env = {"env_vars": {"PYTHONPATH": os.pathsep.join(paths)}} if local else None
-    ray.init(runtime_env=runtime_env, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    # Reused trial actors must not sit in a deleted trial folder, so trials keep their working directory.
+    env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    if "RAY_ADDRESS" not in os.environ:  # a local cluster: put the repo on the workers' path (a job ships its own)
+        env_vars["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
+    ray.init(runtime_env={"env_vars": env_vars}, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     return ray.cluster_resources()
 
 
