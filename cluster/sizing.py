@@ -12,6 +12,9 @@ step time (the sweep logs one) before budgeting seriously.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
+
+import yaml
 
 GIB = 2**30
 
@@ -32,11 +35,12 @@ TOTAL = MASKED + VOCAB * D_MODEL + N_POS * D_MODEL + 2 * D_MODEL  # + wte, wpe, 
 # --- the sweep (DESIGN.md 1.1/1.2, sweeps/presets/paper.yaml, circuitlib defaults)
 BATCH = 128
 DISCOVERY_STEPS = 5000  # max_steps: the budget, used as the upper bound
-EVAL_EVERY, CHECKPOINT_EVERY = 50, 50  # paper preset
+_PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "presets" / "paper.yaml").read_text())
+EVAL_EVERY, CHECKPOINT_EVERY = _PAPER["eval_every"], _PAPER["checkpoint_every"]  # paper preset
 N_EVAL = 400  # examples scored per evaluation (circuit and complement), an assumption
 EDIT_STEPS = 25  # edit_steps, worst case (early stop at loss < 1e-2 only helps)
 REQUESTS = 149  # the preset's `hierarchy` edit requests
-SHARD_SIZE = 25  # paper preset: requests per edit trial
+SHARD_SIZE = _PAPER["shard_size"]  # paper preset: requests per edit trial
 DATASETS, DENSITIES = 14, 5
 MASKED_VARIANTS = 3  # circuit, complement, random per circuit; `full` once per model
 SEQ_LENS = (32, 64)  # tokens per padded batch: the paper's texts are 5-40 words
@@ -59,7 +63,7 @@ LAUNCH_S_PER_EDIT_STEP = 0.010  # ~2000 kernel launches per forward+backward of 
 DISCOVERY_SETUP_H = 0.10  # model download/load, feature cache, head training, full-model targets
 EDIT_TRIAL_SETUP_H = 1 / 60  # fp32 model load from the node's HF cache, circuit download, mask expansion
 CHECKPOINT_UPLOAD_BYTES_PER_S = 0.5e9  # one node writing a Ray Tune checkpoint to S3/GCS
-TUNED_CHECKPOINT_EVERY, TUNED_SHARD_SIZE = 500, 150  # one edit trial per (circuit, variant)
+TUNED_CHECKPOINT_EVERY, TUNED_SHARD_SIZE = 50, 25  # the alternative shown: frequent checkpoints, small shards
 
 
 def discovery_memory_gib(weight_bytes: int, seq: int) -> dict[str, float]:

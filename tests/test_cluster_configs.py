@@ -542,9 +542,11 @@ def test_sizing_supports_one_gpt2xl_trial_per_80gb_gpu():
     assert sizing.edit_memory_gib() < sizing.A100.memory_gib / 2
     h = sizing.sweep_gpu_hours(sizing.A100, 32)
     assert h["total"] == pytest.approx(h["discovery"] + h["checkpoints"] + h["edits"] + h["edit setup"])
-    tuned = sizing.sweep_gpu_hours(sizing.A100, 32, checkpoint_every=500, shard_size=150)
-    assert tuned["total"] < h["total"] / 2  # what the README recommends is worth it
-    assert sizing.edit_trials() == (14 * 5 * 3 + 1) * 6  # 149 requests in shards of 25
+    frequent = sizing.sweep_gpu_hours(sizing.A100, 32, checkpoint_every=50, shard_size=25)
+    preset = sizing.sweep_gpu_hours(sizing.A100, 32)
+    assert preset["total"] < frequent["total"] / 2  # the paper preset's sparse checkpoints and big shards pay off
+    assert sizing.edit_trials() == (14 * 5 * 3 + 1) * 1  # 149 requests in one shard of 150
+    assert sizing.edit_trials(25) == (14 * 5 * 3 + 1) * 6  # or six shards of 25
 
 
 def test_readme_walks_each_target_to_a_running_sweep_and_the_mlflow_ui():

@@ -20,6 +20,7 @@ import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -125,8 +126,13 @@ class RayCluster:
         )
 
     def stop(self) -> None:
-        subprocess.run([str(BIN / "ray"), "stop", "--force"], env=env(), capture_output=True, timeout=120)
-        for path in (self.temp, *self.node_temps):
+        """Kill this cluster's processes only (`ray stop` would end every Ray cluster on the machine)."""
+        dirs = (self.temp, *self.node_temps)
+        ours = [p for p in psutil.process_iter(["cmdline"]) if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)]
+        for proc in ours:
+            proc.kill()
+        psutil.wait_procs(ours, timeout=30)
+        for path in dirs:
             shutil.rmtree(path, ignore_errors=True)
 
 
