@@ -1,0 +1,80 @@
+"""The `python -m analysis` command: `report` reads a sweep from MLflow, writes its report and logs it back."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import re
+import sys
+from pathlib import Path
+
+from circuitlib.errors import InputError
+
+
+def _default_cache() -> Path:
+    """Where downloaded artifacts are kept between reports: $XDG_CACHE_HOME or ~/.cache, then circuitlib-analysis."""
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "circuitlib-analysis"
+
+
+def _check(args: argparse.Namespace) -> None:
+    """Refuse option values the analysis cannot use, before anything is read."""
+    if not 0.0 <= args.faithfulness <= 1.0:
+        raise InputError(f"--faithfulness {args.faithfulness}: must lie in [0, 1]")
+    if not 0.0 < args.confidence < 1.0:
+        raise InputError(f"--confidence {args.confidence}: must lie in (0, 1)")
+    if args.bootstrap < 100:
+        raise InputError(f"--bootstrap {args.bootstrap}: use at least 100 resamples")
+
+
+def cmd_report(args: argparse.Namespace) -> None:
+    _check(args)
+    from analysis.sweep_data import read_sweep
+
+    cache = Path(args.cache) if args.cache else _default_cache()
+    sweep = read_sweep(args.experiment, args.sweep, cache, args.tracking_uri)
+
+    from analysis.pipeline import Options, analyse  # torch and matplotlib load only once the sweep is found
+    from analysis.report import write_report
+    from analysis.tracking import log_analysis
+
+    options = Options(args.faithfulness, args.bootstrap, args.confidence, args.seed)
+    out = Path(args.out) if args.out else Path("reports") / re.sub(r"[^\w.-]+", "_", sweep.name)
+    analysis = analyse(sweep, options)
+    report = write_report(analysis, out)
+    print(f"report: {report.markdown} and {report.html.name}")
+    print(f"size window: {analysis.window.describe()}; missing pieces: {len(analysis.notes)}")
+    if not args.no_log:
+        print(f"analysis run: {log_analysis(sweep, report, options)} (child of sweep run {sweep.run_id})")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m analysis", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("report", help="overlap, size window and composition of a sweep, with plots and a report")
+    r.add_argument("--experiment", required=True, help="MLflow experiment name")
+    r.add_argument("--sweep", default=None, help="the sweep's parent run id; default: the experiment's latest sweep")
+    r.add_argument("--tracking-uri", default=None,
+                   help="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    r.add_argument("--out", default=None, help="report folder; default: reports/<sweep name>")
+    r.add_argument("--cache", default=None, help="artifact download cache; default: ~/.cache/circuitlib-analysis")
+    r.add_argument("--faithfulness", type=float, default=0.9, help="faithfulness a circuit needs to count (0.9)")
+    r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per interval (2000)")
+    r.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (0.95)")
+    r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    r.add_argument("--no-log", action="store_true", help="write the report without logging an analysis run")
+    r.set_defaults(func=cmd_report)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
+    from mlflow.exceptions import MlflowException
+
+    args = build_parser().parse_args(argv)
+    try:
+        args.func(args)
+    except (InputError, MlflowException) as exc:
+        message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(f"analysis: error: {message}", file=sys.stderr)
+        return 2
+    return 0

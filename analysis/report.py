@@ -1,0 +1,215 @@
+"""The report of a sweep: report.md and report.html with headline findings first, then the tables and plots,
+plus the tables as CSV; plots are embedded by relative path (plots/*.png), so the folder moves as a whole."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import markdown
+
+from analysis import plots
+from analysis.composition import ALL_LAYERS
+from analysis.findings import Finding, Headline, findings, headline
+from analysis.overlap import ALL as WHOLE_MODEL
+from analysis.pipeline import Analysis
+from analysis.tables import GAP, Column, estimate, markdown_table, number, percent, write_csv, yes_no
+from analysis.window import ALL
+
+PLOTS = "plots"
+TABLES = "tables"
+SECTIONS = ("Headline findings", "Missing pieces", "Size window", "Overlap", "Composition", "Discovery", "Tables")
+HTML = """<!doctype html>
+<html><head><meta charset="utf-8"><title>{title}</title>
+<style>
+body {{ font-family: sans-serif; max-width: 1100px; margin: 2em auto; padding: 0 1em; line-height: 1.4; }}
+table {{ border-collapse: collapse; margin: 0.5em 0 1.5em; font-size: 0.9em; }}
+th, td {{ border: 1px solid #ccc; padding: 0.2em 0.5em; text-align: left; }}
+th {{ background: #f3f3f3; }}
+img {{ max-width: 100%; }}
+</style></head>
+<body>
+{body}
+</body></html>
+"""
+
+
+@dataclass(frozen=True)
+class Report:
+    """The files of a report, all under `folder`."""
+
+    folder: Path
+    markdown: Path
+    html: Path
+    plots: list[Path]
+    tables: list[Path]
+    headline: Headline
+
+
+def _findings(items: Sequence[Finding]) -> str:
+    columns: list[Column] = [
+        ("#", lambda nf: str(nf[0])),
+        ("paper's claim", lambda nf: nf[1].claim),
+        ("this sweep", lambda nf: nf[1].result),
+        ("verdict", lambda nf: f"**{nf[1].verdict}**"),
+    ]
+    return markdown_table(columns, list(enumerate(items, 1)))
+
+
+def _missing(notes: Sequence[str]) -> str:
+    if not notes:
+        return "None: every trial finished and every target density was reached.\n"
+    return ("Shown as gaps (—, grey or a broken line) in the tables and plots below.\n\n"
+            + "\n".join(f"- {n}" for n in notes) + "\n")
+
+
+def _window(a: Analysis) -> str:
+    o = a.options
+    rows = a.window_rows
+    per_source = "; ".join(f"{w.scope}: {w.describe()}" for w in a.windows[1:]) or "none"
+    learning: list[Column] = [
+        ("circuits", lambda r: r.scope),
+        ("density", lambda r: f"{r.density:g}"),
+        ("faithfulness", lambda r: number(r.faithfulness)),
+        ("circuit", lambda r: estimate(r.drop_circuit)),
+        ("complement", lambda r: estimate(r.drop_complement)),
+        ("random", lambda r: estimate(r.drop_random)),
+        ("full", lambda r: estimate(r.drop_full)),
+        ("complement − circuit", lambda r: estimate(r.gap_complement)),
+        ("random − circuit", lambda r: estimate(r.gap_random)),
+        ("requests (pairs)", lambda r: str(r.gap_complement.n) if r.gap_complement else GAP),
+        ("in window", lambda r: yes_no(r.in_window)),
+    ]
+    success: list[Column] = [
+        ("circuits", lambda r: r.scope),
+        ("density", lambda r: f"{r.density:g}"),
+        ("success circuit", lambda r: percent(r.success_circuit)),
+        ("success complement", lambda r: percent(r.success_complement)),
+        ("success random", lambda r: percent(r.success_random)),
+        ("success full", lambda r: percent(r.success_full)),
+        ("NLL(true) pre, circuit", lambda r: number(r.knowledge_circuit)),
+        ("NLL(true) pre, complement", lambda r: number(r.knowledge_complement)),
+    ]
+    return (
+        f"Estimated window (all circuits pooled): **{a.window.describe()}**: the densities where the complement − "
+        f"circuit gap in learning has its {o.confidence:.0%} interval above 0 and faithfulness is at least "
+        f"{o.faithfulness_threshold:g}. Per dataset: {per_source}.\n\n"
+        f"Learning is the drop in NLL of the new target (pre − post, mean per token); intervals are "
+        f"{o.confidence:.0%} percentile bootstrap intervals over requests ({o.n_boot} resamples, seed {o.seed}), "
+        f"paired by request where both variants edited the same ones. The `full` model is the same reference at "
+        f"every density.\n\n"
+        f"![size window]({PLOTS}/size_window.png)\n\n"
+        f"### Learning of the new target\n\n{markdown_table(learning, rows)}\n"
+        f"### Edit success and pre-edit knowledge\n\n"
+        f"Success is the efficacy score after the edit; pre-edit knowledge is the NLL of the true target before it "
+        f"(lower: the variant knows the fact better).\n\n{markdown_table(success, rows)}"
+    )
+
+
+def _overlap(a: Analysis) -> str:
+    columns: list[Column] = [
+        ("density", lambda r: f"{r.density:g}"),
+        ("A", lambda r: r.a),
+        ("B", lambda r: r.b),
+        ("module", lambda r: r.module),
+        ("Jaccard", lambda r: number(r.jaccard)),
+        ("chance", lambda r: number(r.expected_jaccard)),
+        ("ratio", lambda r: number(r.jaccard_ratio)),
+        ("overlap coef.", lambda r: number(r.overlap_coefficient)),
+        ("chance", lambda r: number(r.expected_overlap_coefficient)),
+        ("ratio", lambda r: number(r.overlap_ratio)),
+    ]
+    whole = [r for r in a.overlaps if r.module == WHOLE_MODEL]
+    by_module = [r for r in a.overlaps if r.module != WHOLE_MODEL]
+    return (
+        "Chance is the expectation for independent random masks of the same densities; ratio = value / chance "
+        "(above 1: the circuits share more than chance).\n\n"
+        f"![overlap heatmaps]({PLOTS}/overlap.png)\n\n"
+        f"### Whole model\n\n{markdown_table(columns, whole)}\n"
+        f"### By module type\n\n{markdown_table(columns, by_module)}"
+    )
+
+
+def _composition(a: Analysis, h: Headline) -> str:
+    columns: list[Column] = [
+        ("circuit", lambda e: e.source),
+        ("density", lambda e: f"{e.density:g}"),
+        ("module type", lambda e: e.module_type),
+        ("share of circuit", lambda e: percent(e.share_of_circuit)),
+        ("fraction of own weights kept", lambda e: percent(e.fraction_kept)),
+        ("share of model", lambda e: percent(e.share_of_model)),
+        ("over-representation", lambda e: number(e.representation)),
+    ]
+    by_module = [e for e in a.composition if e.layer == ALL_LAYERS]
+    return (
+        f"Over-represented module types (share of circuit / share of model > 1 on average): "
+        f"**{', '.join(h.over_represented) or 'none'}**. Per-layer figures of every circuit are in "
+        f"[{TABLES}/composition.csv]({TABLES}/composition.csv).\n\n"
+        f"![composition by layer]({PLOTS}/composition_by_layer.png)\n\n"
+        f"### By module type\n\n{markdown_table(columns, by_module)}"
+    )
+
+
+def _discovery(a: Analysis) -> str:
+    columns: list[Column] = [
+        ("circuit", lambda s: s.source),
+        ("target density", lambda s: f"{s.target:g}"),
+        ("density", lambda s: number(s.density, 4)),
+        ("kept weights", lambda s: f"{s.kept:,}"),
+        ("step", lambda s: number(s.step, 6)),
+        ("faithfulness", lambda s: number(s.faithfulness)),
+    ]
+    table = markdown_table(columns, a.snapshots)
+    return f"![discovery curves]({PLOTS}/discovery.png)\n\n### Circuit snapshots\n\n{table}"
+
+
+def _markdown(a: Analysis, h: Headline, tables: Sequence[Path]) -> str:
+    s, o = a.sweep, a.options
+    sources = ", ".join(a.labels.values()) or "none"
+    body = {
+        "Headline findings": _findings(findings(h, o.faithfulness_threshold)),
+        "Missing pieces": _missing(a.notes),
+        "Size window": _window(a),
+        "Overlap": _overlap(a),
+        "Composition": _composition(a, h),
+        "Discovery": _discovery(a),
+        "Tables": "\n".join(f"- [{TABLES}/{t.name}]({TABLES}/{t.name})" for t in tables) + "\n",
+    }
+    head = (
+        f"# Sweep {s.name}: circuits as knowledge edits\n\n"
+        f"Experiment `{s.experiment}`, sweep run `{s.run_id}`, model `{s.model or 'unknown'}`. "
+        f"Circuits: {sources}; target densities: {', '.join(f'{d:g}' for d in s.densities) or 'none'}; "
+        f"{len(s.discoveries)} discovery and {len(s.edits)} edit runs. Claims are those of Ge, Rudzicz and Zhu "
+        f"(2024), \"What Do the Circuits Mean? A Knowledge Edit View\".\n"
+    )
+    return head + "".join(f"\n## {name}\n\n{body[name]}" for name in SECTIONS)
+
+
+def write_report(a: Analysis, folder: Path) -> Report:
+    """Write the tables, plots, report.md and report.html of an analysis into `folder`."""
+    folder.mkdir(parents=True, exist_ok=True)
+    h = headline(a)
+    t = folder / TABLES
+    tables = [
+        write_csv(t / "window.csv", a.window_rows),
+        write_csv(t / "overlap.csv", a.overlaps),
+        write_csv(t / "composition.csv", a.composition),
+        write_csv(t / "snapshots.csv", a.snapshots),
+        write_csv(t / "findings.csv", findings(h, a.options.faithfulness_threshold)),
+    ]
+    p = folder / PLOTS
+    pooled = [r for r in a.window_rows if r.scope == ALL]
+    labels, densities = list(a.labels.values()), a.sweep.densities
+    figures = [
+        plots.size_window(pooled, a.window, a.options.faithfulness_threshold, p / "size_window.png"),
+        plots.overlap_heatmaps(a.overlaps, labels, densities, p / "overlap.png"),
+        plots.composition_by_layer(a.composition, densities, p / "composition_by_layer.png"),
+        plots.discovery_curves(a.sweep.discoveries, a.labels, a.snapshots, densities, p / "discovery.png"),
+    ]
+    text = _markdown(a, h, tables)
+    md = folder / "report.md"
+    md.write_text(text)
+    html = folder / "report.html"
+    html.write_text(HTML.format(title=f"Sweep {a.sweep.name}", body=markdown.markdown(text, extensions=["tables"])))
+    return Report(folder, md, html, figures, tables, h)

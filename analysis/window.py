@@ -1,0 +1,157 @@
+"""The size window: per density, how readily each variant learns the new target, the gaps to the circuit with
+bootstrap intervals over requests, and the densities where the circuit resists significantly while staying faithful.
+
+Rows come for the pooled scope ALL (every circuit of that density together) and for each circuit source alone.
+Requests are keyed by (source, case_id), so the gaps pair each request's circuit edit with its complement (or
+random) edit of the same circuit wherever both exist.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, finite_mean
+from analysis.sweep_data import EditRun, Source
+from sweeps.layout import FULL
+
+ALL = "all"  # the pooled scope
+MASKED = ("circuit", "complement", "random")
+Key = tuple[Source, int]  # (circuit source, case_id)
+
+
+@dataclass(frozen=True)
+class WindowRow:
+    """One density of one scope; None or NaN where the sweep has no data for it."""
+
+    scope: str
+    density: float
+    faithfulness: float  # mean over the scope's circuits of this density
+    drop_circuit: Estimate | None  # drop in NLL of the new target (pre - post): how much the variant learned
+    drop_complement: Estimate | None
+    drop_random: Estimate | None
+    drop_full: Estimate | None  # the unmasked model: the same reference at every density
+    gap_complement: Estimate | None  # complement - circuit: > 0 means the circuit resists the new fact
+    gap_random: Estimate | None  # random - circuit
+    success_circuit: float  # edit success rate (efficacy score after the edit)
+    success_complement: float
+    success_random: float
+    success_full: float
+    knowledge_circuit: float  # pre-edit NLL of the true target: lower means the variant knows the fact better
+    knowledge_complement: float
+    in_window: bool
+
+
+@dataclass(frozen=True)
+class Window:
+    """The densities of one scope where the circuit resists significantly while staying faithful."""
+
+    scope: str
+    densities: tuple[float, ...]  # ascending
+    contiguous: bool  # no tested density between the lowest and highest falls outside
+
+    @property
+    def low(self) -> float | None:
+        return self.densities[0] if self.densities else None
+
+    @property
+    def high(self) -> float | None:
+        return self.densities[-1] if self.densities else None
+
+    def describe(self) -> str:
+        """`[0.15, 0.25]`, with the densities themselves where they are not contiguous, or `none`."""
+        if not self.densities:
+            return "none"
+        text = f"[{self.low:g}, {self.high:g}]"
+        return text if self.contiguous else f"{text} (only at {', '.join(f'{d:g}' for d in self.densities)})"
+
+
+def _index(edits: Sequence[EditRun]) -> dict[tuple[Source, float, str], dict[Key, dict]]:
+    """Per (source, density, variant), the request rows of all its shards keyed by (source, case_id)."""
+    cells: dict[tuple[Source, float, str], dict[Key, dict]] = defaultdict(dict)
+    for e in edits:
+        if e.variant in MASKED:
+            for row in e.rows:
+                cells[e.source, e.target, e.variant][e.source, int(row["case_id"])] = row
+    return cells
+
+
+def _column(rows: Mapping[Key, dict], field: str) -> dict[Key, float]:
+    """One per-request quantity keyed by request."""
+    return {k: float(r[field]) for k, r in rows.items()}
+
+
+def _row(
+    scope: str, density: float, cells: Mapping[str, Mapping[Key, dict]], faithfulness: float,
+    full: tuple[Estimate | None, float], threshold: float, rng: np.random.Generator, n_boot: int, confidence: float,
+) -> WindowRow:
+    """The row of one scope and density from its per-variant request rows and the full model's (drop, success)."""
+    drop = {v: _column(cells[v], "nll_new_drop") for v in MASKED}
+    success = {v: finite_mean(_column(cells[v], "efficacy_score").values()) for v in MASKED}
+    knowledge = {v: finite_mean(_column(cells[v], "nll_true_pre").values()) for v in MASKED}
+    mean = {v: bootstrap_mean(drop[v].values(), rng, n_boot, confidence) for v in MASKED}
+    gap_complement = bootstrap_gap(drop["complement"], drop["circuit"], rng, n_boot, confidence)
+    return WindowRow(
+        scope=scope, density=density, faithfulness=faithfulness,
+        drop_circuit=mean["circuit"], drop_complement=mean["complement"], drop_random=mean["random"],
+        drop_full=full[0],
+        gap_complement=gap_complement,
+        gap_random=bootstrap_gap(drop["random"], drop["circuit"], rng, n_boot, confidence),
+        success_circuit=success["circuit"], success_complement=success["complement"],
+        success_random=success["random"], success_full=full[1],
+        knowledge_circuit=knowledge["circuit"], knowledge_complement=knowledge["complement"],
+        in_window=gap_complement is not None and gap_complement.above_zero and faithfulness >= threshold,
+    )
+
+
+def window_rows(
+    edits: Sequence[EditRun],
+    faithfulness: Mapping[tuple[Source, float], float],
+    labels: Mapping[Source, str],
+    densities: Sequence[float],
+    threshold: float = 0.9,
+    rng: np.random.Generator | None = None,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+) -> list[WindowRow]:
+    """Rows for the pooled scope then each source, each over `densities`; `faithfulness` has one entry per circuit."""
+    rng = rng if rng is not None else np.random.default_rng(0)
+    cells = _index(edits)
+    full_rows = {int(r["case_id"]): r for e in edits if e.variant == FULL for r in e.rows}.values()
+    full = (bootstrap_mean([r["nll_new_drop"] for r in full_rows], rng, n_boot, confidence),
+            finite_mean(r["efficacy_score"] for r in full_rows))
+    scopes: list[tuple[str, list[Source]]] = [(ALL, list(labels))] + [(labels[s], [s]) for s in labels]
+    rows = []
+    for scope, sources in scopes:
+        for d in densities:
+            merged = {v: {k: r for s in sources for k, r in cells.get((s, d, v), {}).items()} for v in MASKED}
+            faithful = finite_mean(faithfulness.get((s, d), math.nan) for s in sources)
+            rows.append(_row(scope, d, merged, faithful, full, threshold, rng, n_boot, confidence))
+    return rows
+
+
+def missing_edits(
+    edits: Sequence[EditRun], circuits: Sequence[tuple[Source, float]], labels: Mapping[Source, str]
+) -> list[str]:
+    """Notes for circuits that exist but lack edits of some variant, and for a sweep without `full` edits."""
+    cells = _index(edits)
+    notes = []
+    for source, d in circuits:
+        absent = [v for v in MASKED if not cells.get((source, d, v))]
+        if absent:
+            notes.append(f"{labels[source]} at density {d:g}: no {', '.join(absent)} edits")
+    if not any(e.rows for e in edits if e.variant == FULL):
+        notes.append("no edits of the full model: its reference line is missing")
+    return notes
+
+
+def estimate_window(rows: Sequence[WindowRow], scope: str = ALL) -> Window:
+    """The window of one scope: its densities with in_window rows, and whether they are contiguous."""
+    tested = sorted(r.density for r in rows if r.scope == scope)
+    inside = tuple(sorted(r.density for r in rows if r.scope == scope and r.in_window))
+    between = [d for d in tested if inside and inside[0] <= d <= inside[-1]]
+    return Window(scope, inside, len(between) == len(inside))
