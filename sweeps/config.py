@@ -35,6 +35,9 @@ class SweepConfig:
     max_steps: int = 5000
     batch_size: int = 128
     lr: float = 0.01
+    lambda_init: float = 10.0
+    lambda_step: float = 1.0  # added to lambda each epoch
+    lambda_max: float = 1000.0
     head_epochs: int = 400
     eval_every: int = 50
     checkpoint_every: int = 50

@@ -86,7 +86,7 @@ def discovery_trial(config: dict[str, Any]) -> None:
         train, eval_data = data.split(dataset, cfg.eval_fraction, seed)
         discovery_config = DiscoveryConfig(
             densities=tuple(cfg.densities), max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-            head_epochs=cfg.head_epochs, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
+            lambda_init=cfg.lambda_init, lambda_step=cfg.lambda_step, lambda_max=cfg.lambda_max, head_epochs=cfg.head_epochs, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
             max_length=cfg.max_length, seed=seed,
         )
         checkpoint_dir = _restored_checkpoint(work / "checkpoint") or work / "checkpoint"
