@@ -148,7 +148,7 @@ def _norm_share(h: Headline) -> Finding:
     if math.isnan(h.max_norm_share):
         return Finding(CLAIMS[3], "no circuit with norm parameters", "no data")
     result = (
-        f"norm parameters are at most {h.max_norm_share:.1%} of a circuit ({h.max_norm_share_at}); "
+        f"norm parameters are at most a share of {h.max_norm_share:.2g} of a circuit ({h.max_norm_share_at}); "
         f"their share is {h.norm_representation:.3g}× their share of the model on average; "
         f"over-represented module types: {', '.join(h.over_represented) or 'none'}"
     )

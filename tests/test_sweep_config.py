@@ -122,3 +122,10 @@ def test_progress_estimates():
     assert estimate_left([10.0, 20.0], remaining=4, running=2) == pytest.approx(30.0)
     assert estimate_left([], remaining=3, running=1) is None
     assert estimate_left([5.0], remaining=0, running=0) == 0.0
+
+
+def test_discovery_seeds_are_independent_across_datasets_and_stable():
+    from sweeps.trials import mask_seed
+
+    assert mask_seed("blimp_dna1", 0) == mask_seed("blimp_dna1", 0)
+    assert len({mask_seed(d, s) for d in ("blimp_dna1", "hierarchy", "persona_e") for s in (0, 1)}) == 6
