@@ -41,16 +41,21 @@ def write_json(path: Path, payload) -> None:
 
 
 def cmd_discover(args: argparse.Namespace) -> None:
-    from circuitlib import circuits, data
+    from circuitlib import data
+
+    # Check the cheap inputs before importing torch and transformers (seconds), so a bad input fails fast.
+    densities = _densities(args.densities)
+    dataset = data.load_classification(args.dataset, limit=args.limit, seed=args.seed)
+    train, eval_data = data.split(dataset, args.eval_fraction, args.seed)
+
+    from circuitlib import circuits
     from circuitlib.discovery import DiscoveryConfig, discover
     from circuitlib.models import load_model
 
     config = DiscoveryConfig(
-        densities=_densities(args.densities), max_steps=args.max_steps, batch_size=args.batch_size,
+        densities=densities, max_steps=args.max_steps, batch_size=args.batch_size,
         head_epochs=args.head_epochs, seed=args.seed, lr=args.lr, eval_every=args.eval_every,
     )
-    dataset = data.load_classification(args.dataset, limit=args.limit, seed=args.seed)
-    train, eval_data = data.split(dataset, args.eval_fraction, args.seed)
     lm = load_model(args.model, device=args.device)
     out = Path(args.out)
     result = discover(lm, train, eval_data, config, checkpoint_dir=out / "checkpoint")
@@ -69,13 +74,18 @@ def cmd_discover(args: argparse.Namespace) -> None:
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
-    from circuitlib import circuits, data
+    from circuitlib import data
+
+    if args.limit is not None and args.limit < 1:  # requests[:0] would edit all, requests[:-1] all but the last
+        raise InputError(f"--limit {args.limit}: must be at least 1")
+    requests = data.load_requests(args.requests)  # before importing torch and transformers: bad input fails fast
+
+    from circuitlib import circuits
     from circuitlib.editing import EditConfig, edit_requests, results_as_rows, summarize, variant_masks
     from circuitlib.models import load_model
 
     circuit = circuits.load(args.circuit) if args.circuit else None
-    requests = data.load_requests(args.requests)
-    subset = requests[: args.limit] if args.limit else requests
+    subset = requests[: args.limit] if args.limit is not None else requests
     lm = load_model(args.model, device=args.device)
     if circuit is not None:
         circuits.check_compatible(circuit, lm.params, source=args.circuit)

@@ -130,7 +130,10 @@ class DiscoveryState:
         device = lm.device
         self.layout = FlatLayout(tuple(lm.params))
         self.logits = init_logits(self.layout, device, config.init_mean, config.init_std, config.seed)
-        self.optimizer = torch.optim.AdamW([self.logits], lr=config.lr, weight_decay=config.weight_decay)
+        # The fused AdamW kernel updates the one flat logit vector in a single pass (the default takes ~8 passes,
+        # ~0.35 s a step on smollm2-135m's 1.1e8 logits on CPU); available on CPU and CUDA.
+        fused = device.type in ("cpu", "cuda")
+        self.optimizer = torch.optim.AdamW([self.logits], lr=config.lr, weight_decay=config.weight_decay, fused=fused)
         self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
         self.shuffle = torch.Generator().manual_seed(config.seed + 2)
         self.step = 0
@@ -185,6 +188,32 @@ class DiscoveryState:
         self.circuits = [circuits.load(directory / f"snapshot{i}.safetensors") for i in range(state["n_circuits"])]
 
 
+def mask_step(
+    lm: LoadedModel,
+    task: _Task,
+    state: DiscoveryState,
+    config: DiscoveryConfig,
+    weights: torch.Tensor,
+    noise: torch.Tensor,
+    fused: bool,
+) -> torch.Tensor:
+    """One AdamW step of the mask logits on the next training batch; returns the (detached) loss.
+
+    `weights` is the flat frozen copy of the masked weights (`flat_weights`), `noise` the reused noise buffer.
+    """
+    index = state.next_batch(config.batch_size)
+    inputs = task.train.batch(index.tolist(), lm.device)
+    masked = sample_masked_weights(state.logits, weights, noise, state.noise_gen, config.temperature, fused)
+    logits = task.head(last_token_features(lm, inputs, state.layout.split(masked)))
+    ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
+    loss = ce + _lambda(config, state.epoch) * mean_keep_probability(state.logits)
+    state.optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    state.optimizer.step()
+    state.step += 1
+    return loss.detach()
+
+
 def discover(
     lm: LoadedModel,
     train: ClassificationData,
@@ -232,16 +261,7 @@ def discover(
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     bar = tqdm(total=config.max_steps, initial=state.step, desc=f"discover {train.name}", disable=not progress)
     while remaining and state.step < config.max_steps:
-        index = state.next_batch(config.batch_size)
-        inputs = task.train.batch(index.tolist(), lm.device)
-        masked = sample_masked_weights(state.logits, weights, noise, state.noise_gen, config.temperature, fused)
-        logits = task.head(last_token_features(lm, inputs, state.layout.split(masked)))
-        ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
-        loss = ce + _lambda(config, state.epoch) * mean_keep_probability(state.logits)
-        state.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        state.optimizer.step()
-        state.step += 1
+        loss = mask_step(lm, task, state, config, weights, noise, fused)
         bar.update(1)
 
         kept, total = count_kept(state.logits)

@@ -166,6 +166,8 @@ def _from_pretrained(spec: str, revision: str | None, dtype: torch.dtype) -> tup
     else:
         if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
             raise InputError(f"model {spec}: no such directory")
+        if _looks_like_path(spec) and not (Path(spec).expanduser() / "config.json").is_file():
+            raise InputError(f"model {spec}: the folder has no config.json (not a Hugging Face model folder)")
         kwargs = {"revision": revision} if revision else {}
         source = str(Path(spec).expanduser()) if _looks_like_path(spec) else spec
     # GGUF de-quantisation and weight loading print progress bars and warnings a user cannot act on.

@@ -1,0 +1,311 @@
+"""Time the core loops (mask steps, head training, edits) against naive versions of each, in one run, on CPU.
+
+Usage: python benchmarks/bench_core.py [--quick] [--models tiny-gpt2,smollm2-135m] [--batch-size 32] [--out FILE]
+
+For each model, on batches of the built-in hierarchy dataset:
+- mask step: ours is `discovery.mask_step` (flat logits, one fused straight-through sample, a functional masked
+  forward/backward, AdamW). The naive step keeps one logit tensor per parameter, copies w * m into the model's
+  parameters every step (param.data.copy_), recomputes the full model's predictions on the batch every step (with the
+  original weights copied back for that forward), and takes the mask gradients from param.grad.
+- head training: ours trains on features cached by one forward pass (`cached_features` + `train_head`); the naive
+  head runs the LM over the data every epoch. The naive run is timed over a few epochs and extrapolated linearly to the
+  full epoch count (`naive_extrapolated_from_epochs` in the JSON says how many).
+- edits: ours is `edit_requests` (weights zeroed and restored in place from one saved copy); the naive edit runs the
+  same editor on a `copy.deepcopy` of the model for every request. stop_loss=0, so every edit takes the same steps.
+Every time is the median of `repeats` runs after a warm-up run (wall and CPU seconds; the load average of the
+machine at start and end is recorded, since other processes on a shared machine inflate wall times). Peak memory is the process's peak RSS (VmHWM) during
+each phase (reset before it through /proc/self/clear_refs where the kernel allows, else the process peak so far).
+Prints one JSON object (and writes it to --out if given); ratios (ours_over_naive) are our speed / the naive speed = naive time / our time.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from circuitlib import data
+from circuitlib.circuits import Circuit
+from circuitlib.classifier import cached_features, last_token_features, tokenize, train_head
+from circuitlib.discovery import DiscoveryConfig, DiscoveryState, FUSE_ABOVE, _lambda, mask_step, prepare_task
+from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
+from circuitlib.masks import FlatLayout, flat_weights
+from circuitlib.models import LoadedModel, load_model
+
+
+# --- measurement helpers ----------------------------------------------------------------------------
+
+
+def reset_peak_rss() -> bool:
+    """Reset the kernel's peak-RSS counter of this process (Linux); False where not possible."""
+    try:
+        with open("/proc/self/clear_refs", "w") as f:
+            f.write("5")
+        return True
+    except OSError:
+        return False
+
+
+def peak_rss_mib() -> float:
+    """Peak resident memory of this process since the last reset (VmHWM), in MiB."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("VmHWM:"):
+                    return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any]:
+    """Median (and all) wall seconds of `fn` over `repeats` runs after `warmup` runs, and the phase's peak RSS."""
+    for _ in range(warmup):
+        fn()
+    reset_ok = reset_peak_rss()
+    times, cpu = [], []
+    for _ in range(repeats):
+        start, start_cpu = time.perf_counter(), time.process_time()
+        fn()
+        times.append(time.perf_counter() - start)
+        cpu.append(time.process_time() - start_cpu)
+    return {"median_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times],
+            "median_cpu_s": round(statistics.median(cpu), 4),
+            "peak_rss_mib": round(peak_rss_mib(), 1), "peak_rss_is_phase_peak": reset_ok}
+
+
+def ratio(naive_s: float, ours_s: float) -> float:
+    return round(naive_s / ours_s, 2)
+
+
+# --- the naive baselines ------------------------------------------------------------------------------
+
+
+class NaiveMaskTrainer:
+    """Per-parameter logits; w * m copied into the model's parameters each step; targets recomputed each step."""
+
+    def __init__(self, lm: LoadedModel, head: torch.nn.Linear, config: DiscoveryConfig):
+        self.lm, self.head, self.config = lm, head, config
+        named = dict(lm.model.named_parameters())
+        self.params = [named[p.name] for p in lm.params]
+        self.original = [p.detach().clone() for p in self.params]
+        gen = torch.Generator().manual_seed(config.seed)
+        self.logits = [(torch.randn(p.shape, generator=gen) * config.init_std + config.init_mean).requires_grad_(True)
+                       for p in self.params]
+        self.total = sum(t.numel() for t in self.logits)
+        self.optimizer = torch.optim.AdamW(self.logits, lr=config.lr, weight_decay=config.weight_decay)
+        self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
+
+    def step(self, inputs: dict[str, torch.Tensor], epoch: int) -> float:
+        t = self.config.temperature
+        # The full model's predictions on this batch, with the original weights copied back for the forward.
+        with torch.no_grad():
+            for p, w in zip(self.params, self.original):
+                p.data.copy_(w)
+            targets = self.head(last_token_features(self.lm, inputs)).argmax(dim=1)
+        # Straight-through Gumbel-sigmoid masks; w * m copied into the parameters.
+        masks = []
+        for p, w, logit in zip(self.params, self.original, self.logits):
+            u = torch.rand(logit.shape, generator=self.noise_gen).clamp(1e-6, 1 - 1e-6)
+            soft = torch.sigmoid((logit + torch.log(u / (1 - u))) / t)
+            m = (soft > 0.5).float() - soft.detach() + soft
+            p.data.copy_(w * m.detach())
+            p.requires_grad_(True)
+            masks.append(m)
+        ce = F.cross_entropy(self.head(last_token_features(self.lm, inputs)), targets)
+        ce.backward()  # gradients land in param.grad
+        penalty = _lambda(self.config, epoch) * sum(torch.sigmoid(logit).sum() for logit in self.logits) / self.total
+        mask_grads = [p.grad * w for p, w in zip(self.params, self.original)]  # d loss / d m = d loss / d (w m) * w
+        self.optimizer.zero_grad(set_to_none=True)
+        torch.autograd.backward([penalty, *masks], [None, *mask_grads])
+        self.optimizer.step()
+        for p in self.params:
+            p.grad = None
+            p.requires_grad_(False)
+        return ce.item() + penalty.item()
+
+    def restore(self) -> None:
+        with torch.no_grad():
+            for p, w in zip(self.params, self.original):
+                p.data.copy_(w)
+
+
+def naive_head_epochs(lm: LoadedModel, tok, labels: torch.Tensor, epochs: int, batch_size: int, lr: float) -> None:
+    """A head trained by running the LM over every batch of every epoch (no cached features)."""
+    d = lm.model.config.hidden_size
+    head = torch.nn.Linear(d, 2)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(epochs):
+        order = torch.randperm(len(tok), generator=gen)
+        for start in range(0, len(tok), batch_size):
+            index = order[start : start + batch_size].tolist()
+            with torch.no_grad():
+                features = last_token_features(lm, tok.batch(index, lm.device))
+            loss = F.cross_entropy(head(features), labels[index])
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+
+
+def naive_edits(lm: LoadedModel, requests, masks, config: EditConfig) -> None:
+    """The same editor and scores as edit_requests, on a deep copy of the model made for every request."""
+    for request in requests:
+        model = copy.deepcopy(lm.model)
+        copy_lm = LoadedModel(model, lm.tokenizer, lm.model_id, lm.revision, lm.params)
+        named = dict(model.named_parameters())
+        with torch.no_grad():
+            for name, m in masks.items():
+                named[name].masked_fill_(~m, 0)
+        neighbors = neighbor_prompts(request, requests, config.neighbors)
+        _score(copy_lm, request, neighbors)
+        Editor(copy_lm, masks, config).edit(request)
+        _score(copy_lm, request, neighbors)
+        del copy_lm, model, named
+
+
+# --- one model --------------------------------------------------------------------------------------
+
+
+def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+    quick = args.quick
+    lm = load_model(spec, device="cpu")
+    masked = sum(p.numel for p in lm.params)
+    dataset = data.load_classification("builtin:hierarchy", limit=args.rows, seed=0)
+    result: dict[str, Any] = {"masked_weights": masked, "rows": len(dataset), "batch_size": args.batch_size}
+
+    # Mask steps.
+    config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
+    task = prepare_task(lm, dataset, dataset, config)
+    state = DiscoveryState(lm, config, len(dataset))
+    weights = flat_weights(lm.model, state.layout)
+    noise = torch.empty(state.layout.total)
+    fused = masked >= FUSE_ABOVE
+    repeats = args.repeats
+    ours = timed(lambda: mask_step(lm, task, state, config, weights, noise, fused), repeats)
+    del weights, noise, state
+    naive_trainer = NaiveMaskTrainer(lm, task.head, config)
+    batch = task.train.batch(list(range(args.batch_size)), lm.device)
+    naive = timed(lambda: naive_trainer.step(batch, 0), repeats)
+    naive_trainer.restore()
+    del naive_trainer
+    result["mask_step"] = {
+        "fused_kernels": fused,
+        "ours": ours | {"steps_per_s": round(1 / ours["median_s"], 3)},
+        "naive": naive | {"steps_per_s": round(1 / naive["median_s"], 3)},
+        "ours_over_naive": ratio(naive["median_s"], ours["median_s"]),
+    }
+
+    # Head training.
+    tok = tokenize(lm.tokenizer, dataset.texts, config.max_length)
+    labels = torch.tensor(dataset.labels)
+    epochs = 400
+    feature_pass = timed(lambda: cached_features(lm, tok, args.batch_size), repeats)
+    features = cached_features(lm, tok, args.batch_size)
+    head_ours = timed(lambda: train_head(features, labels, epochs, 1e-3, args.batch_size), max(1, repeats // 2))
+    naive_epochs = 1 if quick else 3
+    head_naive = timed(lambda: naive_head_epochs(lm, tok, labels, naive_epochs, args.batch_size, 1e-3),
+                       max(1, repeats // 2), warmup=0)
+    naive_400 = head_naive["median_s"] * epochs / naive_epochs
+    ours_total = head_ours["median_s"] + feature_pass["median_s"]
+    result["head_training"] = {
+        "epochs": epochs,
+        "ours_feature_pass": feature_pass,
+        "ours_train_head": head_ours,
+        "ours_total_s": round(ours_total, 4),
+        "naive_timed_epochs": naive_epochs,
+        "naive_timed": head_naive,
+        "naive_extrapolated_from_epochs": naive_epochs,
+        "naive_400_epochs_s_extrapolated": round(naive_400, 2),
+        "ours_over_naive": ratio(naive_400, ours_total),
+        "ours_over_naive_train_only": ratio(naive_400, head_ours["median_s"]),
+    }
+
+    # Edits.
+    requests = data.load_requests("builtin:hierarchy", limit=args.edit_requests)
+    rng = np.random.default_rng(0)
+    circuit = Circuit.from_masks(lm.params, {p.name: rng.random(p.shape) < 0.5 for p in lm.params}, spec)
+    masks = circuit.to_masks()
+    edit_config = EditConfig(max_steps=args.edit_steps, stop_loss=0.0)
+    edit_ours = timed(lambda: edit_requests(lm, requests, "circuit", masks, edit_config, progress=False), repeats)
+    edit_naive = timed(lambda: naive_edits(lm, requests, masks, edit_config), repeats)
+    n = len(requests)
+    result["edits"] = {
+        "variant": "circuit",
+        "requests": n,
+        "steps_per_edit": args.edit_steps,
+        "ours": edit_ours | {"edits_per_s": round(n / edit_ours["median_s"], 3)},
+        "naive_deepcopy": edit_naive | {"edits_per_s": round(n / edit_naive["median_s"], 3)},
+        "ours_over_naive": ratio(edit_naive["median_s"], edit_ours["median_s"]),
+    }
+    result["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--quick", action="store_true", help="fewer repeats, rows, requests and naive epochs")
+    parser.add_argument("--models", default="tiny-gpt2,smollm2-135m")
+    parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5, quick 2)")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--out", default=None, help="also write the JSON here")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    args.repeats = args.repeats or (2 if args.quick else 5)
+    args.rows = 64 if args.quick else 128
+    args.edit_requests = 2 if args.quick else 3
+    args.edit_steps = 3 if args.quick else 5
+    report: dict[str, Any] = {
+        "benchmark": "bench_core",
+        "quick": args.quick,
+        "repeats": args.repeats,
+        "statistic": "median",
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.processor() or platform.machine(),
+        "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
+        "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
+        "models": {},
+    }
+    start = time.perf_counter()
+    for spec in args.models.split(","):
+        report["models"][spec] = bench_model(spec, args)
+    report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
+    report["wall_s"] = round(time.perf_counter() - start, 1)
+    report["goals_smollm2_batch32"] = _goals(report)
+    text = json.dumps(report, indent=2)
+    print(text)
+    if args.out:
+        with open(args.out, "w") as f:
+            f.write(text + "\n")
+
+
+def _goals(report: dict[str, Any]) -> dict[str, Any]:
+    """Whether the smollm2-135m figures meet the goals (mask steps and edits >= 3x naive, head >= 50x)."""
+    r = report["models"].get("smollm2-135m")
+    if r is None:
+        return {"measured": False}
+    return {
+        "measured": True,
+        "mask_step_speedup>=3": r["mask_step"]["ours_over_naive"] >= 3,
+        "edit_speedup>=3": r["edits"]["ours_over_naive"] >= 3,
+        "head_speedup>=50": r["head_training"]["ours_over_naive"] >= 50,
+    }
+
+
+if __name__ == "__main__":
+    main()

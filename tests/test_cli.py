@@ -1,0 +1,169 @@
+"""The `python -m circuitlib` command end to end on the tiny GPT-2, and its one-line errors for bad inputs."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import pytest
+
+from circuitlib import circuits
+from circuitlib.builtin_data import hierarchy_facts
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:
+    """Run the CLI in a fresh interpreter, offline, on one torch thread (the tiny model needs no more)."""
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_DATASETS_OFFLINE="1", OMP_NUM_THREADS="1",
+               PYTHONPATH=os.pathsep.join(filter(None, [str(REPO), os.environ.get("PYTHONPATH")])))
+    return subprocess.run([sys.executable, "-m", "circuitlib", *args], cwd=cwd, env=env, capture_output=True,
+                          text=True, timeout=300)
+
+
+def ok(result: subprocess.CompletedProcess) -> subprocess.CompletedProcess:
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr
+    return result
+
+
+def write_csv(path: Path, n: int = 24) -> Path:
+    rows = ["text,label"] + [f"the {w} number {i} is {'big' if i % 2 else 'small'},{i % 2}"
+                             for i, w in enumerate(["cat", "dog", "tree"] * (n // 3))]
+    path.write_text("\n".join(rows) + "\n")
+    return path
+
+
+DISCOVER = ("--model", "tiny-gpt2", "--densities", "0.6,0.3", "--max-steps", "300", "--batch-size", "8",
+            "--head-epochs", "10", "--lr", "0.2", "--eval-every", "10", "--seed", "1")
+
+
+def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    result = ok(cli("discover", *DISCOVER, "--dataset", "builtin:hierarchy", "--limit", "40", "--out", str(out),
+                    cwd=tmp_path))
+    files = sorted(out.glob("circuit_d*.safetensors"))
+    assert [f.name for f in files] == ["circuit_d0.3.safetensors", "circuit_d0.6.safetensors"]
+    assert "-> " in result.stdout and str(files[0]) in result.stdout
+    history = json.loads((out / "history.json").read_text())
+    assert history["unreached"] == [] and len(history["circuits"]) == 2 and history["history"][0]["step"] == 0
+    assert history["history"][0]["loss"] is None  # NaN is written as null: standard JSON
+
+    for path in files:
+        info = json.loads(ok(cli("info", "--json", str(path), cwd=tmp_path)).stdout)
+        assert info["density"] <= info["target_density"] == float(path.stem.removeprefix("circuit_d"))
+        assert info["masked_weights"] == 25408 and info["model_id"] == "tiny-gpt2"
+        assert info["provenance"]["dataset"] == "hierarchy" and info["provenance"]["seed"] == 1
+    text = ok(cli("info", str(files[0]), cwd=tmp_path)).stdout
+    assert "density" in text and "masked weights  25,408" in text
+
+    report = tmp_path / "edits" / "complement.json"
+    result = ok(cli("edit", "--model", "tiny-gpt2", "--variant", "complement", "--circuit", str(files[0]),
+                    "--requests", "builtin:hierarchy", "--limit", "2", "--steps", "3", "--out", str(report),
+                    cwd=tmp_path))
+    assert "complement: 2 edits" in result.stdout
+    payload = json.loads(report.read_text())
+    facts = hierarchy_facts()
+    assert [r["case_id"] for r in payload["results"]] == [facts[0].case_id, facts[1].case_id]
+    for row in payload["results"]:
+        assert row["variant"] == "complement" and 0 <= row["steps"] <= 3
+        assert row["nll_new_drop"] == pytest.approx(row["nll_new_pre"] - row["nll_new_post"], abs=1e-6)
+    summary = payload["summary"]
+    assert summary["requests"] == 2
+    assert {"efficacy_score", "paraphrase_score", "neighborhood_score", "overall_score", "nll_new_drop"} <= set(summary)
+    assert payload["variant"] == "complement" and payload["circuit"] == str(files[0])
+
+
+def test_discover_on_csv_and_edit_json_requests(tmp_path: Path) -> None:
+    data = write_csv(tmp_path / "toy.csv")
+    out = tmp_path / "run"
+    ok(cli("discover", *DISCOVER, "--dataset", f"csv:{data}", "--out", str(out), cwd=tmp_path))
+    circuit = out / "circuit_d0.6.safetensors"
+    stored = circuits.load(circuit)
+    assert stored.density <= stored.target_density == 0.6 and stored.provenance["dataset"] == "toy"
+    requests = tmp_path / "requests.json"
+    requests.write_text(json.dumps([
+        {"case_id": 7, "requested_rewrite": {"prompt": "{} is a kind of", "subject": "A cat",
+                                             "target_true": {"str": "animal"}, "target_new": {"str": "plant"}},
+         "paraphrase_prompts": ["A cat is a type of"], "neighborhood_prompts": ["A dog is a kind of"]},
+    ]))
+    report = tmp_path / "circuit.json"
+    ok(cli("edit", "--model", "tiny-gpt2", "--variant", "circuit", "--circuit", str(circuit),
+           "--requests", f"json:{requests}", "--steps", "2", "--out", str(report), cwd=tmp_path))
+    payload = json.loads(report.read_text())
+    assert [r["case_id"] for r in payload["results"]] == [7] and payload["summary"]["requests"] == 1
+
+
+# --- bad inputs: exit code != 0, one line on stderr naming the input and the problem, no traceback ------
+
+
+def _bad_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
+    """case -> (arguments, substrings the error line must contain)."""
+    (root / "no_text.csv").write_text("sentence,label\na,1\nb,0\n")
+    (root / "label2.csv").write_text("text,label\na,1\nb,2\nc,0\n")
+    (root / "empty.csv").write_text("")
+    (root / "good.csv").write_text("text,label\na,1\nb,0\nc,1\nd,0\n")
+    (root / "no_target.json").write_text(json.dumps([{"requested_rewrite": {
+        "prompt": "{} is", "subject": "A cat", "target_true": {"str": "animal"}}}]))
+    (root / "broken.json").write_text("[{")
+    (root / "not_a_circuit.safetensors").write_text("hello")
+    discover = ["discover", "--model", "tiny-gpt2", "--max-steps", "1", "--out", str(root / "out")]
+    edit = ["edit", "--model", "tiny-gpt2", "--variant", "full", "--out", str(root / "e.json")]
+    return {
+        "missing column": ([*discover, "--dataset", f"csv:{root / 'no_text.csv'}"],
+                           [str(root / "no_text.csv"), "no column 'text'"]),
+        "label not 0/1": ([*discover, "--dataset", f"csv:{root / 'label2.csv'}"],
+                          [str(root / "label2.csv"), "row 1 has label 2", "must be 0 or 1"]),
+        "empty file": ([*discover, "--dataset", f"csv:{root / 'empty.csv'}"], [str(root / "empty.csv"), "is empty"]),
+        "missing file": ([*discover, "--dataset", f"csv:{root / 'absent.csv'}"],
+                         [str(root / "absent.csv"), "no such file"]),
+        "density above 1": ([*discover, "--dataset", f"csv:{root / 'good.csv'}", "--densities", "0.5,1.5"],
+                            ["--densities", "0.5,1.5", "(0, 1)"]),
+        "density 0": ([*discover, "--dataset", f"csv:{root / 'good.csv'}", "--densities", "0"],
+                      ["--densities", "'0'", "(0, 1)"]),
+        "unknown model path": (["discover", "--model", "./no-such-model", "--dataset", f"csv:{root / 'good.csv'}",
+                                "--out", str(root / "out")], ["model ./no-such-model", "no such directory"]),
+        "request without target_new": ([*edit, "--requests", f"json:{root / 'no_target.json'}"],
+                                       [str(root / "no_target.json"), "record 0",
+                                        "missing field 'requested_rewrite.target_new.str'"]),
+        "request file not JSON": ([*edit, "--requests", f"json:{root / 'broken.json'}"],
+                                  [str(root / "broken.json"), "not valid JSON"]),
+        "edit limit 0": ([*edit, "--requests", "builtin:hierarchy", "--limit", "0"], ["--limit 0", "at least 1"]),
+        "not a circuit file": (["edit", "--model", "tiny-gpt2", "--variant", "circuit", "--circuit",
+                                str(root / "not_a_circuit.safetensors"), "--requests", "builtin:hierarchy",
+                                "--out", str(root / "e.json")],
+                               [str(root / "not_a_circuit.safetensors"), "not a safetensors file"]),
+    }
+
+
+@pytest.fixture(scope="module")
+def bad_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, list[str]]]:
+    """Every bad-input case, run a few at a time (each is an interpreter start that fails fast)."""
+    root = tmp_path_factory.mktemp("bad")
+    cases = _bad_cases(root)
+    assert sorted(cases) == sorted(BAD_CASES)
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(cli, *args, cwd=root) for name, (args, _) in cases.items()}
+        return {name: (futures[name].result(), cases[name][1]) for name in cases}
+
+
+BAD_CASES = ["missing column", "label not 0/1", "empty file", "missing file", "density above 1", "density 0",
+             "unknown model path", "request without target_new", "request file not JSON", "edit limit 0",
+             "not a circuit file"]
+
+
+@pytest.mark.parametrize("case", BAD_CASES)
+def test_bad_input_is_one_clear_line(bad_runs, case: str) -> None:
+    result, expected = bad_runs[case]
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1, result.stderr
+    assert lines[0].startswith("circuitlib: error: ")
+    for part in expected:
+        assert part in lines[0], (part, lines[0])
+    assert result.stdout == ""

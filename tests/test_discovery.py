@@ -1,0 +1,225 @@
+"""Circuit discovery on the tiny GPT-2: snapshots, determinism, checkpoint/resume, evaluation, the head."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+import circuitlib.discovery as discovery
+from circuitlib.classifier import cached_features, last_token_features, tokenize, train_head
+from circuitlib.discovery import DiscoveryConfig, discover, evaluate, prepare_task
+from circuitlib.editing import masked_weights
+from circuitlib.errors import InputError
+from circuitlib.masks import FlatLayout, hard_masks
+from circuitlib.types import PAPER_DENSITIES
+
+TARGETS = (0.8, 0.5, 0.2)
+
+
+def config(**overrides) -> DiscoveryConfig:
+    """A fast discovery on the toy task: logits spread (std 0.5) so the three targets are reached at distinct steps."""
+    values = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
+                  head_epochs=20, eval_every=5, checkpoint_every=5, seed=0)
+    return DiscoveryConfig(**(values | overrides))
+
+
+def bits(result: discovery.DiscoveryResult) -> list[np.ndarray]:
+    return [c.bits for c in result.circuits]
+
+
+def same_circuits(a: discovery.DiscoveryResult, b: discovery.DiscoveryResult) -> bool:
+    return (
+        [c.target_density for c in a.circuits] == [c.target_density for c in b.circuits]
+        and all(np.array_equal(x, y) for x, y in zip(bits(a), bits(b), strict=True))
+    )
+
+
+@pytest.fixture
+def run(tiny_lm, tiny_data):
+    def go(**overrides) -> discovery.DiscoveryResult:
+        return discover(tiny_lm, tiny_data, tiny_data, config(**overrides), progress=False)
+
+    return go
+
+
+def test_config_defaults_are_the_papers() -> None:
+    c = DiscoveryConfig()
+    assert c.densities == PAPER_DENSITIES
+    assert (c.lr, c.batch_size, c.init_mean, c.init_std, c.temperature) == (0.01, 128, 2.7, 0.01, 0.01)
+    assert (c.lambda_init, c.lambda_step, c.lambda_max, c.head_epochs) == (10.0, 1.0, 1000.0, 400)
+    assert DiscoveryConfig(densities=(0.1, 0.5, 0.3)).densities == (0.5, 0.3, 0.1)
+
+
+@pytest.mark.parametrize("densities", [(0.0,), (1.0,), (0.5, 1.5), (-0.1,), ()])
+def test_config_rejects_densities_outside_the_open_unit_interval(densities) -> None:
+    with pytest.raises(InputError, match="must lie in \\(0, 1\\)"):
+        DiscoveryConfig(densities=densities)
+
+
+@pytest.mark.parametrize("field", ["max_steps", "batch_size"])
+def test_config_rejects_non_positive_budgets(field: str) -> None:
+    with pytest.raises(InputError, match="must be positive"):
+        DiscoveryConfig(**{field: 0})
+
+
+def test_snapshots_at_or_below_their_targets(tiny_lm, tiny_data, helpers) -> None:
+    before = helpers.clone_state(tiny_lm.model)
+    seen, rows = [], []
+    result = discover(tiny_lm, tiny_data, tiny_data, config(), on_snapshot=seen.append, on_eval=rows.append,
+                      progress=False)
+    assert result.unreached == []
+    assert [c.target_density for c in result.circuits] == list(TARGETS)
+    steps = [c.provenance["step"] for c in result.circuits]
+    assert steps == sorted(set(steps)), "targets should be reached at distinct steps"
+    for circuit in result.circuits:
+        assert circuit.density <= circuit.target_density
+        assert circuit.provenance["density"] == circuit.density
+        assert circuit.model_id == "tiny-gpt2" and circuit.provenance["dataset"] == "toy"
+        assert [p.name for p in circuit.params] == [p.name for p in tiny_lm.params]
+    assert seen == result.circuits and rows == result.history
+    first = result.history[0]
+    assert first["step"] == 0 and TARGETS[0] < first["density"] < 1.0  # the initial logits are N(1, 0.5)
+    assert first["full_accuracy"] == result.full_accuracy
+    assert all(0.0 <= r["faithfulness"] <= 1.0 for r in result.history)
+    assert [r["step"] for r in result.history] == sorted(r["step"] for r in result.history)
+    assert result.history[-1]["step"] == steps[-1]  # stops at the lowest target
+    assert helpers.differing(tiny_lm.model, before) == []  # discovery never writes the model's weights
+
+
+def test_lambda_grows_per_epoch_and_is_capped(run) -> None:
+    result = run(lambda_init=10.0, lambda_step=1.0)
+    for row in result.history:
+        assert row["lambda"] == 10.0 + row["epoch"]
+    assert discovery._lambda(config(lambda_max=12.0), 50) == 12.0
+
+
+def test_same_seed_same_bits_different_seed_different_bits(run, helpers) -> None:
+    a, b, c = run(seed=0), run(seed=0), run(seed=1)
+    assert same_circuits(a, b)
+    assert helpers.same_rows(a.history, b.history)
+    assert [x.digest for x in a.circuits] == [x.digest for x in b.circuits]
+    assert len(c.circuits) == len(a.circuits)
+    assert all(not np.array_equal(x, y) for x, y in zip(bits(a), bits(c)))
+
+
+def test_step_budget_leaves_targets_unreached(run) -> None:
+    result = run(max_steps=14)
+    assert [c.target_density for c in result.circuits] == [0.8]
+    assert result.unreached == [0.5, 0.2]
+    assert result.history[-1]["step"] <= 14
+
+
+@pytest.mark.parametrize(("interrupt_at", "snapshots_before"), [(3, 0), (16, 1)])  # 16: after the first, mid interval
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_lm, tiny_data, tmp_path: Path, helpers,
+                                                              interrupt_at: int, snapshots_before: int) -> None:
+    whole = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path / "whole", progress=False)
+    saved = []
+    part = discover(tiny_lm, tiny_data, tiny_data, config(max_steps=interrupt_at), checkpoint_dir=tmp_path / "cut",
+                    on_checkpoint=saved.append, progress=False)
+    assert saved and saved[-1] == tmp_path / "cut"
+    assert len(part.circuits) == snapshots_before
+    assert torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["step"] == interrupt_at
+    resumed = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path / "cut", progress=False)
+    assert same_circuits(resumed, whole)
+    assert helpers.same_rows(resumed.history, whole.history)
+    assert resumed.unreached == whole.unreached == []
+
+
+def test_finished_checkpoint_is_not_rerun(tiny_lm, tiny_data, tmp_path: Path) -> None:
+    first = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path, progress=False)
+    rows = []
+    again = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path, on_eval=rows.append,
+                     progress=False)
+    assert rows == []  # nothing left to do: no new steps, no new evaluations
+    assert same_circuits(first, again)
+
+
+# --- evaluation ---------------------------------------------------------------------------------------
+
+
+def random_masks(lm, seed: int, density: float) -> dict[str, torch.Tensor]:
+    layout = FlatLayout(tuple(lm.params))
+    gen = torch.Generator().manual_seed(seed)
+    return hard_masks(torch.rand(layout.total, generator=gen) - (1 - density), layout)
+
+
+def test_evaluate_runs_the_circuit_and_exactly_the_dropped_weights(tiny_lm, tiny_data, monkeypatch) -> None:
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, config())
+    masks = random_masks(tiny_lm, 0, 0.6)
+    calls = []
+    real = discovery.cached_features
+
+    def spy(lm, data, batch_size=64, weights=None):
+        calls.append({k: v.clone() for k, v in weights.items()})
+        return real(lm, data, batch_size, weights)
+
+    monkeypatch.setattr(discovery, "cached_features", spy)
+    metrics = evaluate(tiny_lm, task, masks, batch_size=7)
+    monkeypatch.undo()
+    assert len(calls) == 2
+    circuit, complement = calls
+    named = dict(tiny_lm.model.named_parameters())
+    assert set(circuit) == set(complement) == {p.name for p in tiny_lm.params}
+    for name, m in masks.items():
+        w = named[name].detach()
+        assert torch.equal(circuit[name][m], w[m]) and torch.all(circuit[name][~m] == 0)
+        assert torch.equal(complement[name][~m], w[~m]) and torch.all(complement[name][m] == 0)
+        assert torch.equal(circuit[name] + complement[name], w)
+
+    # The same metrics from the model with the other weights zeroed in place.
+    def predictions(keep):
+        with masked_weights(tiny_lm, keep):
+            return task.head(cached_features(tiny_lm, task.eval, 64)).argmax(dim=1)
+
+    circuit_preds = predictions(masks)
+    complement_preds = predictions({n: ~m for n, m in masks.items()})
+    assert metrics["faithfulness"] == (circuit_preds == task.eval_full_preds).float().mean().item()
+    assert metrics["circuit_accuracy"] == (circuit_preds == task.eval_labels).float().mean().item()
+    assert metrics["complement_accuracy"] == (complement_preds == task.eval_labels).float().mean().item()
+
+
+def test_evaluate_full_mask_is_the_full_model(tiny_lm, tiny_data) -> None:
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, config())
+    everything = {p.name: torch.ones(p.shape, dtype=torch.bool) for p in tiny_lm.params}
+    metrics = evaluate(tiny_lm, task, everything, batch_size=16)
+    assert metrics["faithfulness"] == 1.0
+    assert metrics["circuit_accuracy"] == metrics["full_accuracy"]
+
+
+# --- classification head and features --------------------------------------------------------------
+
+
+def test_prepare_task_targets_are_the_heads_predictions_on_cached_features(tiny_lm, tiny_data) -> None:
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, config())
+    features = cached_features(tiny_lm, task.train, 5)
+    assert torch.equal(task.train_targets, task.head(features).argmax(dim=1))
+    assert torch.equal(task.eval_full_preds, task.train_targets)  # eval set is the train set here
+    assert (task.train_targets == torch.tensor(tiny_data.labels)).float().mean() >= 0.9
+    assert not any(p.requires_grad for p in task.head.parameters())
+
+
+def test_features_take_each_rows_last_real_token_whatever_the_padding(tiny_lm) -> None:
+    texts = ["a", "a much longer sentence here", "mid length"]
+    tok = tokenize(tiny_lm.tokenizer, texts)
+    batched = cached_features(tiny_lm, tok, batch_size=3)
+    for i, text in enumerate(texts):
+        ids = torch.tensor([tok.ids[i]])
+        alone = tiny_lm.model.base_model(input_ids=ids).last_hidden_state[0, -1]
+        torch.testing.assert_close(batched[i], alone, rtol=1e-5, atol=1e-5)
+    inputs = tok.batch([0, 1, 2], torch.device("cpu"))
+    assert inputs["attention_mask"].sum(dim=1).tolist() == [len(r) for r in tok.ids]
+    assert torch.equal(last_token_features(tiny_lm, inputs), batched)
+
+
+def test_train_head_fits_badly_scaled_features_and_folds_the_scaling_back() -> None:
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(200) % 2
+    signal = (labels.float() * 2 - 1)[:, None] * torch.tensor([1.0, 0.0, 0.0])
+    features = 1000.0 + 50.0 * (torch.randn(200, 3, generator=gen) * 0.3 + signal)  # offset and scale far from 0/1
+    head = train_head(features, labels, epochs=60, lr=1e-2, batch_size=32, seed=0)
+    assert (head(features).argmax(dim=1) == labels).float().mean() >= 0.95
+    again = train_head(features, labels, epochs=60, lr=1e-2, batch_size=32, seed=0)
+    assert torch.equal(head.weight, again.weight) and torch.equal(head.bias, again.bias)

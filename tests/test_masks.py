@@ -1,0 +1,226 @@
+"""Flat masks: the Gumbel-sigmoid straight-through sample, its gradient and distribution, and masked forwards."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from circuitlib.masks import (
+    FlatLayout,
+    apply_masks,
+    call_with_weights,
+    complement_masks,
+    count_kept,
+    flat_weights,
+    hard_masks,
+    init_logits,
+    mean_keep_probability,
+    sample_masked_weights,
+)
+from circuitlib.types import MaskedParam
+
+CLAMP = 1e-6  # sample_masked_weights keeps the uniform noise within [CLAMP, 1 - CLAMP]
+
+
+def expected_noise(generator: torch.Generator, n: int) -> torch.Tensor:
+    """The uniform draw sample_masked_weights makes from a generator in this state, clamped like it."""
+    return torch.empty(n).uniform_(generator=generator).clamp_(CLAMP, 1 - CLAMP)
+
+
+def twin_generators(seed: int) -> tuple[torch.Generator, torch.Generator]:
+    return torch.Generator().manual_seed(seed), torch.Generator().manual_seed(seed)
+
+
+def straight_through_case(n: int = 997, seed: int = 0):
+    """Logits spread around 0, weights, and an upstream gradient (a non-multiple of the vector width)."""
+    gen = torch.Generator().manual_seed(seed)
+    logits = (torch.randn(n, generator=gen) * 2).requires_grad_(True)
+    weights = torch.randn(n, generator=gen)
+    upstream = torch.randn(n, generator=gen)
+    return logits, weights, upstream
+
+
+def analytic(logits, weights, upstream, u, temperature):
+    """Forward w * 1[sigmoid((l + log(u/(1-u))) / T) > 0.5]; gradient upstream * w * s(1 - s) / T, by hand."""
+    l = logits.detach().double()
+    z = l + torch.log(u.double()) - torch.log1p(-u.double())
+    s = torch.sigmoid(z / temperature)
+    forward = torch.where(s > 0.5, weights.double(), torch.zeros((), dtype=torch.float64))
+    grad = upstream.double() * weights.double() * s * (1 - s) / temperature
+    return forward, grad
+
+
+@pytest.mark.parametrize("temperature", [1.0, 0.3, 0.01])
+def test_straight_through_forward_and_gradient_match_the_formula(temperature: float) -> None:
+    logits, weights, upstream = straight_through_case()
+    gen, twin = twin_generators(7)
+    noise = torch.empty_like(logits)
+    out = sample_masked_weights(logits, weights, noise, gen, temperature)
+    out.backward(upstream)
+    u = expected_noise(twin, logits.numel())
+    forward, grad = analytic(logits, weights, upstream, u, temperature)
+    kept = forward != 0
+    assert torch.equal(out.detach()[kept], weights[kept])  # kept weights pass through bit for bit
+    assert torch.equal(out.detach()[~kept], torch.zeros(int((~kept).sum())))
+    assert 0.2 < kept.float().mean() < 0.8
+    # float32: s(1 - s) loses digits where s is near 1 and sigmoid saturates earlier; the error scales as 1/T.
+    torch.testing.assert_close(logits.grad.double(), grad, rtol=1e-4, atol=1e-6 / temperature)
+    assert (logits.grad != 0).sum() > 0
+
+
+def test_gradient_of_a_sample_with_sharp_temperature_is_zero_away_from_the_threshold() -> None:
+    logits = torch.full((100,), 20.0, requires_grad=True)
+    out = sample_masked_weights(logits, torch.ones(100), torch.empty(100), torch.Generator().manual_seed(0), 0.01)
+    out.sum().backward()
+    assert torch.equal(out.detach(), torch.ones(100))
+    assert torch.equal(logits.grad, torch.zeros(100))
+
+
+def test_sample_is_reproducible_from_the_generator_and_fresh_each_call() -> None:
+    logits, weights, _ = straight_through_case(n=4096)
+    gen_a, gen_b = twin_generators(3)
+    noise = torch.empty_like(logits)
+    first = sample_masked_weights(logits, weights, noise, gen_a, 0.01).detach().clone()
+    second = sample_masked_weights(logits, weights, noise, gen_a, 0.01).detach().clone()
+    assert torch.equal(first, sample_masked_weights(logits, weights, torch.empty_like(logits), gen_b, 0.01).detach())
+    assert not torch.equal(first, second)
+
+
+def test_hard_sample_is_bernoulli_of_sigmoid_logit() -> None:
+    levels = torch.tensor([-2.0, -0.7, 0.0, 0.4, 1.5, 3.0])
+    per_level, draws = 5000, 8
+    logits = levels.repeat_interleave(per_level).requires_grad_(True)
+    weights = torch.ones_like(logits)
+    noise = torch.empty_like(logits)
+    gen = torch.Generator().manual_seed(11)
+    kept = torch.zeros(len(levels))
+    for _ in range(draws):
+        mask = sample_masked_weights(logits, weights, noise, gen, 0.01).detach()
+        assert set(mask.unique().tolist()) <= {0.0, 1.0}
+        kept += mask.view(len(levels), per_level).mean(dim=1)
+    frequency = kept / draws
+    p = torch.sigmoid(levels)
+    sigma = (p * (1 - p) / (per_level * draws)).sqrt()
+    assert torch.all((frequency - p).abs() <= 5 * sigma + 1e-3), (frequency, p)
+
+
+@pytest.mark.slow
+def test_fused_kernels_match_unfused() -> None:
+    for n in (1000, 4099):  # two sizes: the compiled kernels are dynamic in the length
+        logits, weights, upstream = straight_through_case(n=n, seed=n)
+        results = []
+        for fused in (False, True):
+            gen = torch.Generator().manual_seed(5)
+            leaf = logits.detach().clone().requires_grad_(True)
+            out = sample_masked_weights(leaf, weights, torch.empty(n), gen, 0.3, fused=fused)
+            out.backward(upstream)
+            results.append((out.detach(), leaf.grad))
+        (out_plain, grad_plain), (out_fused, grad_fused) = results
+        assert torch.equal(out_plain, out_fused)
+        torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-4, atol=1e-6)
+        assert (grad_plain != 0).any()
+
+
+# --- layout, logits and deterministic masks ---------------------------------------------------------
+
+PARAMS = (
+    MaskedParam("a.weight", (3, 4), "attention", 0),
+    MaskedParam("a.bias", (4,), "attention", 0),
+    MaskedParam("n.weight", (), "norm", 1),
+)
+
+
+def test_layout_split_and_flatten_round_trip() -> None:
+    layout = FlatLayout(PARAMS)
+    assert layout.sizes == [12, 4, 1] and layout.total == 17
+    flat = torch.arange(17.0)
+    parts = layout.split(flat)
+    assert [tuple(v.shape) for v in parts.values()] == [(3, 4), (4,), ()]
+    assert parts["a.bias"].tolist() == [12.0, 13.0, 14.0, 15.0]
+    assert parts["a.weight"].data_ptr() == flat.data_ptr()  # views, not copies
+    assert torch.equal(layout.flatten(parts), flat)
+
+
+def test_init_logits_are_seeded_normal_float32_leaves() -> None:
+    layout = FlatLayout((MaskedParam("w", (200, 100), "mlp", 0),))
+    a = init_logits(layout, torch.device("cpu"), mean=2.7, std=0.01, seed=4)
+    assert a.dtype == torch.float32 and a.requires_grad and a.is_leaf and a.shape == (20000,)
+    assert torch.equal(a, init_logits(layout, torch.device("cpu"), mean=2.7, std=0.01, seed=4))
+    assert not torch.equal(a, init_logits(layout, torch.device("cpu"), mean=2.7, std=0.01, seed=5))
+    assert abs(a.mean().item() - 2.7) < 1e-3 and abs(a.std().item() - 0.01) < 1e-3
+
+
+def test_hard_masks_complement_and_counts() -> None:
+    layout = FlatLayout(PARAMS)
+    logits = torch.linspace(-1, 1, 17).requires_grad_(True)  # no entry exactly 0
+    masks = hard_masks(logits, layout)
+    assert all(m.dtype == torch.bool for m in masks.values())
+    assert torch.equal(layout.flatten(masks), logits.detach() > 0)
+    comp = complement_masks(masks)
+    for name in masks:
+        assert torch.equal(comp[name], ~masks[name])
+    assert count_kept(logits) == (8, 17)
+    torch.testing.assert_close(mean_keep_probability(logits), torch.sigmoid(logits).mean())
+
+
+def test_apply_masks_multiplies_without_touching_the_model(tiny_lm, helpers) -> None:
+    before = helpers.clone_state(tiny_lm.model)
+    layout = FlatLayout(tuple(tiny_lm.params))
+    masks = hard_masks(torch.randn(layout.total, generator=torch.Generator().manual_seed(0)), layout)
+    applied = apply_masks(tiny_lm.model, masks)
+    named = dict(tiny_lm.model.named_parameters())
+    for name, m in masks.items():
+        assert torch.equal(applied[name][m], named[name][m])
+        assert torch.all(applied[name][~m] == 0)
+    assert helpers.differing(tiny_lm.model, before) == []
+
+
+def test_flat_weights_is_a_detached_copy_in_layout_order(tiny_lm) -> None:
+    layout = FlatLayout(tuple(tiny_lm.params))
+    flat = flat_weights(tiny_lm.model, layout)
+    named = dict(tiny_lm.model.named_parameters())
+    assert flat.shape == (layout.total,) and not flat.requires_grad
+    for name, view in layout.split(flat).items():
+        assert torch.equal(view, named[name])
+    flat.zero_()
+    assert named[tiny_lm.params[0].name].abs().sum() > 0
+
+
+def test_call_with_weights_swaps_parameters_functionally(tiny_lm, helpers) -> None:
+    model = tiny_lm.model
+    ids = torch.tensor([tiny_lm.tokenizer("the cat sat")["input_ids"]])
+    reference = model(ids).logits
+    before = helpers.clone_state(model)
+    named = dict(model.named_parameters())
+    same = {p.name: named[p.name].detach().clone() for p in tiny_lm.params}
+    assert torch.equal(call_with_weights(model, same, input_ids=ids).logits, reference)
+    base = model.base_model
+    hidden = call_with_weights(base, same, prefix="transformer.", input_ids=ids).last_hidden_state
+    assert torch.equal(hidden, base(input_ids=ids).last_hidden_state)
+    zeroed = dict(same, **{"transformer.h.1.mlp.c_proj.weight": torch.zeros_like(same["transformer.h.1.mlp.c_proj.weight"])})
+    changed = call_with_weights(model, zeroed, input_ids=ids).logits
+    assert not torch.allclose(changed, reference)
+    # The same as zeroing that weight in place.
+    with torch.no_grad():
+        named["transformer.h.1.mlp.c_proj.weight"].zero_()
+    torch.testing.assert_close(changed, model(ids).logits, rtol=0, atol=0)
+    with torch.no_grad():
+        named["transformer.h.1.mlp.c_proj.weight"].copy_(before["transformer.h.1.mlp.c_proj.weight"])
+    assert helpers.differing(model, before) == []
+
+
+def test_masked_forward_backward_reaches_every_logit_through_the_model(tiny_lm) -> None:
+    """One discovery-style step: gradients flow from the model's output back into the flat logits."""
+    layout = FlatLayout(tuple(tiny_lm.params))
+    logits = init_logits(layout, torch.device("cpu"), mean=0.0, std=0.1, seed=0)
+    weights = flat_weights(tiny_lm.model, layout)
+    masked = sample_masked_weights(logits, weights, torch.empty(layout.total), torch.Generator().manual_seed(0), 1.0)
+    ids = torch.tensor([tiny_lm.tokenizer("the cat sat")["input_ids"]])
+    out = call_with_weights(tiny_lm.model, layout.split(masked), input_ids=ids).logits
+    out.square().mean().backward()
+    assert logits.grad is not None and logits.grad.shape == logits.shape
+    named = dict(tiny_lm.model.named_parameters())
+    for name, grad in layout.split(logits.grad).items():
+        # every parameter's logits receive a gradient, except where the weights are all 0 (GPT-2's biases at init)
+        assert (grad.abs().sum() > 0) == bool(named[name].any()), name
+    assert all(p.grad is None for p in tiny_lm.model.parameters())
