@@ -85,6 +85,16 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any
             "peak_rss_mib": round(peak_rss_mib(), 1), "peak_rss_is_phase_peak": reset_ok}
 
 
+def top_ops(fn: Callable[[], Any], n: int = 10) -> dict[str, float]:
+    """Where one call of `fn` spends its time: the `n` largest operators by self CPU time, in milliseconds."""
+    from torch.profiler import ProfilerActivity, profile
+
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        fn()
+    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
+    return {e.key[:60]: round(e.self_cpu_time_total / 1000, 1) for e in events}
+
+
 def ratio(naive_s: float, ours_s: float) -> float:
     return round(naive_s / ours_s, 2)
 
@@ -194,10 +204,12 @@ def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
     fused = masked >= FUSE_ABOVE
     repeats = args.repeats
     ours = timed(lambda: mask_step(lm, task, state, config, weights, noise, fused), repeats)
+    ours_ops = top_ops(lambda: mask_step(lm, task, state, config, weights, noise, fused))
     del weights, noise, state
     naive_trainer = NaiveMaskTrainer(lm, task.head, config)
     batch = task.train.batch(list(range(args.batch_size)), lm.device)
     naive = timed(lambda: naive_trainer.step(batch, 0), repeats)
+    naive_ops = top_ops(lambda: naive_trainer.step(batch, 0))
     naive_trainer.restore()
     del naive_trainer
     result["mask_step"] = {
@@ -205,6 +217,8 @@ def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "ours": ours | {"steps_per_s": round(1 / ours["median_s"], 3)},
         "naive": naive | {"steps_per_s": round(1 / naive["median_s"], 3)},
         "ours_over_naive": ratio(naive["median_s"], ours["median_s"]),
+        "ours_top_ops_ms": ours_ops,
+        "naive_top_ops_ms": naive_ops,
     }
 
     # Head training.

