@@ -68,9 +68,11 @@ def connect_ray(config: SweepConfig) -> dict[str, float]:
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # we keep 1 checkpoint
     # Reused trial actors must not sit in a deleted trial folder, so trials keep their working directory.
     env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
-    if "RAY_ADDRESS" not in os.environ:  # a local cluster: put the repo on the workers' path (a job ships its own)
+    local = "RAY_ADDRESS" not in os.environ  # a submitted job has RAY_ADDRESS; otherwise start a private local cluster
+    if local:  # put the repo on the workers' path (a job ships its own working dir)
         env_vars["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
-    ray.init(runtime_env={"env_vars": env_vars}, ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+    ray.init(address="local" if local else None, runtime_env={"env_vars": env_vars},
+             ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     return ray.cluster_resources()
 
 
