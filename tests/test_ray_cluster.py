@@ -118,12 +118,17 @@ class RayCluster:
             "env_vars": {"MLFLOW_TRACKING_URI": tracking_uri, "HF_HUB_OFFLINE": "1"},
             "excludes": [".venv", ".git", "runs"],
         }
-        return subprocess.run(
-            [str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
-             "--runtime-env-json", json.dumps(runtime_env), "--",
-             "python", "sweeps/size_sweep.py", "--preset", "tiny", "--work-dir", str(work_dir), *args],
-            capture_output=True, text=True, env=env(), timeout=900,
-        )
+        command = [
+            str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
+            "--runtime-env-json", json.dumps(runtime_env), "--",
+            "python", "sweeps/size_sweep.py", "--preset", "tiny", "--work-dir", str(work_dir), *args,
+        ]
+        for _ in range(20):  # the dashboard answers before its job agent is up; Ray says to try again later
+            proc = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=900)
+            if "No available agent to submit job" not in proc.stdout + proc.stderr:
+                return proc
+            time.sleep(3)
+        return proc
 
     def stop(self) -> None:
         """Kill this cluster's processes only (`ray stop` would end every Ray cluster on the machine)."""
