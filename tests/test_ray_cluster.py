@@ -96,8 +96,14 @@ class RayCluster:
     def ray(self, *args: str) -> None:
         subprocess.run([str(BIN / "ray"), *args], check=True, env=env(), capture_output=True, timeout=180)
 
+    @staticmethod
+    def agent_ports() -> list[str]:
+        """Free ports for a node's agents: their fixed defaults clash when two nodes share a machine."""
+        return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
+                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+
     def start_head(self, cpus: int, gpus: int) -> None:
-        self.ray("start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
+        self.ray("start", "--head", *self.agent_ports(), "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
                  "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
                  "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(200 * 2**20),
                  "--temp-dir", self.temp, "--disable-usage-stats")
@@ -105,7 +111,7 @@ class RayCluster:
 
     def add_node(self, cpus: int, gpus: int) -> None:
         self.node_temps.append(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
-        self.ray("start", "--address", f"127.0.0.1:{self.gcs_port}", "--node-ip-address", "127.0.0.1",
+        self.ray("start", "--address", f"127.0.0.1:{self.gcs_port}", *self.agent_ports(), "--node-ip-address", "127.0.0.1",
                  "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(200 * 2**20),
                  "--temp-dir", self.node_temps[-1], "--disable-usage-stats")
 
