@@ -33,10 +33,20 @@ BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
+def free_ports(n: int) -> list[int]:
+    """n distinct free ports (all held open while choosing, so none is handed out twice)."""
+    sockets = [socket.socket() for _ in range(n)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
+
+
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 TOKEN_DIR = Path(tempfile.mkdtemp(prefix="ray-token-"))
@@ -91,16 +101,29 @@ class RayCluster:
         # so one node's cleanup of its runtime-env cache cannot delete another's.
         self.temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
         self.node_temps: list[str] = []
-        self.gcs_port, self.dashboard_port = free_port(), free_port()
+        self.gcs_port, self.dashboard_port, *self.spare = free_ports(10)
 
     def ray(self, *args: str) -> None:
         subprocess.run([str(BIN / "ray"), *args], check=True, env=env(), capture_output=True, timeout=180)
 
-    @staticmethod
-    def agent_ports() -> list[str]:
+    def agent_ports(self) -> list[str]:
         """Free ports for a node's agents: their fixed defaults clash when two nodes share a machine."""
-        return ["--dashboard-agent-listen-port", str(free_port()), "--dashboard-agent-grpc-port", str(free_port()),
-                "--runtime-env-agent-port", str(free_port()), "--metrics-export-port", str(free_port())]
+        ports = [str(self.spare.pop()) for _ in range(4)]
+        flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
+                 "--metrics-export-port"]
+        return [x for pair in zip(flags, ports) for x in pair]
+
+    def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
+        """Block until `count` nodes are alive, so trials can spread over all of them."""
+        probe = (f"import ray; ray.init(address='127.0.0.1:{self.gcs_port}', log_to_driver=False); "
+                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        deadline = time.time() + timeout
+        while time.time() < deadline:
+            out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env(), timeout=120)
+            if out.stdout.strip().splitlines()[-1:] == [str(count)]:
+                return
+            time.sleep(2)
+        raise TimeoutError(f"{count} Ray nodes were not alive within {timeout}s")
 
     def start_head(self, cpus: int, gpus: int) -> None:
         self.ray("start", "--head", *self.agent_ports(), "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
@@ -194,6 +217,7 @@ def test_job_submission_to_a_ray_head_with_an_mlflow_server(tmp_path, ray_cluste
 def test_trials_spread_over_two_nodes_and_reach_one_server(tmp_path, ray_cluster, mlflow_server):
     ray_cluster.start_head(cpus=1, gpus=0)
     ray_cluster.add_node(cpus=1, gpus=0)
+    ray_cluster.wait_for_nodes(2)
     proc = ray_cluster.submit(mlflow_server, tmp_path / "job")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     children = check_sweep_on_server(mlflow_server, tmp_path)
