@@ -1,10 +1,16 @@
-"""Time the core loops (mask steps, head training, edits) against naive versions of each, in one run, on CPU.
+"""Time the core loops (mask steps, head training, edits) against naive versions of each, in one run.
 
-Usage: python benchmarks/bench_core.py [--quick] [--models tiny-gpt2,smollm2-135m] [--batch-size 32] [--out FILE]
+Usage: python benchmarks/bench_core.py [--quick] [--models tiny-gpt2,smollm2-135m] [--batch-size 32] [--device cpu]
+                                       [--out FILE]
+
+A model spec `random:NAME` (NAME: smollm2-135m or gpt2-xl) is that architecture with random weights, for machines
+without the weights (speed does not depend on the weights' values); its tokenizer is smollm2-135m's, read from the
+converted folder under $CIRCUITLIB_CACHE (config.json and tokenizer files suffice).
 
 For each model, on batches of the built-in hierarchy dataset:
-- mask step: ours is `discovery.mask_step` (flat logits, one fused straight-through sample, a functional masked
-  forward/backward, AdamW). The naive step keeps one logit tensor per parameter, copies w * m into the model's
+- mask step: ours is `discovery.mask_step` (flat logits, one fused straight-through sample whose backward also
+  carries the sparsity penalty's gradient, a functional masked forward/backward, fused AdamW), timed in float32 and
+  in bfloat16 autocast (`precision="bf16"`); the naive step runs in float32. The naive step keeps one logit tensor per parameter, copies w * m into the model's
   parameters every step (param.data.copy_), recomputes the full model's predictions on the batch every step (with the
   original weights copied back for that forward), and takes the mask gradients from param.grad.
 - head training: ours trains on features cached by one forward pass (`cached_features` + `train_head`); the naive
@@ -13,8 +19,10 @@ For each model, on batches of the built-in hierarchy dataset:
 - edits: ours is `edit_requests` (weights zeroed and restored in place from one saved copy); the naive edit runs the
   same editor on a `copy.deepcopy` of the model for every request. stop_loss=0, so every edit takes the same steps.
 Every time is the median of `repeats` runs after a warm-up run (wall and CPU seconds; the load average of the
-machine at start and end is recorded, since other processes on a shared machine inflate wall times). Peak memory is the process's peak RSS (VmHWM) during
-each phase (reset before it through /proc/self/clear_refs where the kernel allows, else the process peak so far).
+machine at start and end is recorded, since other processes on a shared machine inflate wall times; on CUDA each run
+ends with a synchronize). Peak memory is the process's peak RSS (VmHWM) during each phase (reset before it through
+/proc/self/clear_refs where the kernel allows, else the process peak so far), and on CUDA also the peak of allocated
+GPU memory.
 Prints one JSON object (and writes it to --out if given); ratios (ours_over_naive) are our speed / the naive speed = naive time / our time.
 """
 
@@ -38,10 +46,19 @@ import torch.nn.functional as F
 from circuitlib import data
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import cached_features, last_token_features, tokenize, train_head
-from circuitlib.discovery import DiscoveryConfig, DiscoveryState, FUSE_ABOVE, _lambda, mask_step, prepare_task
+from circuitlib.discovery import (
+    FUSE_ABOVE,
+    PRECISIONS,
+    DiscoveryConfig,
+    DiscoveryState,
+    _lambda,
+    mask_step,
+    masked_classifier,
+    prepare_task,
+)
 from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
 from circuitlib.masks import FlatLayout, flat_weights
-from circuitlib.models import LoadedModel, load_model
+from circuitlib.models import SMOLLM2, LoadedModel, cache_dir, load_model, masked_params
 
 
 # --- measurement helpers ----------------------------------------------------------------------------
@@ -69,30 +86,49 @@ def peak_rss_mib() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any]:
-    """Median (and all) wall seconds of `fn` over `repeats` runs after `warmup` runs, and the phase's peak RSS."""
+    """Median (and all) wall seconds of `fn` over `repeats` runs after `warmup` runs, and the phase's peak memory."""
     for _ in range(warmup):
         fn()
+    sync()
     reset_ok = reset_peak_rss()
+    if torch.cuda.is_available():
+        torch.cuda.reset_peak_memory_stats()
     times, cpu = [], []
     for _ in range(repeats):
         start, start_cpu = time.perf_counter(), time.process_time()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    return {"median_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times],
-            "median_cpu_s": round(statistics.median(cpu), 4),
-            "peak_rss_mib": round(peak_rss_mib(), 1), "peak_rss_is_phase_peak": reset_ok}
+    result = {"median_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times],
+              "median_cpu_s": round(statistics.median(cpu), 4),
+              "peak_rss_mib": round(peak_rss_mib(), 1), "peak_rss_is_phase_peak": reset_ok}
+    if torch.cuda.is_available():
+        result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
+    return result
 
 
 def top_ops(fn: Callable[[], Any], n: int = 10) -> dict[str, float]:
-    """Where one call of `fn` spends its time: the `n` largest operators by self CPU time, in milliseconds."""
+    """Where one call of `fn` spends its time: the `n` largest operators by self time, in milliseconds.
+
+    CPU time on CPU; GPU (kernel) time where CUDA is available.
+    """
     from torch.profiler import ProfilerActivity, profile
 
-    with profile(activities=[ProfilerActivity.CPU]) as prof:
+    cuda = torch.cuda.is_available()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
         fn()
-    events = sorted(prof.key_averages(), key=lambda e: e.self_cpu_time_total, reverse=True)[:n]
-    return {e.key[:60]: round(e.self_cpu_time_total / 1000, 1) for e in events}
+        sync()
+    key = "self_device_time_total" if cuda else "self_cpu_time_total"
+    events = sorted(prof.key_averages(), key=lambda e: getattr(e, key), reverse=True)[:n]
+    return {e.key[:60]: round(getattr(e, key) / 1000, 2) for e in events}
 
 
 def ratio(naive_s: float, ours_s: float) -> float:
@@ -110,12 +146,13 @@ class NaiveMaskTrainer:
         named = dict(lm.model.named_parameters())
         self.params = [named[p.name] for p in lm.params]
         self.original = [p.detach().clone() for p in self.params]
-        gen = torch.Generator().manual_seed(config.seed)
-        self.logits = [(torch.randn(p.shape, generator=gen) * config.init_std + config.init_mean).requires_grad_(True)
-                       for p in self.params]
+        device = lm.device
+        gen = torch.Generator(device=device).manual_seed(config.seed)
+        self.logits = [(torch.randn(p.shape, generator=gen, device=device) * config.init_std + config.init_mean)
+                       .requires_grad_(True) for p in self.params]
         self.total = sum(t.numel() for t in self.logits)
         self.optimizer = torch.optim.AdamW(self.logits, lr=config.lr, weight_decay=config.weight_decay)
-        self.noise_gen = torch.Generator().manual_seed(config.seed + 1)
+        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
 
     def step(self, inputs: dict[str, torch.Tensor], epoch: int) -> float:
         t = self.config.temperature
@@ -127,7 +164,7 @@ class NaiveMaskTrainer:
         # Straight-through Gumbel-sigmoid masks; w * m copied into the parameters.
         masks = []
         for p, w, logit in zip(self.params, self.original, self.logits):
-            u = torch.rand(logit.shape, generator=self.noise_gen).clamp(1e-6, 1 - 1e-6)
+            u = torch.rand(logit.shape, generator=self.noise_gen, device=logit.device).clamp(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((logit + torch.log(u / (1 - u))) / t)
             m = (soft > 0.5).float() - soft.detach() + soft
             p.data.copy_(w * m.detach())
@@ -154,7 +191,7 @@ class NaiveMaskTrainer:
 def naive_head_epochs(lm: LoadedModel, tok, labels: torch.Tensor, epochs: int, batch_size: int, lr: float) -> None:
     """A head trained by running the LM over every batch of every epoch (no cached features)."""
     d = lm.model.config.hidden_size
-    head = torch.nn.Linear(d, 2)
+    head = torch.nn.Linear(d, 2, device=lm.device)
     optimizer = torch.optim.AdamW(head.parameters(), lr=lr)
     gen = torch.Generator().manual_seed(0)
     for _ in range(epochs):
@@ -177,7 +214,7 @@ def naive_edits(lm: LoadedModel, requests, masks, config: EditConfig) -> None:
         named = dict(model.named_parameters())
         with torch.no_grad():
             for name, m in masks.items():
-                named[name].masked_fill_(~m, 0)
+                named[name].masked_fill_(~m.to(named[name].device), 0)
         neighbors = neighbor_prompts(request, requests, config.neighbors)
         _score(copy_lm, request, neighbors)
         Editor(copy_lm, masks, config).edit(request)
@@ -185,45 +222,85 @@ def naive_edits(lm: LoadedModel, requests, masks, config: EditConfig) -> None:
         del copy_lm, model, named
 
 
+# --- models with random weights ----------------------------------------------------------------------
+
+GPT2_XL = {"n_embd": 1600, "n_layer": 48, "n_head": 25, "n_positions": 1024, "vocab_size": 50257}
+
+
+def random_model(name: str, device: torch.device) -> LoadedModel:
+    """`name`'s architecture with seeded random weights and smollm2-135m's tokenizer (see the module docstring)."""
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, GPT2Config
+
+    folder = cache_dir() / SMOLLM2
+    tokenizer = AutoTokenizer.from_pretrained(str(folder))
+    tokenizer.pad_token = tokenizer.pad_token or tokenizer.eos_token
+    tokenizer.padding_side = "right"
+    if name == SMOLLM2:
+        config = AutoConfig.from_pretrained(str(folder))
+    elif name == "gpt2-xl":
+        config = GPT2Config(**GPT2_XL, bos_token_id=tokenizer.bos_token_id, eos_token_id=tokenizer.eos_token_id)
+    else:
+        raise SystemExit(f"model random:{name}: unknown architecture (smollm2-135m or gpt2-xl)")
+    torch.manual_seed(0)
+    with torch.device(device):
+        model = AutoModelForCausalLM.from_config(config, dtype=torch.float32)
+    model.eval().requires_grad_(False)
+    return LoadedModel(model, tokenizer, f"random:{name}", None, masked_params(model))
+
+
 # --- one model --------------------------------------------------------------------------------------
 
 
+def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -> dict[str, Any]:
+    """Our mask step in float32 and in bf16 autocast, then the naive one (float32)."""
+    masked = sum(p.numel for p in lm.params)
+    fused = masked >= FUSE_ABOVE
+    # As discover() decides: the masked forward is compiled on CUDA for large models (batches padded to one width).
+    compiled = lm.device.type == "cuda" and fused
+    result: dict[str, Any] = {"fused_kernels": fused, "compiled_model": compiled}
+    width = task.train.max_width if compiled else None
+    for precision in args.precisions.split(","):
+        config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision)
+        state = DiscoveryState(lm, config, len(dataset))
+        weights = flat_weights(lm.model, state.layout, config.compute_dtype)
+        noise = torch.empty(state.layout.total, device=lm.device)
+        classifier = masked_classifier(lm, task.head, state.layout, precision, compiled)
+        step = lambda: mask_step(lm, task, state, config, weights, noise, fused, classifier, width)  # noqa: E731
+        start = time.perf_counter()
+        step()
+        sync()
+        result[f"ours_{precision}_first_step_s"] = round(time.perf_counter() - start, 2)  # includes compiling
+        ours = timed(step, args.repeats)
+        result[f"ours_{precision}"] = ours | {"steps_per_s": round(1 / ours["median_s"], 3)}
+        result[f"ours_{precision}_top_ops_ms"] = top_ops(step)
+        del weights, noise, state, classifier
+    config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
+    naive_trainer = NaiveMaskTrainer(lm, task.head, config)
+    batch = task.train.batch(list(range(args.batch_size)), lm.device)
+    naive = timed(lambda: naive_trainer.step(batch, 0), args.repeats)
+    result["naive_top_ops_ms"] = top_ops(lambda: naive_trainer.step(batch, 0))
+    naive_trainer.restore()
+    result["naive"] = naive | {"steps_per_s": round(1 / naive["median_s"], 3)}
+    for precision in args.precisions.split(","):
+        result[f"ours_{precision}_over_naive"] = ratio(naive["median_s"], result[f"ours_{precision}"]["median_s"])
+    return result
+
+
 def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
-    quick = args.quick
-    lm = load_model(spec, device="cpu")
+    quick, repeats = args.quick, args.repeats
+    device = torch.device(args.device)
+    lm = random_model(spec.removeprefix("random:"), device) if spec.startswith("random:") else load_model(spec, device)
     masked = sum(p.numel for p in lm.params)
     dataset = data.load_classification("builtin:hierarchy", limit=args.rows, seed=0)
     result: dict[str, Any] = {"masked_weights": masked, "rows": len(dataset), "batch_size": args.batch_size}
 
-    # Mask steps.
     config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
     task = prepare_task(lm, dataset, dataset, config)
-    state = DiscoveryState(lm, config, len(dataset))
-    weights = flat_weights(lm.model, state.layout)
-    noise = torch.empty(state.layout.total)
-    fused = masked >= FUSE_ABOVE
-    repeats = args.repeats
-    ours = timed(lambda: mask_step(lm, task, state, config, weights, noise, fused), repeats)
-    ours_ops = top_ops(lambda: mask_step(lm, task, state, config, weights, noise, fused))
-    del weights, noise, state
-    naive_trainer = NaiveMaskTrainer(lm, task.head, config)
-    batch = task.train.batch(list(range(args.batch_size)), lm.device)
-    naive = timed(lambda: naive_trainer.step(batch, 0), repeats)
-    naive_ops = top_ops(lambda: naive_trainer.step(batch, 0))
-    naive_trainer.restore()
-    del naive_trainer
-    result["mask_step"] = {
-        "fused_kernels": fused,
-        "ours": ours | {"steps_per_s": round(1 / ours["median_s"], 3)},
-        "naive": naive | {"steps_per_s": round(1 / naive["median_s"], 3)},
-        "ours_over_naive": ratio(naive["median_s"], ours["median_s"]),
-        "ours_top_ops_ms": ours_ops,
-        "naive_top_ops_ms": naive_ops,
-    }
+    result["mask_step"] = bench_mask_steps(lm, task, dataset, args)
 
     # Head training.
     tok = tokenize(lm.tokenizer, dataset.texts, config.max_length)
-    labels = torch.tensor(dataset.labels)
+    labels = torch.tensor(dataset.labels, device=lm.device)
     epochs = 400
     feature_pass = timed(lambda: cached_features(lm, tok, args.batch_size), repeats)
     features = cached_features(lm, tok, args.batch_size)
@@ -274,6 +351,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--repeats", type=int, default=None, help="timed runs per measurement (default 5, quick 2)")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
+    parser.add_argument("--device", default="cpu", help="cpu or cuda")
+    parser.add_argument("--precisions", default="fp32,bf16", help="precisions of our mask step to time")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -291,6 +370,8 @@ def main() -> None:
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.processor() or platform.machine(),
+        "device": args.device,
+        "gpu": torch.cuda.get_device_name() if args.device.startswith("cuda") else None,
         "malloc_env": {k: v for k, v in os.environ.items() if k.startswith("MALLOC_")},
         "load_average_at_start": [round(x, 2) for x in os.getloadavg()],
         "models": {},
@@ -310,12 +391,15 @@ def main() -> None:
 
 def _goals(report: dict[str, Any]) -> dict[str, Any]:
     """Whether the smollm2-135m figures meet the goals (mask steps and edits >= 3x naive, head >= 50x)."""
-    r = report["models"].get("smollm2-135m")
-    if r is None:
+    name = next((m for m in ("smollm2-135m", "random:smollm2-135m") if m in report["models"]), None)
+    if name is None:
         return {"measured": False}
+    r = report["models"][name]
     return {
         "measured": True,
-        "mask_step_speedup>=3": r["mask_step"]["ours_over_naive"] >= 3,
+        "model": name,
+        **{f"mask_step_{p}_speedup>=3": r["mask_step"][f"ours_{p}_over_naive"] >= 3
+           for p in PRECISIONS if f"ours_{p}_over_naive" in r["mask_step"]},
         "edit_speedup>=3": r["edits"]["ours_over_naive"] >= 3,
         "head_speedup>=50": r["head_training"]["ours_over_naive"] >= 50,
     }

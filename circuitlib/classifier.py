@@ -23,10 +23,15 @@ class Tokenized:
     def __len__(self) -> int:
         return len(self.ids)
 
-    def batch(self, index: Sequence[int], device: torch.device) -> dict[str, torch.Tensor]:
-        """Right-padded input_ids and attention_mask for the rows in `index`."""
+    @property
+    def max_width(self) -> int:
+        """The longest row, in tokens."""
+        return max(len(r) for r in self.ids)
+
+    def batch(self, index: Sequence[int], device: torch.device, width: int | None = None) -> dict[str, torch.Tensor]:
+        """Right-padded input_ids and attention_mask for the rows in `index` (to `width`, default their longest)."""
         rows = [self.ids[i] for i in index]
-        width = max(len(r) for r in rows)
+        width = width or max(len(r) for r in rows)
         input_ids = torch.full((len(rows), width), self.pad_id, dtype=torch.long)
         attention_mask = torch.zeros((len(rows), width), dtype=torch.long)
         for i, r in enumerate(rows):

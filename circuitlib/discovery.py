@@ -35,6 +35,7 @@ from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
 
 FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
+PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -60,6 +61,10 @@ class DiscoveryConfig:
     max_length: int = 64
     seed: int = 0
     fused: bool | None = None  # torch.compile the mask kernels; None: only for models over FUSE_ABOVE masked weights
+    precision: str = "fp32"  # "bf16": the masked forward and backward in bfloat16 autocast (logits and AdamW stay fp32)
+    # torch.compile the masked model's forward and backward (batches padded to one width, so it compiles once);
+    # None: on CUDA only, for models over FUSE_ABOVE masked weights (on CPU compiling takes minutes and gains little).
+    compile_model: bool | None = None
 
     def __post_init__(self) -> None:
         self.densities = tuple(sorted((float(d) for d in self.densities), reverse=True))
@@ -68,6 +73,13 @@ class DiscoveryConfig:
             raise InputError(f"densities {list(self.densities)}: each target density must lie in (0, 1)")
         if self.max_steps < 1 or self.batch_size < 1:
             raise InputError("max_steps and batch_size must be positive")
+        if self.precision not in PRECISIONS:
+            raise InputError(f"precision {self.precision!r}: must be one of {', '.join(PRECISIONS)}")
+
+    @property
+    def compute_dtype(self) -> torch.dtype:
+        """The dtype of the masked weights and of the matmuls in a mask step."""
+        return PRECISIONS[self.precision]
 
 
 @dataclass
@@ -188,6 +200,28 @@ class DiscoveryState:
         self.circuits = [circuits.load(directory / f"snapshot{i}.safetensors") for i in range(state["n_circuits"])]
 
 
+MaskedClassifier = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+
+
+def masked_classifier(lm: LoadedModel, head: torch.nn.Linear, layout: FlatLayout, precision: str = "fp32",
+                      compile_model: bool = False) -> MaskedClassifier:
+    """(flat masked weights, batch) -> head logits [batch, 2] of the model with those weights swapped in.
+
+    With `compile_model`, the whole forward (and so its backward) is one torch.compile'd graph: far fewer kernel
+    launches and Python calls per step, which is what bounds a mask step on a GPU.
+    """
+
+    def forward(flat: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
+        weights = layout.split(flat)
+        if flat.dtype != torch.float32:
+            # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs them so.
+            weights = {name: w if w.dim() > 1 else w.float() for name, w in weights.items()}
+        with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            return head(last_token_features(lm, inputs, weights)).float()
+
+    return torch.compile(forward) if compile_model else forward
+
+
 def mask_step(
     lm: LoadedModel,
     task: _Task,
@@ -196,22 +230,28 @@ def mask_step(
     weights: torch.Tensor,
     noise: torch.Tensor,
     fused: bool,
+    classifier: MaskedClassifier | None = None,
+    width: int | None = None,
 ) -> torch.Tensor:
     """One AdamW step of the mask logits on the next training batch; returns the (detached) loss.
 
-    `weights` is the flat frozen copy of the masked weights (`flat_weights`), `noise` the reused noise buffer.
+    `weights` is the flat frozen copy of the masked weights (`flat_weights`), `noise` the reused noise buffer,
+    `classifier` a `masked_classifier` (default: an eager one), `width` a fixed width to pad batches to.
     """
     index = state.next_batch(config.batch_size)
-    inputs = task.train.batch(index.tolist(), lm.device)
-    masked = sample_masked_weights(state.logits, weights, noise, state.noise_gen, config.temperature, fused)
-    logits = task.head(last_token_features(lm, inputs, state.layout.split(masked)))
+    inputs = task.train.batch(index.tolist(), lm.device, width)
+    lam = _lambda(config, state.epoch)
+    # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value.
+    penalty = lam * mean_keep_probability(state.logits, fused)
+    masked = sample_masked_weights(state.logits, weights, noise, state.noise_gen, config.temperature, fused, lam)
+    classifier = classifier or masked_classifier(lm, task.head, state.layout, config.precision)
+    logits = classifier(masked, inputs)
     ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
-    loss = ce + _lambda(config, state.epoch) * mean_keep_probability(state.logits)
     state.optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    ce.backward()
     state.optimizer.step()
     state.step += 1
-    return loss.detach()
+    return ce.detach() + penalty
 
 
 def discover(
@@ -256,12 +296,16 @@ def discover(
     if state.step == 0 and not state.history:
         record()
     remaining = [t for t in config.densities if t not in {c.target_density for c in state.circuits}]
-    weights = flat_weights(lm.model, state.layout)
+    weights = flat_weights(lm.model, state.layout, config.compute_dtype)
     noise = torch.empty(state.layout.total, device=lm.device)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
+    compiled = (config.compile_model if config.compile_model is not None
+                else lm.device.type == "cuda" and state.layout.total >= FUSE_ABOVE)
+    classifier = masked_classifier(lm, task.head, state.layout, config.precision, compiled)
+    width = task.train.max_width if compiled else None  # one batch shape, so the compiled graph is reused
     bar = tqdm(total=config.max_steps, initial=state.step, desc=f"discover {train.name}", disable=not progress)
     while remaining and state.step < config.max_steps:
-        loss = mask_step(lm, task, state, config, weights, noise, fused)
+        loss = mask_step(lm, task, state, config, weights, noise, fused, classifier, width)
         bar.update(1)
 
         kept, total = count_kept(state.logits)

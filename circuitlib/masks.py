@@ -4,7 +4,8 @@ All masked weights of a model are laid end to end in the order of `LoadedModel.p
 float32 logit per weight, one flat frozen copy of the weights. A step samples Gumbel-sigmoid noise
 into a reused buffer and forms w * hard(logit + noise) in one fused pass; the straight-through
 gradient d sigmoid((logit + noise) / T) / d logit is recomputed in the backward pass, so nothing
-per weight is stored beyond the noise buffer.
+per weight is stored beyond the noise buffer. The sparsity penalty's gradient is added in that
+same backward pass, so the penalty costs no pass of its own over the logits.
 """
 
 from __future__ import annotations
@@ -48,36 +49,52 @@ def init_logits(layout: FlatLayout, device: torch.device, mean: float = 2.7, std
     return (torch.randn(layout.total, generator=gen) * std + mean).to(device).requires_grad_(True)
 
 
+NOISE_CLAMP = 1e-6  # uniform noise is kept within [NOISE_CLAMP, 1 - NOISE_CLAMP], so its logistic transform is finite
+
+
+def _logistic(noise: torch.Tensor) -> torch.Tensor:
+    u = noise.clamp(NOISE_CLAMP, 1 - NOISE_CLAMP)
+    return torch.log(u / (1 - u))
+
+
 def _forward(logits: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
-    z = logits + torch.log(noise / (1 - noise))
-    return torch.where(z > 0, weights, torch.zeros_like(weights))
+    return torch.where(logits + _logistic(noise) > 0, weights, torch.zeros_like(weights))
 
 
-def _backward(grad: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor, temperature: float) -> torch.Tensor:
-    s = torch.sigmoid((logits + torch.log(noise / (1 - noise))) / temperature)
-    return grad.float() * weights.float() * s * (1 - s) / temperature
+def _backward(
+    grad: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor, temperature: float,
+    penalty: torch.Tensor,
+) -> torch.Tensor:
+    s = torch.sigmoid((logits + _logistic(noise)) / temperature)
+    p = torch.sigmoid(logits)
+    return grad.float() * weights.float() * s * (1 - s) / temperature + penalty * p * (1 - p)
+
+
+def _keep_probability(logits: torch.Tensor) -> torch.Tensor:
+    return torch.sigmoid(logits).mean()
 
 
 @cache
 def _kernels(fused: bool):
     if not fused:
-        return _forward, _backward
-    return torch.compile(_forward, dynamic=True), torch.compile(_backward, dynamic=True)
+        return _forward, _backward, _keep_probability
+    return tuple(torch.compile(k, dynamic=True) for k in (_forward, _backward, _keep_probability))
 
 
 class _StraightThrough(torch.autograd.Function):
-    """w * hard mask forward; straight-through Gumbel-sigmoid gradient to the logits backward."""
+    """w * hard mask forward; straight-through Gumbel-sigmoid gradient (plus the penalty's) to the logits backward."""
 
     @staticmethod
-    def forward(ctx, logits, noise, weights, temperature, fused):
-        ctx.save_for_backward(logits, noise, weights)
+    def forward(ctx, logits, noise, weights, temperature, fused, penalty):
+        ctx.save_for_backward(logits, noise, weights, penalty)
         ctx.temperature, ctx.fused = temperature, fused
         return _kernels(fused)[0](logits, noise, weights)
 
     @staticmethod
     def backward(ctx, grad):
-        logits, noise, weights = ctx.saved_tensors
-        return _kernels(ctx.fused)[1](grad, logits, noise, weights, ctx.temperature), None, None, None, None
+        logits, noise, weights, penalty = ctx.saved_tensors
+        grad_logits = _kernels(ctx.fused)[1](grad, logits, noise, weights, ctx.temperature, penalty)
+        return grad_logits, None, None, None, None, None
 
 
 def sample_masked_weights(
@@ -87,13 +104,18 @@ def sample_masked_weights(
     generator: torch.Generator,
     temperature: float,
     fused: bool = False,
+    penalty: float = 0.0,
 ) -> torch.Tensor:
     """w * m for a fresh Gumbel-sigmoid hard sample m (threshold 0.5), differentiable in the logits.
 
-    `noise` is a reused float32 buffer of the logits' size; it must not be refilled before backward.
+    The output has the dtype of `weights` (float32, or bfloat16 for mixed precision). `noise` is a reused
+    float32 buffer of the logits' size; it must not be refilled before backward. The backward pass also adds
+    the gradient of `penalty * mean(sigmoid(logits))` to the logits: the sparsity term of the discovery loss,
+    whose value `mean_keep_probability` gives.
     """
-    noise.uniform_(generator=generator).clamp_(1e-6, 1 - 1e-6)
-    return _StraightThrough.apply(logits, noise, weights, temperature, fused)
+    noise.uniform_(generator=generator)
+    scale = torch.tensor(penalty / logits.numel(), dtype=torch.float32, device=logits.device)
+    return _StraightThrough.apply(logits, noise, weights, temperature, fused, scale)
 
 
 def hard_masks(logits: torch.Tensor, layout: FlatLayout) -> dict[str, torch.Tensor]:
@@ -111,15 +133,17 @@ def count_kept(logits: torch.Tensor) -> tuple[int, int]:
     return int((logits.detach() > 0).sum()), logits.numel()
 
 
-def mean_keep_probability(logits: torch.Tensor) -> torch.Tensor:
-    """mean(sigmoid(logits)) over all masked weights: the sparsity penalty."""
-    return torch.sigmoid(logits).mean()
+def mean_keep_probability(logits: torch.Tensor, fused: bool = False) -> torch.Tensor:
+    """mean(sigmoid(logits)) over all masked weights: the sparsity penalty (no gradient; see sample_masked_weights)."""
+    with torch.no_grad():
+        return _kernels(fused)[2](logits.detach())
 
 
-def flat_weights(model: torch.nn.Module, layout: FlatLayout) -> torch.Tensor:
-    """One frozen flat copy of the masked weights, in the model's dtype and device."""
+def flat_weights(model: torch.nn.Module, layout: FlatLayout, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """One frozen flat copy of the masked weights on the model's device, in `dtype` (default: the model's)."""
     named = dict(model.named_parameters())
-    return torch.cat([named[p.name].detach().reshape(-1) for p in layout.params])
+    flat = torch.cat([named[p.name].detach().reshape(-1) for p in layout.params])
+    return flat if dtype is None else flat.to(dtype)
 
 
 def apply_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> dict[str, torch.Tensor]:

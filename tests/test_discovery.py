@@ -223,3 +223,51 @@ def test_train_head_fits_badly_scaled_features_and_folds_the_scaling_back() -> N
     assert (head(features).argmax(dim=1) == labels).float().mean() >= 0.95
     again = train_head(features, labels, epochs=60, lr=1e-2, batch_size=32, seed=0)
     assert torch.equal(head.weight, again.weight) and torch.equal(head.bias, again.bias)
+
+
+def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
+    """One mask step in bf16 autocast moves the logits like the fp32 step (same noise, same batch)."""
+    cfg = config()
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
+    steps = {}
+    for precision in ("fp32", "bf16"):
+        c = config(precision=precision)
+        state = discovery.DiscoveryState(tiny_lm, c, len(tiny_data))
+        weights = discovery.flat_weights(tiny_lm.model, state.layout, c.compute_dtype)
+        assert weights.dtype == c.compute_dtype
+        loss = discovery.mask_step(tiny_lm, task, state, c, weights, torch.empty(state.layout.total), fused=False)
+        assert torch.isfinite(loss)
+        steps[precision] = state.logits.detach() - discovery.init_logits(state.layout, torch.device("cpu"), c.init_mean,
+                                                                         c.init_std, c.seed).detach()
+    moved = steps["fp32"] != 0
+    assert moved.any()
+    cosine = torch.nn.functional.cosine_similarity(steps["fp32"], steps["bf16"], dim=0)
+    assert cosine > 0.99, cosine
+
+
+def test_config_rejects_an_unknown_precision() -> None:
+    with pytest.raises(InputError, match="precision 'fp16'"):
+        DiscoveryConfig(precision="fp16")
+
+
+
+@pytest.mark.slow
+def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_lm, tiny_data) -> None:
+    """compile_model's torch.compile'd classifier, on batches padded to the set's longest row, equals the eager one."""
+    cfg = config()
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
+    state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+    flat = discovery.flat_weights(tiny_lm.model, state.layout).requires_grad_(True)
+    index = list(range(8))
+    width = task.train.max_width
+    results = []
+    for compiled, pad_to in ((False, None), (False, width), (True, width)):
+        classifier = discovery.masked_classifier(tiny_lm, task.head, state.layout, compile_model=compiled)
+        logits = classifier(flat, task.train.batch(index, tiny_lm.device, pad_to))
+        (grad,) = torch.autograd.grad(logits[:, 1].sum(), flat)
+        results.append((logits.detach(), grad))
+    assert task.train.batch(index, tiny_lm.device, width)["input_ids"].shape[1] == width > min(map(len, task.train.ids))
+    for logits, grad in results[1:]:
+        torch.testing.assert_close(logits, results[0][0], rtol=1e-5, atol=1e-6)
+        torch.testing.assert_close(grad, results[0][1], rtol=1e-4, atol=1e-6)
+    assert results[0][1].abs().sum() > 0

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from circuitlib.masks import (
+    NOISE_CLAMP,
     FlatLayout,
     apply_masks,
     call_with_weights,
@@ -19,7 +20,7 @@ from circuitlib.masks import (
 )
 from circuitlib.types import MaskedParam
 
-CLAMP = 1e-6  # sample_masked_weights keeps the uniform noise within [CLAMP, 1 - CLAMP]
+CLAMP = NOISE_CLAMP  # sample_masked_weights keeps the uniform noise within [CLAMP, 1 - CLAMP]
 
 
 def expected_noise(generator: torch.Generator, n: int) -> torch.Tensor:
@@ -104,6 +105,37 @@ def test_hard_sample_is_bernoulli_of_sigmoid_logit() -> None:
     assert torch.all((frequency - p).abs() <= 5 * sigma + 1e-3), (frequency, p)
 
 
+@pytest.mark.parametrize("temperature", [1.0, 0.01])
+def test_penalty_gradient_is_added_in_the_backward_pass(temperature: float) -> None:
+    """sample_masked_weights(..., penalty=lam) gives the gradient of out . upstream + lam * mean(sigmoid(logits))."""
+    logits, weights, upstream = straight_through_case()
+    lam = 37.0
+    grads = []
+    for folded in (True, False):
+        leaf = logits.detach().clone().requires_grad_(True)
+        gen = torch.Generator().manual_seed(7)
+        out = sample_masked_weights(leaf, weights, torch.empty_like(leaf), gen, temperature, penalty=lam if folded else 0.0)
+        loss = (out * upstream).sum() + (0.0 if folded else lam * torch.sigmoid(leaf).mean())
+        loss.backward()
+        grads.append(leaf.grad)
+    torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
+    with_penalty_only = logits.detach().clone().requires_grad_(True)
+    sample_masked_weights(with_penalty_only, weights, torch.empty(logits.numel()), torch.Generator().manual_seed(7),
+                          temperature, penalty=lam).backward(torch.zeros_like(upstream))
+    p = torch.sigmoid(logits.detach())
+    torch.testing.assert_close(with_penalty_only.grad, lam * p * (1 - p) / logits.numel())
+
+
+def test_bfloat16_weights_give_a_bfloat16_sample_and_a_float32_gradient() -> None:
+    logits, weights, upstream = straight_through_case()
+    out = sample_masked_weights(logits, weights.bfloat16(), torch.empty_like(logits), torch.Generator().manual_seed(7), 1.0)
+    assert out.dtype == torch.bfloat16
+    kept = out != 0
+    assert torch.equal(out[kept], weights.bfloat16()[kept])
+    out.backward(upstream.bfloat16())
+    assert logits.grad.dtype == torch.float32 and (logits.grad != 0).any()
+
+
 @pytest.mark.slow
 def test_fused_kernels_match_unfused() -> None:
     for n in (1000, 4099):  # two sizes: the compiled kernels are dynamic in the length
@@ -112,12 +144,13 @@ def test_fused_kernels_match_unfused() -> None:
         for fused in (False, True):
             gen = torch.Generator().manual_seed(5)
             leaf = logits.detach().clone().requires_grad_(True)
-            out = sample_masked_weights(leaf, weights, torch.empty(n), gen, 0.3, fused=fused)
+            out = sample_masked_weights(leaf, weights, torch.empty(n), gen, 0.3, fused=fused, penalty=11.0)
             out.backward(upstream)
-            results.append((out.detach(), leaf.grad))
-        (out_plain, grad_plain), (out_fused, grad_fused) = results
+            results.append((out.detach(), leaf.grad, mean_keep_probability(leaf, fused=fused)))
+        (out_plain, grad_plain, keep_plain), (out_fused, grad_fused, keep_fused) = results
         assert torch.equal(out_plain, out_fused)
         torch.testing.assert_close(grad_fused, grad_plain, rtol=1e-4, atol=1e-6)
+        torch.testing.assert_close(keep_fused, keep_plain)
         assert (grad_plain != 0).any()
 
 
