@@ -262,7 +262,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
     for precision in args.precisions.split(","):
         config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision)
         state = DiscoveryState(lm, config, len(dataset))
-        weights = flat_weights(lm.model, state.layout, config.compute_dtype)
+        weights = flat_weights(lm.model, state.layout, config.weights_dtype)
         noise = torch.empty(state.layout.total, device=lm.device)
         classifier = masked_classifier(lm, task.head, state.layout, precision, compiled)
         step = lambda: mask_step(lm, task, state, config, weights, noise, fused, classifier, width)  # noqa: E731
@@ -286,17 +286,19 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
     return result
 
 
-def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
+def bench_model(spec: str, args: argparse.Namespace, result: dict[str, Any], checkpoint: Callable[[], None]) -> None:
+    """Fill `result` with the model's figures, calling `checkpoint` after each phase."""
     quick, repeats = args.quick, args.repeats
     device = torch.device(args.device)
     lm = random_model(spec.removeprefix("random:"), device) if spec.startswith("random:") else load_model(spec, device)
     masked = sum(p.numel for p in lm.params)
     dataset = data.load_classification("builtin:hierarchy", limit=args.rows, seed=0)
-    result: dict[str, Any] = {"masked_weights": masked, "rows": len(dataset), "batch_size": args.batch_size}
+    result.update({"masked_weights": masked, "rows": len(dataset), "batch_size": args.batch_size})
 
     config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
     task = prepare_task(lm, dataset, dataset, config)
     result["mask_step"] = bench_mask_steps(lm, task, dataset, args)
+    checkpoint()
 
     # Head training.
     tok = tokenize(lm.tokenizer, dataset.texts, config.max_length)
@@ -322,6 +324,7 @@ def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "ours_over_naive": ratio(naive_400, ours_total),
         "ours_over_naive_train_only": ratio(naive_400, head_ours["median_s"]),
     }
+    checkpoint()
 
     # Edits.
     requests = data.load_requests("builtin:hierarchy", limit=args.edit_requests)
@@ -341,7 +344,7 @@ def bench_model(spec: str, args: argparse.Namespace) -> dict[str, Any]:
         "ours_over_naive": ratio(edit_naive["median_s"], edit_ours["median_s"]),
     }
     result["process_peak_rss_mib"] = round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)
-    return result
+    checkpoint()
 
 
 def main() -> None:
@@ -378,15 +381,20 @@ def main() -> None:
     }
     start = time.perf_counter()
     for spec in args.models.split(","):
-        report["models"][spec] = bench_model(spec, args)
+        report["models"][spec] = {}
+        bench_model(spec, args, report["models"][spec], lambda: save(report, args.out))
     report["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
     report["wall_s"] = round(time.perf_counter() - start, 1)
     report["goals_smollm2_batch32"] = _goals(report)
-    text = json.dumps(report, indent=2)
-    print(text)
-    if args.out:
-        with open(args.out, "w") as f:
-            f.write(text + "\n")
+    print(json.dumps(report, indent=2))
+    save(report, args.out)
+
+
+def save(report: dict[str, Any], path: str | None) -> None:
+    """Write the report so far (after every phase, so a run cut short still leaves its figures)."""
+    if path:
+        with open(path, "w") as f:
+            f.write(json.dumps(report, indent=2) + "\n")
 
 
 def _goals(report: dict[str, Any]) -> dict[str, Any]:

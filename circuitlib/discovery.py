@@ -35,7 +35,7 @@ from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
 
 FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
-PRECISIONS = {"fp32": torch.float32, "bf16": torch.bfloat16}
+PRECISIONS = ("fp32", "bf16")
 
 
 @dataclass
@@ -61,7 +61,8 @@ class DiscoveryConfig:
     max_length: int = 64
     seed: int = 0
     fused: bool | None = None  # torch.compile the mask kernels; None: only for models over FUSE_ABOVE masked weights
-    precision: str = "fp32"  # "bf16": the masked forward and backward in bfloat16 autocast (logits and AdamW stay fp32)
+    precision: str = "fp32"  # "bf16": the masked forward and backward in bfloat16 autocast (logits and AdamW stay fp32);
+    # "fp32" runs in the model's own dtype
     # torch.compile the masked model's forward and backward (batches padded to one width, so it compiles once);
     # None: on CUDA only, for models over FUSE_ABOVE masked weights (on CPU compiling takes minutes and gains little).
     compile_model: bool | None = None
@@ -77,9 +78,9 @@ class DiscoveryConfig:
             raise InputError(f"precision {self.precision!r}: must be one of {', '.join(PRECISIONS)}")
 
     @property
-    def compute_dtype(self) -> torch.dtype:
-        """The dtype of the masked weights and of the matmuls in a mask step."""
-        return PRECISIONS[self.precision]
+    def weights_dtype(self) -> torch.dtype | None:
+        """The dtype of the masked weights in a mask step: bfloat16 for "bf16", else None (the model's own)."""
+        return torch.bfloat16 if self.precision == "bf16" else None
 
 
 @dataclass
@@ -213,7 +214,7 @@ def masked_classifier(lm: LoadedModel, head: torch.nn.Linear, layout: FlatLayout
 
     def forward(flat: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = layout.split(flat)
-        if flat.dtype != torch.float32:
+        if precision == "bf16":
             # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs them so.
             weights = {name: w if w.dim() > 1 else w.float() for name, w in weights.items()}
         with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
@@ -296,7 +297,7 @@ def discover(
     if state.step == 0 and not state.history:
         record()
     remaining = [t for t in config.densities if t not in {c.target_density for c in state.circuits}]
-    weights = flat_weights(lm.model, state.layout, config.compute_dtype)
+    weights = flat_weights(lm.model, state.layout, config.weights_dtype)
     noise = torch.empty(state.layout.total, device=lm.device)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     compiled = (config.compile_model if config.compile_model is not None

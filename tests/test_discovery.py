@@ -233,8 +233,8 @@ def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
     for precision in ("fp32", "bf16"):
         c = config(precision=precision)
         state = discovery.DiscoveryState(tiny_lm, c, len(tiny_data))
-        weights = discovery.flat_weights(tiny_lm.model, state.layout, c.compute_dtype)
-        assert weights.dtype == c.compute_dtype
+        weights = discovery.flat_weights(tiny_lm.model, state.layout, c.weights_dtype)
+        assert weights.dtype == (c.weights_dtype or torch.float32)
         loss = discovery.mask_step(tiny_lm, task, state, c, weights, torch.empty(state.layout.total), fused=False)
         assert torch.isfinite(loss)
         steps[precision] = state.logits.detach() - discovery.init_logits(state.layout, torch.device("cpu"), c.init_mean,
@@ -271,3 +271,13 @@ def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_
         torch.testing.assert_close(logits, results[0][0], rtol=1e-5, atol=1e-6)
         torch.testing.assert_close(grad, results[0][1], rtol=1e-4, atol=1e-6)
     assert results[0][1].abs().sum() > 0
+
+
+def test_discovery_runs_in_the_models_own_dtype(tiny_data) -> None:
+    """A bfloat16-loaded model (the sweep's dtype auto on GPUs) keeps bfloat16 masked weights under the fp32 default."""
+    from circuitlib.models import load_model
+
+    lm = load_model("tiny-gpt2", device="cpu", dtype=torch.bfloat16)
+    result = discover(lm, tiny_data, tiny_data, config(max_steps=40), progress=False)
+    assert result.circuits and all(c.density <= c.target_density for c in result.circuits)
+    assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
