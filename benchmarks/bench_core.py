@@ -255,8 +255,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
     """Our mask step in float32 and in bf16 autocast, then the naive one (float32)."""
     masked = sum(p.numel for p in lm.params)
     fused = masked >= FUSE_ABOVE
-    # As discover() decides: the masked forward is compiled on CUDA for large models (batches padded to one width).
-    compiled = lm.device.type == "cuda" and fused
+    compiled = args.compile_model  # DiscoveryConfig.compile_model (batches padded to one width)
     result: dict[str, Any] = {"fused_kernels": fused, "compiled_model": compiled}
     width = task.train.max_width if compiled else None
     for precision in args.precisions.split(","):
@@ -356,6 +355,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's own choice)")
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precisions", default="fp32,bf16", help="precisions of our mask step to time")
+    parser.add_argument("--compile-model", action="store_true", help="time our mask step with compile_model=True")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:

@@ -281,3 +281,14 @@ def test_discovery_runs_in_the_models_own_dtype(tiny_data) -> None:
     result = discover(lm, tiny_data, tiny_data, config(max_steps=40), progress=False)
     assert result.circuits and all(c.density <= c.target_density for c in result.circuits)
     assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
+
+
+@pytest.mark.slow
+def test_compiled_discovery_finds_the_eager_circuits(run) -> None:
+    """discover(compile_model=True) pads batches and runs the compiled graph; its circuits agree with the eager run."""
+    eager, compiled = run(), run(compile_model=True)
+    assert [c.target_density for c in compiled.circuits] == list(TARGETS)
+    assert all(c.density <= c.target_density for c in compiled.circuits)
+    for a, b in zip(eager.circuits, compiled.circuits, strict=True):
+        agree = np.mean(np.unpackbits(a.bits) == np.unpackbits(b.bits))
+        assert agree > 0.99, (a.target_density, agree)
