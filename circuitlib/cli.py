@@ -55,9 +55,13 @@ def cmd_discover(args: argparse.Namespace) -> None:
     config = DiscoveryConfig(
         densities=densities, max_steps=args.max_steps, batch_size=args.batch_size,
         head_epochs=args.head_epochs, seed=args.seed, lr=args.lr, eval_every=args.eval_every,
+        precision=args.precision, compile_model=args.compile_model,
     )
-    lm = load_model(args.model, device=args.device)
     out = Path(args.out)
+    run = {"model": args.model, "dataset": args.dataset, "limit": args.limit, "eval_fraction": args.eval_fraction,
+           "config": asdict(config)}
+    _claim_checkpoint(out / "checkpoint", run)
+    lm = load_model(args.model, device=args.device)
     result = discover(lm, train, eval_data, config, checkpoint_dir=out / "checkpoint")
     files = []
     for circuit in result.circuits:
@@ -71,6 +75,27 @@ def cmd_discover(args: argparse.Namespace) -> None:
         "full_accuracy": result.full_accuracy, "circuits": files,
         "unreached": result.unreached, "history": result.history,
     })
+
+
+# Settings that change speed or the step budget but not what a resumed run computes.
+_RESUMABLE_CHANGES = {"max_steps", "compile_model", "eval_every"}
+
+
+def _claim_checkpoint(folder: Path, run: dict) -> None:
+    """Freeze this run's settings beside its checkpoint; refuse to resume a checkpoint of a different run."""
+    params = folder / "params.json"
+    if params.is_file():
+        before = json.loads(params.read_text())
+        frozen = {**before, "config": {k: v for k, v in before["config"].items() if k not in _RESUMABLE_CHANGES}}
+        now = json.loads(json.dumps(_json_safe(run)))
+        now = {**now, "config": {k: v for k, v in now["config"].items() if k not in _RESUMABLE_CHANGES}}
+        if frozen != now:
+            changed = sorted({k for k in frozen | now if frozen.get(k) != now.get(k)} - {"config"}
+                             | {f"config.{k}" for k in frozen["config"] | now["config"]
+                                if frozen["config"].get(k) != now["config"].get(k)})
+            raise InputError(f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
+                             "differ); use another --out, or delete its checkpoint folder to start over")
+    write_json(params, run)
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
@@ -142,6 +167,10 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--limit", type=int, default=None, help="use at most this many rows (balanced)")
     d.add_argument("--seed", type=int, default=0)
     d.add_argument("--device", default=None, help="torch device; default: the one accelerate picks")
+    d.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
+                   help="bf16: the masked forward and backward under bfloat16 autocast")
+    d.add_argument("--compile-model", action="store_true",
+                   help="torch.compile the masked forward and backward (minutes to compile; for long GPU runs)")
     d.add_argument("--out", required=True, help="folder for circuit files and history.json")
     d.set_defaults(func=cmd_discover)
 

@@ -167,3 +167,19 @@ def test_bad_input_is_one_clear_line(bad_runs, case: str) -> None:
     for part in expected:
         assert part in lines[0], (part, lines[0])
     assert result.stdout == ""
+
+
+def test_discover_refuses_to_resume_a_checkpoint_of_another_run(tmp_path: Path) -> None:
+    out = tmp_path / "run"
+    args = ("discover", "--model", "tiny-gpt2", "--densities", "0.6", "--max-steps", "5", "--batch-size", "8",
+            "--head-epochs", "2", "--dataset", "builtin:hierarchy", "--limit", "24", "--out", str(out))
+    ok(cli(*args, cwd=tmp_path))
+    params = json.loads((out / "checkpoint" / "params.json").read_text())
+    assert params["model"] == "tiny-gpt2" and params["config"]["seed"] == 0
+    ok(cli(*args[:-2], "--max-steps", "6", "--out", str(out), cwd=tmp_path))  # a larger budget resumes
+    result = cli(*args[:-2], "--seed", "3", "--lr", "0.5", "--out", str(out), cwd=tmp_path)
+    assert result.returncode != 0 and "Traceback" not in result.stderr
+    line = result.stderr.strip().splitlines()[-1]
+    assert str(out) in line and "config.lr" in line and "config.seed" in line and "different run" in line
+    assert json.loads((out / "checkpoint" / "params.json").read_text()) == json.loads(json.dumps(params)) | {
+        "config": params["config"] | {"max_steps": 6}}
