@@ -51,13 +51,13 @@ from circuitlib.discovery import (
     PRECISIONS,
     DiscoveryConfig,
     DiscoveryState,
+    StepBuffers,
     _lambda,
     mask_step,
     masked_classifier,
     prepare_task,
 )
 from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
-from circuitlib.masks import FlatLayout, flat_weights
 from circuitlib.models import SMOLLM2, LoadedModel, cache_dir, load_model, masked_params
 
 
@@ -261,10 +261,9 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
     for precision in args.precisions.split(","):
         config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision)
         state = DiscoveryState(lm, config, len(dataset))
-        weights = flat_weights(lm.model, state.layout, config.weights_dtype)
-        noise = torch.empty(state.layout.total, device=lm.device)
+        buffers = StepBuffers.for_run(lm, state.layout, config)
         classifier = masked_classifier(lm, task.head, state.layout, precision, compiled)
-        step = lambda: mask_step(lm, task, state, config, weights, noise, fused, classifier, width)  # noqa: E731
+        step = lambda: mask_step(lm, task, state, config, buffers, fused, classifier, width)  # noqa: E731
         start = time.perf_counter()
         step()
         sync()
@@ -272,7 +271,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         ours = timed(step, args.repeats)
         result[f"ours_{precision}"] = ours | {"steps_per_s": round(1 / ours["median_s"], 3)}
         result[f"ours_{precision}_top_ops_ms"] = top_ops(step)
-        del weights, noise, state, classifier
+        del buffers, state, classifier
     config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
     naive_trainer = NaiveMaskTrainer(lm, task.head, config)
     batch = task.train.batch(list(range(args.batch_size)), lm.device)

@@ -224,32 +224,49 @@ def masked_classifier(lm: LoadedModel, head: torch.nn.Linear, layout: FlatLayout
     return torch.compile(forward) if compile_model else forward
 
 
+@dataclass
+class StepBuffers:
+    """The flat per-weight tensors every mask step reuses: frozen weights, noise, and the masked weights.
+
+    Reused rather than allocated per step: on CPU, touching 1e8 fresh floats costs more in page faults than the
+    kernels that fill them.
+    """
+
+    weights: torch.Tensor
+    noise: torch.Tensor
+    masked: torch.Tensor
+
+    @classmethod
+    def for_run(cls, lm: LoadedModel, layout: FlatLayout, config: DiscoveryConfig) -> StepBuffers:
+        weights = flat_weights(lm.model, layout, config.weights_dtype)
+        return cls(weights, torch.empty(layout.total, device=lm.device), torch.empty_like(weights))
+
+
 def mask_step(
     lm: LoadedModel,
     task: _Task,
     state: DiscoveryState,
     config: DiscoveryConfig,
-    weights: torch.Tensor,
-    noise: torch.Tensor,
+    buffers: StepBuffers,
     fused: bool,
     classifier: MaskedClassifier | None = None,
     width: int | None = None,
 ) -> torch.Tensor:
     """One AdamW step of the mask logits on the next training batch; returns the (detached) loss.
 
-    `weights` is the flat frozen copy of the masked weights (`flat_weights`), `noise` the reused noise buffer,
-    `classifier` a `masked_classifier` (default: an eager one), `width` a fixed width to pad batches to.
+    `classifier` is a `masked_classifier` (default: an eager one), `width` a fixed width to pad batches to.
     """
     index = state.next_batch(config.batch_size)
     inputs = task.train.batch(index.tolist(), lm.device, width)
     lam = _lambda(config, state.epoch)
     # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value.
     penalty = lam * mean_keep_probability(state.logits, fused)
-    masked = sample_masked_weights(state.logits, weights, noise, state.noise_gen, config.temperature, fused, lam)
+    masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
+                                   fused, lam, out=buffers.masked)
     classifier = classifier or masked_classifier(lm, task.head, state.layout, config.precision)
     logits = classifier(masked, inputs)
     ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
-    state.optimizer.zero_grad(set_to_none=True)
+    state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
     ce.backward()
     state.optimizer.step()
     state.step += 1
@@ -298,14 +315,13 @@ def discover(
     if state.step == 0 and not state.history:
         record()
     remaining = [t for t in config.densities if t not in {c.target_density for c in state.circuits}]
-    weights = flat_weights(lm.model, state.layout, config.weights_dtype)
-    noise = torch.empty(state.layout.total, device=lm.device)
+    buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     classifier = masked_classifier(lm, task.head, state.layout, config.precision, config.compile_model)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     bar = tqdm(total=config.max_steps, initial=state.step, desc=f"discover {train.name}", disable=not progress)
     while remaining and state.step < config.max_steps:
-        loss = mask_step(lm, task, state, config, weights, noise, fused, classifier, width)
+        loss = mask_step(lm, task, state, config, buffers, fused, classifier, width)
         bar.update(1)
 
         kept, total = count_kept(state.logits)

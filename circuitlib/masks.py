@@ -74,27 +74,59 @@ def _keep_probability(logits: torch.Tensor) -> torch.Tensor:
     return torch.sigmoid(logits).mean()
 
 
+def _forward_into(out: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor) -> None:
+    out.copy_(_forward(logits, noise, weights))
+
+
+def _backward_into(
+    grad_logits: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, weights: torch.Tensor,
+    temperature: float, penalty: torch.Tensor,
+) -> None:
+    grad_logits.add_(_backward(grad, logits, noise, weights, temperature, penalty))
+
+
+@dataclass(frozen=True)
+class _Kernels:
+    forward_into: object
+    backward: object
+    backward_into: object
+    keep_probability: object
+
+
 @cache
-def _kernels(fused: bool):
-    if not fused:
-        return _forward, _backward, _keep_probability
-    return tuple(torch.compile(k, dynamic=True) for k in (_forward, _backward, _keep_probability))
+def _kernels(fused: bool) -> _Kernels:
+    kernels = (_forward_into, _backward, _backward_into, _keep_probability)
+    if fused:
+        kernels = tuple(torch.compile(k, dynamic=True) for k in kernels)
+    return _Kernels(*kernels)
 
 
 class _StraightThrough(torch.autograd.Function):
-    """w * hard mask forward; straight-through Gumbel-sigmoid gradient (plus the penalty's) to the logits backward."""
+    """w * hard mask forward; straight-through Gumbel-sigmoid gradient (plus the penalty's) to the logits backward.
+
+    Forward writes into the given `out` buffer and backward adds into an existing `logits.grad` in place: fresh
+    tensors of 1e8 elements cost more in page faults than the kernels that fill them.
+    """
 
     @staticmethod
-    def forward(ctx, logits, noise, weights, temperature, fused, penalty):
+    def forward(ctx, logits, noise, weights, temperature, fused, penalty, out):
         ctx.save_for_backward(logits, noise, weights, penalty)
-        ctx.temperature, ctx.fused = temperature, fused
-        return _kernels(fused)[0](logits, noise, weights)
+        ctx.temperature, ctx.fused, ctx.leaf = temperature, fused, logits
+        _kernels(fused).forward_into(out, logits, noise, weights)
+        ctx.mark_dirty(out)
+        return out
 
     @staticmethod
     def backward(ctx, grad):
         logits, noise, weights, penalty = ctx.saved_tensors
-        grad_logits = _kernels(ctx.fused)[1](grad, logits, noise, weights, ctx.temperature, penalty)
-        return grad_logits, None, None, None, None, None
+        kernels = _kernels(ctx.fused)
+        existing = ctx.leaf.grad if ctx.leaf.is_leaf else None
+        if existing is not None and existing.shape == logits.shape and existing.is_contiguous():
+            kernels.backward_into(existing, grad, logits, noise, weights, ctx.temperature, penalty)
+            grad_logits = None  # already accumulated
+        else:
+            grad_logits = kernels.backward(grad, logits, noise, weights, ctx.temperature, penalty)
+        return grad_logits, None, None, None, None, None, None
 
 
 def sample_masked_weights(
@@ -105,17 +137,21 @@ def sample_masked_weights(
     temperature: float,
     fused: bool = False,
     penalty: float = 0.0,
+    out: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """w * m for a fresh Gumbel-sigmoid hard sample m (threshold 0.5), differentiable in the logits.
 
-    The output has the dtype of `weights` (float32, or bfloat16 for mixed precision). `noise` is a reused
-    float32 buffer of the logits' size; it must not be refilled before backward. The backward pass also adds
-    the gradient of `penalty * mean(sigmoid(logits))` to the logits: the sparsity term of the discovery loss,
-    whose value `mean_keep_probability` gives.
+    The output has the dtype of `weights` (float32, or bfloat16 for mixed precision); with `out` (a reused
+    buffer like `weights`) it is written there. `noise` is a reused float32 buffer of the logits' size; it must
+    not be refilled before backward. The backward pass also adds the gradient of `penalty * mean(sigmoid(logits))`
+    to the logits: the sparsity term of the discovery loss, whose value `mean_keep_probability` gives. Where the
+    logits (a leaf) already have a `.grad`, backward adds into it in place, as autograd would.
     """
     noise.uniform_(generator=generator)
     scale = torch.tensor(penalty / logits.numel(), dtype=torch.float32, device=logits.device)
-    return _StraightThrough.apply(logits, noise, weights, temperature, fused, scale)
+    # detach: a buffer returned by an earlier step carries that step's (freed) graph
+    out = torch.empty_like(weights) if out is None else out.detach()
+    return _StraightThrough.apply(logits, noise, weights, temperature, fused, scale, out)
 
 
 def hard_masks(logits: torch.Tensor, layout: FlatLayout) -> dict[str, torch.Tensor]:
@@ -136,7 +172,7 @@ def count_kept(logits: torch.Tensor) -> tuple[int, int]:
 def mean_keep_probability(logits: torch.Tensor, fused: bool = False) -> torch.Tensor:
     """mean(sigmoid(logits)) over all masked weights: the sparsity penalty (no gradient; see sample_masked_weights)."""
     with torch.no_grad():
-        return _kernels(fused)[2](logits.detach())
+        return _kernels(fused).keep_probability(logits.detach())
 
 
 def flat_weights(model: torch.nn.Module, layout: FlatLayout, dtype: torch.dtype | None = None) -> torch.Tensor:

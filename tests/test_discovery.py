@@ -233,9 +233,9 @@ def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
     for precision in ("fp32", "bf16"):
         c = config(precision=precision)
         state = discovery.DiscoveryState(tiny_lm, c, len(tiny_data))
-        weights = discovery.flat_weights(tiny_lm.model, state.layout, c.weights_dtype)
-        assert weights.dtype == (c.weights_dtype or torch.float32)
-        loss = discovery.mask_step(tiny_lm, task, state, c, weights, torch.empty(state.layout.total), fused=False)
+        buffers = discovery.StepBuffers.for_run(tiny_lm, state.layout, c)
+        assert buffers.weights.dtype == buffers.masked.dtype == (c.weights_dtype or torch.float32)
+        loss = discovery.mask_step(tiny_lm, task, state, c, buffers, fused=False)
         assert torch.isfinite(loss)
         steps[precision] = state.logits.detach() - discovery.init_logits(state.layout, torch.device("cpu"), c.init_mean,
                                                                          c.init_std, c.seed).detach()

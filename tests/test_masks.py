@@ -126,6 +126,26 @@ def test_penalty_gradient_is_added_in_the_backward_pass(temperature: float) -> N
     torch.testing.assert_close(with_penalty_only.grad, lam * p * (1 - p) / logits.numel())
 
 
+@pytest.mark.parametrize("fused", [False, pytest.param(True, marks=pytest.mark.slow)])
+def test_out_buffer_and_an_existing_gradient_are_used_in_place(fused: bool) -> None:
+    """With `out` the sample lands in that buffer; an existing logits.grad is added to in place, as autograd would."""
+    logits, weights, upstream = straight_through_case()
+    fresh = logits.detach().clone().requires_grad_(True)
+    expected = sample_masked_weights(fresh, weights, torch.empty_like(logits), torch.Generator().manual_seed(7), 0.3,
+                                     fused, penalty=5.0)
+    expected.backward(upstream)
+    out = torch.empty_like(weights)
+    previous = torch.randn(logits.shape)
+    logits.grad = previous.clone()
+    buffer = logits.grad
+    got = sample_masked_weights(logits, weights, torch.empty_like(logits), torch.Generator().manual_seed(7), 0.3,
+                                fused, penalty=5.0, out=out)
+    assert got.data_ptr() == out.data_ptr() and torch.equal(got.detach(), expected.detach())
+    got.backward(upstream)
+    assert logits.grad is buffer
+    torch.testing.assert_close(logits.grad, previous + fresh.grad)
+
+
 def test_bfloat16_weights_give_a_bfloat16_sample_and_a_float32_gradient() -> None:
     logits, weights, upstream = straight_through_case()
     out = sample_masked_weights(logits, weights.bfloat16(), torch.empty_like(logits), torch.Generator().manual_seed(7), 1.0)
