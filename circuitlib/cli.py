@@ -85,17 +85,18 @@ def _claim_checkpoint(folder: Path, run: dict) -> None:
     """Freeze this run's settings beside its checkpoint; refuse to resume a checkpoint of a different run."""
     params = folder / "params.json"
     if params.is_file():
-        before = json.loads(params.read_text())
-        frozen = {**before, "config": {k: v for k, v in before["config"].items() if k not in _RESUMABLE_CHANGES}}
-        now = json.loads(json.dumps(_json_safe(run)))
-        now = {**now, "config": {k: v for k, v in now["config"].items() if k not in _RESUMABLE_CHANGES}}
-        if frozen != now:
-            changed = sorted({k for k in frozen | now if frozen.get(k) != now.get(k)} - {"config"}
-                             | {f"config.{k}" for k in frozen["config"] | now["config"]
-                                if frozen["config"].get(k) != now["config"].get(k)})
+        before, now = _identity(json.loads(params.read_text())), _identity(json.loads(json.dumps(_json_safe(run))))
+        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        if changed:
             raise InputError(f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
                              "differ); use another --out, or delete its checkpoint folder to start over")
     write_json(params, run)
+
+
+def _identity(run: dict) -> dict:
+    """The settings that decide what a run computes, flat (config fields as config.NAME)."""
+    flat = {k: v for k, v in run.items() if k != "config"}
+    return flat | {f"config.{k}": v for k, v in run["config"].items() if k not in _RESUMABLE_CHANGES}
 
 
 def cmd_edit(args: argparse.Namespace) -> None:

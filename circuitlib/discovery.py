@@ -61,8 +61,9 @@ class DiscoveryConfig:
     max_length: int = 64
     seed: int = 0
     fused: bool | None = None  # torch.compile the mask kernels; None: only for models over FUSE_ABOVE masked weights
-    precision: str = "fp32"  # "bf16": the masked forward and backward in bfloat16 autocast (logits and AdamW stay fp32);
-    # "fp32" runs in the model's own dtype
+    # "fp32": the model's own dtype; "bf16": the masked forward and backward under bfloat16 autocast
+    # (logits and AdamW stay float32).
+    precision: str = "fp32"
     # torch.compile the masked model's forward and backward (batches padded to the longest row, so at most two graphs:
     # full and last partial batch). Cuts the per-step Python and launch overhead that bounds a GPU step; compiling
     # takes minutes for a 30-layer model, so it pays only over long runs.
