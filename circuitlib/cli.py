@@ -116,7 +116,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
     if circuit is not None:
         circuits.check_compatible(circuit, lm.params, source=args.circuit)
     masks = variant_masks(circuit, args.variant, args.seed)
-    config = EditConfig(max_steps=args.steps, lr=args.lr, random_seed=args.seed)
+    config = EditConfig(max_steps=args.steps, lr=args.lr)
     results = edit_requests(lm, subset, args.variant, masks, config, pool=requests)
     summary = summarize(results)
     write_json(Path(args.out), {

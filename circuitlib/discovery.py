@@ -15,10 +15,9 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from circuitlib import circuits
+from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import Tokenized, cached_features, last_token_features, tokenize, train_head
-from circuitlib.errors import InputError
 from circuitlib.masks import (
     FlatLayout,
     apply_masks,
@@ -31,6 +30,7 @@ from circuitlib.masks import (
     sample_masked_weights,
 )
 from circuitlib.models import LoadedModel
+from circuitlib.settings import setting
 from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
 
@@ -40,44 +40,39 @@ PRECISIONS = ("fp32", "bf16")
 
 @dataclass
 class DiscoveryConfig:
-    """Every hyperparameter of the paper's discovery, with the paper's values as defaults."""
+    """Every hyperparameter of discovery; the defaults are the paper's (docs/design.md §3)."""
 
-    densities: tuple[float, ...] = PAPER_DENSITIES
-    max_steps: int = 5000
-    batch_size: int = 128
-    lr: float = 0.01
-    weight_decay: float = 0.01
-    init_mean: float = 2.7
-    init_std: float = 0.01
-    temperature: float = 0.01
-    lambda_init: float = 10.0
-    lambda_step: float = 1.0
-    lambda_max: float = 1000.0
-    head_epochs: int = 400
-    head_lr: float = 1e-3
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    feature_batch_size: int = 64
-    max_length: int = 64
-    seed: int = 0
-    fused: bool | None = None  # torch.compile the mask kernels; None: only for models over FUSE_ABOVE masked weights
-    # "fp32": the model's own dtype; "bf16": the masked forward and backward under bfloat16 autocast
-    # (logits and AdamW stay float32).
-    precision: str = "fp32"
-    # torch.compile the masked model's forward and backward (batches padded to the longest row, so at most two graphs:
-    # full and last partial batch). Cuts the per-step Python and launch overhead that bounds a GPU step; compiling
-    # takes minutes for a 30-layer model, so it pays only over long runs.
-    compile_model: bool = False
+    densities: tuple[float, ...] = setting(PAPER_DENSITIES, "target densities (kept / masked weights), snapshotted in turn",
+                                           check=settings.densities)
+    max_steps: int = setting(5000, "step budget of the whole run", check=settings.at_least(1))
+    batch_size: int = setting(128, "rows per mask step (and per head-training batch)", check=settings.at_least(1))
+    lr: float = setting(0.01, "AdamW learning rate of the mask logits", check=settings.positive)
+    weight_decay: float = setting(0.01, "AdamW weight decay of the mask logits", check=settings.non_negative)
+    init_mean: float = setting(2.7, "mean of the initial mask logits", check=settings.finite)
+    init_std: float = setting(0.01, "standard deviation of the initial mask logits", check=settings.non_negative)
+    temperature: float = setting(0.01, "Gumbel-sigmoid temperature of the straight-through gradient",
+                                 check=settings.positive)
+    lambda_init: float = setting(10.0, "sparsity weight lambda at the first epoch", check=settings.non_negative)
+    lambda_step: float = setting(1.0, "added to lambda each epoch", check=settings.non_negative)
+    lambda_max: float = setting(1000.0, "cap on lambda", check=settings.non_negative)
+    head_epochs: int = setting(400, "epochs of the classification head on cached features", check=settings.at_least(1))
+    head_lr: float = setting(1e-3, "AdamW learning rate of the classification head", check=settings.positive)
+    eval_every: int = setting(50, "steps between held-out evaluations", check=settings.at_least(1))
+    checkpoint_every: int = setting(50, "steps between checkpoints", check=settings.at_least(1))
+    feature_batch_size: int = setting(64, "rows per batch of the no-grad feature and evaluation passes",
+                                      check=settings.at_least(1))
+    max_length: int = setting(64, "tokens kept per text", check=settings.at_least(1))
+    seed: int = setting(0, "seed of the mask logits' init, the Gumbel noise, the batch order and the head",
+                        check=settings.at_least(0))
+    fused: bool | None = setting(None, "torch.compile the mask kernels; unset: only above FUSE_ABOVE masked weights")
+    precision: str = setting("fp32", "fp32: the model's own dtype; bf16: masked forward and backward under bfloat16 "
+                             "autocast (logits and AdamW stay float32)", choices=PRECISIONS)
+    compile_model: bool = setting(False, "torch.compile the masked forward and backward (minutes to compile; "
+                                  "pays only over long GPU runs)")
 
     def __post_init__(self) -> None:
+        settings.validate(self)
         self.densities = tuple(sorted((float(d) for d in self.densities), reverse=True))
-        bad = [d for d in self.densities if not 0.0 < d < 1.0]
-        if bad or not self.densities:
-            raise InputError(f"densities {list(self.densities)}: each target density must lie in (0, 1)")
-        if self.max_steps < 1 or self.batch_size < 1:
-            raise InputError("max_steps and batch_size must be positive")
-        if self.precision not in PRECISIONS:
-            raise InputError(f"precision {self.precision!r}: must be one of {', '.join(PRECISIONS)}")
 
     @property
     def weights_dtype(self) -> torch.dtype | None:

@@ -17,23 +17,28 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from circuitlib import circuits
+from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.errors import InputError
 from circuitlib.models import LoadedModel
+from circuitlib.settings import setting
 from circuitlib.types import VARIANTS, EditRequest, Variant
 
 
 @dataclass
 class EditConfig:
-    """The paper's constrained fine-tune, with its values as defaults."""
+    """The paper's constrained fine-tune, with its values as defaults (docs/design.md §4)."""
 
-    lr: float = 5e-4
-    max_steps: int = 25
-    stop_loss: float = 1e-2
-    max_change: float = 5e-4
-    neighbors: int = 5
-    random_seed: int = 0
+    lr: float = setting(5e-4, "SGD learning rate of an edit", check=settings.positive)
+    max_steps: int = setting(25, "most SGD steps per request", check=settings.at_least(1))
+    stop_loss: float = setting(1e-2, "stop a request's edit once the NLL of the new target falls below this",
+                               check=settings.non_negative)
+    max_change: float = setting(5e-4, "each weight stays within this of its pre-edit value", check=settings.positive)
+    neighbors: int = setting(5, "other requests' prompts scored when a request has no neighborhood prompts",
+                             check=settings.at_least(0))
+
+    def __post_init__(self) -> None:
+        settings.validate(self)
 
 
 @dataclass

@@ -162,7 +162,7 @@ def edit_trial(config: dict[str, Any]) -> None:
             layout.TAG_DATASET: name, layout.TAG_TARGET: f"{target:g}", layout.TAG_CIRCUIT_RUN: circuit_run,
             layout.TAG_CIRCUIT_ARTIFACT: layout.circuit_artifact(target),
         }
-    edit_config = EditConfig(lr=cfg.edit_lr, max_steps=cfg.edit_steps, max_change=cfg.edit_max_change, random_seed=seed)
+    edit_config = EditConfig(lr=cfg.edit_lr, max_steps=cfg.edit_steps, max_change=cfg.edit_max_change)
     run_id, finished = tracking.open_trial_run(
         client, config["experiment_id"], config["parent_run_id"], key, tags,
         {"variant": variant, "shard": shard, "edit_config": asdict(edit_config)},

@@ -1,0 +1,96 @@
+"""Hyperparameters declared once: a default, a one-line doc and a check per dataclass field.
+
+A config dataclass declares each field with `setting(...)`; `validate(config)` runs every field's check
+and raises one `InputError` naming the field, so the library, the sweep and the command line share
+one definition, one doc and one validation of every hyperparameter.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable
+from typing import Any
+
+from circuitlib.errors import InputError
+
+Check = Callable[[Any], str | None]  # returns what is wrong with a value, or None when it is fine
+
+
+def setting(default: Any = dataclasses.MISSING, doc: str = "", *, check: Check | None = None,
+            choices: tuple[Any, ...] | None = None, factory: Callable[[], Any] | None = None) -> Any:
+    """A dataclass field with its doc, an optional check and optional allowed values."""
+    metadata = {"doc": doc, "check": check, "choices": choices}
+    if factory is not None:
+        return dataclasses.field(default_factory=factory, metadata=metadata)
+    return dataclasses.field(default=default, metadata=metadata)
+
+
+def doc(field: dataclasses.Field) -> str:
+    """The one-line doc of a field declared with `setting`."""
+    return field.metadata.get("doc", "")
+
+
+def choices(field: dataclasses.Field) -> tuple[Any, ...] | None:
+    """The allowed values of a field declared with `setting(choices=...)`, or None."""
+    return field.metadata.get("choices")
+
+
+def validate(config: Any, prefix: str = "") -> None:
+    """Run every field's check and choices; the first problem becomes one `InputError` naming the field."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        allowed = choices(f)
+        if allowed is not None and value not in allowed:
+            raise InputError(f"{prefix}{f.name} {value!r}: must be one of {', '.join(map(str, allowed))}")
+        check = f.metadata.get("check")
+        problem = check(value) if check is not None else None
+        if problem:
+            raise InputError(f"{prefix}{f.name} {value!r}: {problem}")
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+def positive(value: Any) -> str | None:
+    """A finite number above zero."""
+    return None if _number(value) and value > 0 else "must be a finite number above 0"
+
+
+def non_negative(value: Any) -> str | None:
+    """A finite number of at least zero."""
+    return None if _number(value) and value >= 0 else "must be a finite number of at least 0"
+
+
+def at_least(low: int) -> Check:
+    """An integer of at least `low`."""
+
+    def check(value: Any) -> str | None:
+        ok = isinstance(value, int) and not isinstance(value, bool) and value >= low
+        return None if ok else f"must be an integer of at least {low}"
+
+    return check
+
+
+def optional(inner: Check) -> Check:
+    """None, or a value that passes `inner`."""
+    return lambda value: None if value is None else inner(value)
+
+
+def fraction(value: Any) -> str | None:
+    """A number strictly between 0 and 1."""
+    return None if _number(value) and 0.0 < value < 1.0 else "must lie strictly between 0 and 1"
+
+
+def densities(value: Any) -> str | None:
+    """A non-empty sequence of target densities, each strictly between 0 and 1."""
+    if not isinstance(value, (list, tuple)) or not value:
+        return "must be a non-empty list such as 0.5,0.25; each target density must lie in (0, 1)"
+    bad = [d for d in value if fraction(d)]
+    return f"each target density must lie in (0, 1); {bad} do not" if bad else None
+
+
+def finite(value: Any) -> str | None:
+    """Any finite number."""
+    return None if _number(value) else "must be a finite number"
