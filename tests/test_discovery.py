@@ -61,7 +61,7 @@ def test_config_rejects_densities_outside_the_open_unit_interval(densities) -> N
 
 @pytest.mark.parametrize("field", ["max_steps", "batch_size"])
 def test_config_rejects_non_positive_budgets(field: str) -> None:
-    with pytest.raises(InputError, match="must be positive"):
+    with pytest.raises(InputError, match="must be an integer of at least 1"):
         DiscoveryConfig(**{field: 0})
 
 
