@@ -7,6 +7,7 @@ full-model predictions) + lambda * mean(sigmoid(logits)), with lambda growing pe
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -18,6 +19,7 @@ from tqdm.auto import tqdm
 from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import Tokenized, cached_features, last_token_features, tokenize, train_head
+from circuitlib.importance import importance_offsets
 from circuitlib.masks import (
     FlatLayout,
     apply_masks,
@@ -26,8 +28,11 @@ from circuitlib.masks import (
     flat_weights,
     hard_masks,
     init_logits,
+    density_margin,
+    density_sample,
     mean_keep_probability,
     sample_masked_weights,
+    shift_to_density,
 )
 from circuitlib.models import LoadedModel
 from circuitlib.settings import setting
@@ -36,6 +41,8 @@ from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
 FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
 PRECISIONS = ("fp32", "bf16")
+SCHEDULES = ("paper", "controlled")
+INITS = ("uniform", "importance")
 
 
 @dataclass
@@ -69,6 +76,18 @@ class DiscoveryConfig:
                              "autocast (logits and AdamW stay float32)", choices=PRECISIONS)
     compile_model: bool = setting(False, "torch.compile the masked forward and backward (minutes to compile; "
                                   "pays only over long GPU runs)")
+    schedule: str = setting("paper", "paper: lambda grows each epoch and density falls where it falls (the paper's); "
+                            "controlled: density ramps to each target and is held there (no lambda)", choices=SCHEDULES)
+    init: str = setting("uniform", "uniform: logits from N(init_mean, init_std) (the paper's); importance: "
+                        "init_mean +- init_spread by each weight's task importance", choices=INITS)
+    init_spread: float = setting(5.0, "importance init: half the range of the initial logits", check=settings.positive)
+    noise: bool = setting(True, "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself")
+    ramp_steps: int = setting(100, "controlled: steps over which density moves from one target to the next",
+                              check=settings.at_least(1))
+    hold_steps: int = setting(0, "steps after a target is reached in which a more faithful mask at or below it "
+                              "replaces its snapshot (0: the first mask below it, the paper's)", check=settings.at_least(0))
+    patience: int = setting(0, "evaluations without a more faithful mask that end a hold early (0: never)",
+                            check=settings.at_least(0))
 
     def __post_init__(self) -> None:
         settings.validate(self)
@@ -78,6 +97,16 @@ class DiscoveryConfig:
     def weights_dtype(self) -> torch.dtype | None:
         """The dtype of the masked weights in a mask step: bfloat16 for "bf16", else None (the model's own)."""
         return torch.bfloat16 if self.precision == "bf16" else None
+
+
+@dataclass
+class Window:
+    """A reached target whose snapshot is still open: the most faithful mask at or below it wins until `until`."""
+
+    target: float
+    until: int
+    best: float = -1.0
+    stale: int = 0
 
 
 @dataclass
@@ -99,7 +128,11 @@ class _Task:
     eval_labels: torch.Tensor
     head: torch.nn.Linear
     train_targets: torch.Tensor
-    eval_full_preds: torch.Tensor
+    eval_full_logits: torch.Tensor
+
+    @property
+    def eval_full_preds(self) -> torch.Tensor:
+        return self.eval_full_logits.argmax(dim=1)
 
 
 def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: ClassificationData, config: DiscoveryConfig) -> _Task:
@@ -113,23 +146,46 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
     head = train_head(train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.seed)
     with torch.no_grad():
         train_targets = head(train_features).argmax(dim=1)
-        eval_full_preds = head(eval_features).argmax(dim=1)
-    return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_targets, eval_full_preds)
+        eval_full_logits = head(eval_features)
+    return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_targets,
+                 eval_full_logits)
+
+
+def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:
+    """95% Wilson score interval of a proportion: sound at small n and at 0 or 1, unlike the normal one."""
+    if n == 0:
+        return 0.0, 1.0
+    p = successes / n
+    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
+    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
+    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 @torch.no_grad()
 def evaluate(lm: LoadedModel, task: _Task, masks: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
-    """Faithfulness and accuracies of the circuit (deterministic mask) and its complement on the eval set."""
+    """Faithfulness (with its 95% interval), KL(full || circuit), and accuracies of the circuit and its complement.
+
+    All on the held-out rows, with the deterministic mask.
+    """
     circuit = apply_masks(lm.model, masks)
-    circuit_preds = task.head(cached_features(lm, task.eval, batch_size, circuit)).argmax(dim=1)
+    circuit_logits = task.head(cached_features(lm, task.eval, batch_size, circuit))
     del circuit
     complement = apply_masks(lm.model, complement_masks(masks))
     complement_preds = task.head(cached_features(lm, task.eval, batch_size, complement)).argmax(dim=1)
+    circuit_preds = circuit_logits.argmax(dim=1)
+    agree = int((circuit_preds == task.eval_full_preds).sum())
+    low, high = wilson_interval(agree, len(circuit_preds))
+    kl = F.kl_div(circuit_logits.log_softmax(dim=1), task.eval_full_logits.log_softmax(dim=1), log_target=True,
+                  reduction="batchmean")
     return {
-        "faithfulness": (circuit_preds == task.eval_full_preds).float().mean().item(),
+        "faithfulness": agree / len(circuit_preds),
+        "faithfulness_low": low,
+        "faithfulness_high": high,
+        "kl": kl.item(),
         "circuit_accuracy": (circuit_preds == task.eval_labels).float().mean().item(),
         "complement_accuracy": (complement_preds == task.eval_labels).float().mean().item(),
         "full_accuracy": (task.eval_full_preds == task.eval_labels).float().mean().item(),
+        "eval_rows": len(circuit_preds),
     }
 
 
@@ -152,6 +208,9 @@ class DiscoveryState:
         self.position = 0
         self.history: list[dict[str, float]] = []
         self.circuits: list[Circuit] = []
+        self.windows: list[Window] = []
+        self.candidates: dict[float, Circuit] = {}
+        self.ramp_start = (0, 1.0)  # controlled schedule: (step, density) where the current ramp began
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """Indices of the next training batch; a new epoch reshuffles."""
@@ -168,6 +227,9 @@ class DiscoveryState:
         directory.mkdir(parents=True, exist_ok=True)
         for i, circuit in enumerate(self.circuits):
             circuits.save(circuit, directory / f"snapshot{i}.safetensors")
+        for i, window in enumerate(self.windows):
+            if window.target in self.candidates:
+                circuits.save(self.candidates[window.target], directory / f"candidate{i}.safetensors")
         state = {
             "logits": self.logits.detach(),
             "optimizer": self.optimizer.state_dict(),
@@ -179,6 +241,8 @@ class DiscoveryState:
             "position": self.position,
             "history": self.history,
             "n_circuits": len(self.circuits),
+            "windows": [asdict(w) for w in self.windows],
+            "ramp_start": list(self.ramp_start),
         }
         tmp = directory / "state.pt.tmp"
         torch.save(state, tmp)
@@ -196,6 +260,10 @@ class DiscoveryState:
         self.order = state["order"]
         self.history = state["history"]
         self.circuits = [circuits.load(directory / f"snapshot{i}.safetensors") for i in range(state["n_circuits"])]
+        self.windows = [Window(**w) for w in state["windows"]]
+        self.candidates = {w.target: circuits.load(directory / f"candidate{i}.safetensors")
+                           for i, w in enumerate(self.windows) if (directory / f"candidate{i}.safetensors").is_file()}
+        self.ramp_start = (int(state["ramp_start"][0]), float(state["ramp_start"][1]))
 
 
 MaskedClassifier = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
@@ -254,11 +322,11 @@ def mask_step(
     """
     index = state.next_batch(config.batch_size)
     inputs = task.train.batch(index.tolist(), lm.device, width)
-    lam = _lambda(config, state.epoch)
+    lam = _lambda(config, state.epoch) if config.schedule == "paper" else 0.0
     # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value.
     penalty = lam * mean_keep_probability(state.logits, fused)
     masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
-                                   fused, lam, out=buffers.masked)
+                                   fused, lam, out=buffers.masked, noise=config.noise)
     classifier = classifier or masked_classifier(lm, task.head, state.layout, config.precision)
     logits = classifier(masked, inputs)
     ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
@@ -289,6 +357,12 @@ def discover(
     task = prepare_task(lm, train, eval_data, config)
     state = DiscoveryState(lm, config, len(train))
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    if config.init == "importance":
+        with torch.no_grad():
+            state.logits.add_(importance_offsets(lm, task.train, state.layout, config.init_spread,
+                                                 config.feature_batch_size))
+    if config.schedule == "controlled":  # the plan starts from the whole model
+        shift_to_density(state.logits, 1.0)
     if ckpt is not None and (ckpt / "state.pt").is_file():
         state.load(ckpt)
     provenance = {"dataset": train.name, "seed": config.seed, "config": asdict(config)}
@@ -298,49 +372,85 @@ def discover(
         row = {
             "step": state.step,
             "epoch": state.epoch,
-            "lambda": _lambda(config, state.epoch),
+            "lambda": _lambda(config, state.epoch) if config.schedule == "paper" else 0.0,
             "loss": loss,
             "density": kept / total,
             **evaluate(lm, task, hard_masks(state.logits, state.layout), config.feature_batch_size),
         }
+        if config.schedule == "controlled":
+            row["planned_density"] = planned_density(state, config, remaining)
         state.history.append(row)
         if on_eval is not None:
             on_eval(row)
         return row
 
+    done = {c.target_density for c in state.circuits} | {w.target for w in state.windows}
+    remaining = [t for t in config.densities if t not in done]
     if state.step == 0 and not state.history:
         record()
-    remaining = [t for t in config.densities if t not in {c.target_density for c in state.circuits}]
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     classifier = masked_classifier(lm, task.head, state.layout, config.precision, config.compile_model)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
+    sample = density_sample(state.layout.total, lm.device)
+
+    def snapshot(window: Window) -> None:
+        circuit = state.candidates.pop(window.target)
+        state.windows.remove(window)
+        state.circuits.append(circuit)
+        state.ramp_start = (state.step, count_kept(state.logits)[0] / state.layout.total)
+        if on_snapshot is not None:
+            on_snapshot(circuit)
+
     bar = tqdm(total=config.max_steps, initial=state.step, desc=f"discover {train.name}", disable=not progress)
-    while remaining and state.step < config.max_steps:
+    while (remaining or state.windows) and state.step < config.max_steps:
         loss = mask_step(lm, task, state, config, buffers, fused, classifier, width)
+        if config.schedule == "controlled":
+            aim = planned_density(state, config, remaining)
+            shift_to_density(state.logits, aim - density_margin(aim, sample), sample)
         bar.update(1)
 
         kept, total = count_kept(state.logits)
         density = kept / total
         reached = [t for t in remaining if density <= t]
+        for target in reached:
+            remaining.remove(target)
+            state.windows.append(Window(target, state.step + config.hold_steps))
+        row = None
         if reached or state.step % config.eval_every == 0:
             row = record(loss.item())
             bar.set_postfix(density=f"{density:.3f}", faithful=f"{row['faithfulness']:.2f}")
-        for target in reached:
-            circuit = Circuit.from_masks(
-                lm.params, hard_masks(state.logits, state.layout), lm.model_id, lm.revision, target_density=target,
-                provenance={**provenance, "step": state.step, **state.history[-1]},
-            )
-            state.circuits.append(circuit)
-            remaining.remove(target)
-            if on_snapshot is not None:
-                on_snapshot(circuit)
+        for window in list(state.windows):
+            if row is not None and row["density"] <= window.target:
+                if row["faithfulness"] > window.best:
+                    window.best, window.stale = row["faithfulness"], 0
+                    state.candidates[window.target] = Circuit.from_masks(
+                        lm.params, hard_masks(state.logits, state.layout), lm.model_id, lm.revision,
+                        target_density=window.target, provenance={**provenance, **row},
+                    )
+                else:
+                    window.stale += 1
+            if state.step >= window.until or (config.patience and window.stale >= config.patience):
+                snapshot(window)
         if ckpt is not None and (reached or state.step % config.checkpoint_every == 0):
             _checkpoint(state, ckpt, on_checkpoint)
     bar.close()
     if ckpt is not None:
         _checkpoint(state, ckpt, on_checkpoint)
+    for window in list(state.windows):  # the budget ended a hold: its best mask so far (a resumed run holds on)
+        snapshot(window)
     return DiscoveryResult(state.circuits, state.history, state.history[0]["full_accuracy"], remaining)
+
+
+def planned_density(state: DiscoveryState, config: DiscoveryConfig, remaining: list[float]) -> float:
+    """Controlled schedule: hold an open target; else move linearly from the ramp's start to the next target."""
+    if state.windows:
+        return min(w.target for w in state.windows)
+    if not remaining:
+        return state.ramp_start[1]
+    start_step, start_density = state.ramp_start
+    progress = min(1.0, (state.step - start_step) / config.ramp_steps)
+    return start_density + (remaining[0] - start_density) * progress
 
 
 def _checkpoint(state: DiscoveryState, directory: Path, on_checkpoint: Callable[[Path], None] | None) -> None:

@@ -10,6 +10,7 @@ same backward pass, so the penalty costs no pass of its own over the logits.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from functools import cache
@@ -132,26 +133,31 @@ class _StraightThrough(torch.autograd.Function):
 def sample_masked_weights(
     logits: torch.Tensor,
     weights: torch.Tensor,
-    noise: torch.Tensor,
+    noise_buffer: torch.Tensor,
     generator: torch.Generator,
     temperature: float,
     fused: bool = False,
     penalty: float = 0.0,
     out: torch.Tensor | None = None,
+    noise: bool = True,
 ) -> torch.Tensor:
     """w * m for a fresh Gumbel-sigmoid hard sample m (threshold 0.5), differentiable in the logits.
 
     The output has the dtype of `weights` (float32, or bfloat16 for mixed precision); with `out` (a reused
-    buffer like `weights`) it is written there. `noise` is a reused float32 buffer of the logits' size; it must
-    not be refilled before backward. The backward pass also adds the gradient of `penalty * mean(sigmoid(logits))`
+    buffer like `weights`) it is written there. `noise_buffer` is a reused float32 buffer of the logits' size; it
+    must not be refilled before backward. With `noise=False` the sample is the deterministic mask (logit > 0).
+    The backward pass also adds the gradient of `penalty * mean(sigmoid(logits))`
     to the logits: the sparsity term of the discovery loss, whose value `mean_keep_probability` gives. Where the
     logits (a leaf) already have a `.grad`, backward adds into it in place, as autograd would.
     """
-    noise.uniform_(generator=generator)
+    if noise:
+        noise_buffer.uniform_(generator=generator)
+    else:  # logistic(0.5) = 0: the deterministic mask, with the same straight-through gradient
+        noise_buffer.fill_(0.5)
     scale = torch.tensor(penalty / logits.numel(), dtype=torch.float32, device=logits.device)
     # detach: a buffer returned by an earlier step carries that step's (freed) graph
     out = torch.empty_like(weights) if out is None else out.detach()
-    return _StraightThrough.apply(logits, noise, weights, temperature, fused, scale, out)
+    return _StraightThrough.apply(logits, noise_buffer, weights, temperature, fused, scale, out)
 
 
 def hard_masks(logits: torch.Tensor, layout: FlatLayout) -> dict[str, torch.Tensor]:
@@ -173,6 +179,31 @@ def mean_keep_probability(logits: torch.Tensor, fused: bool = False) -> torch.Te
     """mean(sigmoid(logits)) over all masked weights: the sparsity penalty (no gradient; see sample_masked_weights)."""
     with torch.no_grad():
         return _kernels(fused).keep_probability(logits.detach())
+
+
+QUANTILE_SAMPLE = 1_000_000  # logits sampled to place the density threshold; exact below this many
+
+
+def density_sample(total: int, device: torch.device) -> torch.Tensor | None:
+    """Fixed indices of the logits that estimate the density threshold (None: use them all)."""
+    if total <= QUANTILE_SAMPLE:
+        return None
+    return torch.randint(0, total, (QUANTILE_SAMPLE,), generator=torch.Generator().manual_seed(0)).to(device)
+
+
+def density_margin(density: float, sample: torch.Tensor | None) -> float:
+    """How far below a density to aim so that the sampled threshold keeps the true density at or below it."""
+    return 0.0 if sample is None else 4 * (density * (1 - density) / sample.numel()) ** 0.5
+
+
+@torch.no_grad()
+def shift_to_density(logits: torch.Tensor, density: float, sample: torch.Tensor | None = None) -> None:
+    """Shift every logit by one offset so that (about) `density` of them are positive: an exact density control."""
+    values = logits.detach() if sample is None else logits.detach()[sample]
+    drop = min(values.numel() - 1, max(0, math.ceil((1.0 - density) * values.numel() - 1e-9)))  # kept <= density
+    ordered = values.kthvalue(drop + 1).values if drop > 0 else values.min() - 1.0
+    below = values.kthvalue(drop).values if drop > 0 else ordered - 1.0
+    logits.sub_((ordered + below) / 2)
 
 
 def flat_weights(model: torch.nn.Module, layout: FlatLayout, dtype: torch.dtype | None = None) -> torch.Tensor:

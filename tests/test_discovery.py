@@ -176,7 +176,7 @@ def test_evaluate_runs_the_circuit_and_exactly_the_dropped_weights(tiny_lm, tiny
 
     circuit_preds = predictions(masks)
     complement_preds = predictions({n: ~m for n, m in masks.items()})
-    assert metrics["faithfulness"] == (circuit_preds == task.eval_full_preds).float().mean().item()
+    assert metrics["faithfulness"] == pytest.approx((circuit_preds == task.eval_full_preds).float().mean().item())
     assert metrics["circuit_accuracy"] == (circuit_preds == task.eval_labels).float().mean().item()
     assert metrics["complement_accuracy"] == (complement_preds == task.eval_labels).float().mean().item()
 

@@ -1,0 +1,140 @@
+"""Discovery schedules on the tiny GPT-2: the controlled schedule tracks its density plan without a cliff, holds
+each target and keeps its most faithful mask; the paper's schedule keeps its first-below snapshot by default."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from circuitlib.classifier import tokenize
+from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, discover
+from circuitlib.importance import importance_offsets, input_norms
+from circuitlib.masks import FlatLayout, density_sample, shift_to_density
+
+TARGETS = (0.8, 0.5, 0.2)
+RAMP, HOLD = 10, 6
+
+
+def controlled(**overrides) -> DiscoveryConfig:
+    values = dict(densities=TARGETS, max_steps=200, batch_size=8, lr=0.05, head_epochs=20, eval_every=1,
+                  checkpoint_every=4, schedule="controlled", init="importance", noise=False, temperature=1.0,
+                  ramp_steps=RAMP, hold_steps=HOLD)
+    return DiscoveryConfig(**(values | overrides))
+
+
+def paper(**overrides) -> DiscoveryConfig:
+    values = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
+                  head_epochs=20, eval_every=5, checkpoint_every=5)
+    return DiscoveryConfig(**(values | overrides))
+
+
+def windows(result: DiscoveryResult, hold: int) -> dict[float, list[dict]]:
+    """Per target: the evaluated rows a snapshot may come from (from its first reach, for `hold` steps, at or below)."""
+    out = {}
+    for target in TARGETS:
+        first = min(r["step"] for r in result.history if r["density"] <= target)
+        out[target] = [r for r in result.history if first <= r["step"] <= first + hold and r["density"] <= target]
+    return out
+
+
+def test_controlled_schedule_tracks_its_plan_and_has_no_cliff(tiny_lm, tiny_data) -> None:
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(), progress=False)
+    assert result.unreached == [] and [c.target_density for c in result.circuits] == list(TARGETS)
+    rows = result.history[1:]
+    total = FlatLayout(tuple(tiny_lm.params)).total
+    for row in rows:  # every step is evaluated here: the density is the planned one, to a weight or two
+        assert abs(row["density"] - row["planned_density"]) <= 2 / total, row
+    assert result.history[0]["density"] == 1.0
+    steepest = max(a - b for a, b in zip((1.0, *TARGETS), TARGETS)) / RAMP  # the widest gap between targets, per step
+    drops = np.diff([r["density"] for r in result.history])
+    assert drops.min() >= -steepest - 2 / total, f"a density cliff: {drops.min():.3f} in one step"
+    assert drops.max() <= 2 / total, "the density never climbs back"
+    for circuit in result.circuits:
+        assert circuit.target_density - 2 / total <= circuit.density <= circuit.target_density
+
+
+def test_controlled_schedule_holds_each_target_and_keeps_its_most_faithful_mask(tiny_lm, tiny_data) -> None:
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(), progress=False)
+    candidates = windows(result, HOLD)
+    for circuit in result.circuits:
+        rows = candidates[circuit.target_density]
+        assert len(rows) == HOLD + 1, "held for the whole hold budget, one evaluation a step"
+        best = max(r["faithfulness"] for r in rows)
+        first_best = next(r for r in rows if r["faithfulness"] == best)
+        assert circuit.provenance["faithfulness"] == best
+        assert circuit.provenance["step"] == first_best["step"]
+        assert {"faithfulness_low", "faithfulness_high", "kl", "complement_accuracy"} <= set(circuit.provenance)
+        assert circuit.provenance["faithfulness_low"] <= best <= circuit.provenance["faithfulness_high"]
+
+
+def test_patience_ends_a_hold_early(tiny_lm, tiny_data) -> None:
+    whole = discover(tiny_lm, tiny_data, tiny_data, controlled(hold_steps=30), progress=False)
+    early = discover(tiny_lm, tiny_data, tiny_data, controlled(hold_steps=30, patience=2), progress=False)
+    assert early.history[-1]["step"] < whole.history[-1]["step"]
+
+
+def test_paper_schedule_snapshots_the_first_mask_below_each_target_by_default(tiny_lm, tiny_data) -> None:
+    result = discover(tiny_lm, tiny_data, tiny_data, paper(), progress=False)
+    for circuit in result.circuits:
+        first = min(r["step"] for r in result.history if r["density"] <= circuit.target_density)
+        assert circuit.provenance["step"] == first
+        assert all(r["lambda"] == 10.0 + r["epoch"] for r in result.history)
+
+
+def test_paper_schedule_with_a_hold_keeps_the_most_faithful_mask_at_or_below_each_target(tiny_lm, tiny_data) -> None:
+    hold = 15
+    result = discover(tiny_lm, tiny_data, tiny_data, paper(hold_steps=hold, eval_every=1), progress=False)
+    for target, rows in windows(result, hold).items():
+        circuit = next(c for c in result.circuits if c.target_density == target)
+        assert circuit.provenance["faithfulness"] == max(r["faithfulness"] for r in rows)
+        assert circuit.density <= target
+
+
+@pytest.mark.parametrize("interrupt_at", [5, 13, 24])  # mid ramp, mid hold, a later ramp
+def test_controlled_resume_equals_an_uninterrupted_run(tiny_lm, tiny_data, tmp_path: Path, helpers,
+                                                        interrupt_at: int) -> None:
+    whole = discover(tiny_lm, tiny_data, tiny_data, controlled(), checkpoint_dir=tmp_path / "whole", progress=False)
+    discover(tiny_lm, tiny_data, tiny_data, controlled(max_steps=interrupt_at), checkpoint_dir=tmp_path / "cut",
+             progress=False)
+    resumed = discover(tiny_lm, tiny_data, tiny_data, controlled(), checkpoint_dir=tmp_path / "cut", progress=False)
+    assert [c.digest for c in resumed.circuits] == [c.digest for c in whole.circuits]
+    assert helpers.same_rows(resumed.history, whole.history)
+
+
+def test_shift_to_density_keeps_exactly_the_highest_logits() -> None:
+    logits = torch.randn(10_000, generator=torch.Generator().manual_seed(0))
+    order = logits.argsort(descending=True)
+    for density in (0.9, 0.5, 0.013):
+        shifted = logits.clone()
+        shift_to_density(shifted, density)
+        kept = shifted > 0
+        assert int(kept.sum()) == int(density * 10_000)
+        assert bool(kept[order[: int(kept.sum())]].all())
+
+
+def test_sampled_density_threshold_lands_close() -> None:
+    logits = torch.randn(3_000_000, generator=torch.Generator().manual_seed(1))
+    sample = density_sample(logits.numel(), logits.device)
+    assert sample is not None and sample.numel() < logits.numel()
+    shift_to_density(logits, 0.35, sample)
+    assert abs(float((logits > 0).float().mean()) - 0.35) < 0.002
+
+
+def test_importance_ranks_each_output_unit_by_weight_times_input_norm(tiny_lm, tiny_data) -> None:
+    data = tokenize(tiny_lm.tokenizer, tiny_data.texts)
+    layout = FlatLayout(tuple(tiny_lm.params))
+    offsets = layout.split(importance_offsets(tiny_lm, data, layout, spread=3.0))
+    norms = input_norms(tiny_lm, data, 16)
+    named = dict(tiny_lm.model.named_parameters())
+    matrices = [p for p in tiny_lm.params if len(p.shape) == 2]
+    assert matrices
+    for p in matrices:  # GPT-2's Conv1D stores [in, out]: each output unit is a column
+        score = named[p.name].detach().abs() * norms[p.name].unsqueeze(1)
+        assert torch.equal(offsets[p.name].argmax(dim=0), score.argmax(dim=0))
+        assert torch.equal(offsets[p.name].argmin(dim=0), score.argmin(dim=0))
+        assert float(offsets[p.name].abs().max()) <= 3.0
+    vectors = [p for p in tiny_lm.params if len(p.shape) == 1]
+    assert all(bool((offsets[p.name] == 3.0).all()) for p in vectors), "norm weights and biases rank first"
