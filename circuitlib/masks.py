@@ -11,9 +11,10 @@ same backward pass, so the penalty costs no pass of its own over the logits.
 from __future__ import annotations
 
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from functools import cache
+from typing import Any
 
 import torch
 from torch.func import functional_call
@@ -37,14 +38,16 @@ class FlatLayout:
 
     def split(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
         """Views of `flat`, one per parameter, in its shape."""
-        return {p.name: v.view(p.shape) for p, v in zip(self.params, flat.split(self.sizes))}
+        return {p.name: v.view(p.shape) for p, v in zip(self.params, flat.split(self.sizes), strict=True)}
 
     def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Concatenate per-parameter tensors into one flat vector."""
         return torch.cat([tensors[p.name].reshape(-1) for p in self.params])
 
 
-def init_logits(layout: FlatLayout, device: torch.device, mean: float = 2.7, std: float = 0.01, seed: int = 0) -> torch.Tensor:
+def init_logits(
+    layout: FlatLayout, device: torch.device, mean: float = 2.7, std: float = 0.01, seed: int = 0
+) -> torch.Tensor:
     """One trainable float32 logit per masked weight, from N(mean, std) with a seeded generator: [total]."""
     gen = torch.Generator().manual_seed(seed)
     return (torch.randn(layout.total, generator=gen) * std + mean).to(device).requires_grad_(True)
@@ -88,10 +91,12 @@ def _backward_into(
 
 @dataclass(frozen=True)
 class _Kernels:
-    forward_into: object
-    backward: object
-    backward_into: object
-    keep_probability: object
+    """The four kernels, eager or compiled by torch.compile; the signatures of the functions above."""
+
+    forward_into: Callable[..., Any]
+    backward: Callable[..., Any]
+    backward_into: Callable[..., Any]
+    keep_probability: Callable[..., Any]
 
 
 @cache
