@@ -109,7 +109,7 @@ class Circuit:
     def digest(self) -> str:
         """sha256 (hex) of the parameter names and shapes and the packed bits: the circuit's content address."""
         h = hashlib.sha256(json.dumps([[p.name, list(p.shape)] for p in self.params]).encode())
-        h.update(memoryview(self.bits))
+        h.update(self.bits.data)
         return h.hexdigest()
 
     @classmethod
@@ -131,7 +131,7 @@ class Circuit:
             )
         offsets = np.concatenate(([0], np.cumsum(_byte_sizes(params))))
         bits = np.empty(int(offsets[-1]), dtype=np.uint8)
-        for p, start, stop in zip(params, offsets[:-1], offsets[1:]):
+        for p, start, stop in zip(params, offsets[:-1], offsets[1:], strict=True):
             m = masks[p.name]
             m = m.detach().cpu().numpy() if isinstance(m, torch.Tensor) else np.asarray(m)
             if m.shape != p.shape:
@@ -177,7 +177,7 @@ def random_like(c: Circuit, seed: int) -> Circuit:
     p = c.density
     rng = np.random.default_rng(seed)
     bits = np.empty_like(c.bits)
-    for param, start in zip(c.params, c.offsets[:-1].tolist()):
+    for param, start in zip(c.params, c.offsets[:-1].tolist(), strict=True):
         for w in range(0, param.numel, _RANDOM_CHUNK_WEIGHTS):
             keep = rng.random(min(_RANDOM_CHUNK_WEIGHTS, param.numel - w), dtype=np.float32) < p
             packed = np.packbits(keep, bitorder="little")
@@ -317,7 +317,7 @@ def _check_same_params(a: Circuit, b: Circuit) -> None:
     """Raise InputError unless `a` and `b` mask the same parameters in the same order."""
     if a.params == b.params:
         return
-    for i, (pa, pb) in enumerate(zip(a.params, b.params)):
+    for i, (pa, pb) in enumerate(zip(a.params, b.params, strict=False)):  # a shorter list: reported below
         if pa != pb:
             raise InputError(
                 f"circuits of {a.model_id} and {b.model_id} cover different parameters: at position {i}, {pa} vs {pb}"
@@ -348,7 +348,7 @@ def _param_counts(a: Circuit, b: Circuit) -> np.ndarray:
     """Per parameter [kept_a, kept_b, |A ∩ B|], shape (n_params, 3), counted on the packed bytes."""
     counts = np.zeros((len(a.params), 3), dtype=np.int64)
     bounds = a.offsets.tolist()
-    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:])):
+    for i, (s, e) in enumerate(zip(bounds[:-1], bounds[1:], strict=True)):
         counts[i] = _popcount(a.bits[s:e]), _popcount(b.bits[s:e]), _popcount(a.bits[s:e], b.bits[s:e])
     return counts
 
@@ -394,7 +394,7 @@ def _composition(c: Circuit, by_layer: bool) -> list[CompositionRow]:
     """Kept and total weights grouped by (module type, layer), or by module type with layer -1."""
     groups: dict[tuple[int, int], list[int]] = {}
     bounds = c.offsets.tolist()
-    for p, s, e in zip(c.params, bounds[:-1], bounds[1:]):
+    for p, s, e in zip(c.params, bounds[:-1], bounds[1:], strict=True):
         key = (p.layer if by_layer else -1, MODULE_TYPES.index(p.module_type))
         kept_total = groups.setdefault(key, [0, 0])
         kept_total[0] += _popcount(c.bits[s:e])

@@ -10,7 +10,7 @@ import torch.nn.functional as F
 from transformers import PreTrainedTokenizerBase
 
 from circuitlib.masks import call_with_weights
-from circuitlib.models import LoadedModel
+from circuitlib.models import LoadedModel, token_id
 
 
 @dataclass
@@ -48,7 +48,7 @@ class Tokenized:
 def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_length: int = 64) -> Tokenized:
     """Tokenize every text once, truncated to `max_length` tokens."""
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
-    return Tokenized([list(r) for r in ids], int(tokenizer.pad_token_id))
+    return Tokenized([list(r) for r in ids], token_id(tokenizer, "pad"))
 
 
 def last_token_features(

@@ -131,7 +131,7 @@ def _load_csv(spec: str, value: str) -> tuple[list[Any], list[Any]]:
 def _load_blimp(spec: str, value: str) -> tuple[list[Any], list[Any]]:
     ds = _hf_records(spec, value, ("sentence_good", "sentence_bad"), BLIMP_REPO, {"name": value})
     texts, labels = [], []
-    for good, bad in zip(ds["sentence_good"], ds["sentence_bad"]):
+    for good, bad in zip(ds["sentence_good"], ds["sentence_bad"], strict=True):
         texts += [good, bad]
         labels += [1, 0]
     return texts, labels
@@ -155,7 +155,7 @@ def _validated(spec: str, texts: list[Any], labels: list[Any]) -> Classification
     """Check for rows, non-empty texts, 0/1 labels and both classes; name the first bad row."""
     if not texts:
         raise InputError(f"dataset {spec}: no rows")
-    for i, (text, label) in enumerate(zip(texts, labels)):
+    for i, (text, label) in enumerate(zip(texts, labels, strict=True)):
         if not isinstance(text, str) or not text.strip():
             raise InputError(f"dataset {spec}: row {i} has an empty or missing text")
         if label not in (0, 1):

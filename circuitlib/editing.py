@@ -12,6 +12,7 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
+from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -20,7 +21,7 @@ from tqdm.auto import tqdm
 from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.errors import InputError
-from circuitlib.models import LoadedModel
+from circuitlib.models import LoadedModel, token_id
 from circuitlib.settings import setting
 from circuitlib.types import VARIANTS, EditRequest, Variant
 
@@ -91,12 +92,12 @@ def _nll(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> tor
     tok = lm.tokenizer
     prompt_ids = tok(list(prompts))["input_ids"]
     target_ids = tok([" " + t for t in targets], add_special_tokens=False)["input_ids"]
-    seqs = [p + t for p, t in zip(prompt_ids, target_ids)]
+    seqs = [p + t for p, t in zip(prompt_ids, target_ids, strict=True)]
     width = max(len(s) for s in seqs)
-    input_ids = torch.full((len(seqs), width), tok.pad_token_id, dtype=torch.long)
+    input_ids = torch.full((len(seqs), width), token_id(tok, "pad"), dtype=torch.long)
     attention = torch.zeros_like(input_ids)
     weights = torch.zeros((len(seqs), width - 1))
-    for i, (p, s) in enumerate(zip(prompt_ids, seqs)):
+    for i, (p, s) in enumerate(zip(prompt_ids, seqs, strict=True)):
         input_ids[i, : len(s)] = torch.tensor(s)
         attention[i, : len(s)] = 1
         weights[i, len(p) - 1 : len(s) - 1] = 1.0 / (len(s) - len(p))
@@ -111,7 +112,10 @@ def _nll(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> tor
 
 
 def neighbor_prompts(request: EditRequest, pool: Sequence[EditRequest], k: int) -> list[str]:
-    """The request's neighborhood prompts or, where it has none, prompts of `k` other requests (same true target first)."""
+    """The request's neighborhood prompts or, where it has none, prompts of `k` other requests.
+
+    Other requests with the same true target come first.
+    """
     if request.neighborhood_prompts:
         return list(request.neighborhood_prompts)
     others = [r for r in pool if r.case_id != request.case_id and r.subject != request.subject]
@@ -191,7 +195,7 @@ class Editor:
     def edit(self, request: EditRequest) -> tuple[int, float]:
         """Fine-tune towards `request.target_new`; returns (steps taken, last loss). Leaves the model edited."""
         names = list(self.params)
-        params = [self.params[n] for n in names]
+        params: list[torch.Tensor] = [self.params[n] for n in names]
         bases = [self.base[n] for n in names]
         keeps = [self.keep[n] for n in names] if self.keep else []
         for p in params:
@@ -207,7 +211,8 @@ class Editor:
                 for p in params:
                     p.grad = None  # backward then hands its fresh gradients over, no zeroing or adding
                 loss.backward()
-                self._update(params, [p.grad for p in params], bases, keeps)
+                grads = cast(list[torch.Tensor], [p.grad for p in params])  # backward gave each of them one
+                self._update(params, grads, bases, keeps)
         finally:
             for p in params:
                 p.requires_grad_(False)
@@ -222,13 +227,14 @@ class Editor:
         Multi-tensor (foreach) ops: a handful of kernels per step instead of four per parameter.
         """
         eps = self.config.max_change
+        # The foreach ops are public API in practice but missing from torch.__all__, hence the narrow ignores.
         if keeps:
-            torch._foreach_mul_(grads, keeps)  # no update outside the mask
-        torch._foreach_add_(params, grads, alpha=-self.config.lr)
-        torch._foreach_sub_(params, bases)
-        torch._foreach_clamp_min_(params, -eps)
-        torch._foreach_clamp_max_(params, eps)
-        torch._foreach_add_(params, bases)
+            torch._foreach_mul_(grads, keeps)  # pyright: ignore[reportPrivateImportUsage]  # no update outside the mask
+        torch._foreach_add_(params, grads, alpha=-self.config.lr)  # pyright: ignore[reportPrivateImportUsage]
+        torch._foreach_sub_(params, bases)  # pyright: ignore[reportPrivateImportUsage]
+        torch._foreach_clamp_min_(params, -eps)  # pyright: ignore[reportPrivateImportUsage]
+        torch._foreach_clamp_max_(params, eps)  # pyright: ignore[reportPrivateImportUsage]
+        torch._foreach_add_(params, bases)  # pyright: ignore[reportPrivateImportUsage]
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -284,9 +290,12 @@ def summarize(results: Sequence[RequestResult]) -> dict[str, float]:
     for name in numeric:
         values = [getattr(r, name) for r in results if not math.isnan(getattr(r, name))]
         summary[name] = sum(values) / len(values) if values else float("nan")
-    parts = [summary[k] for k in ("efficacy_score", "paraphrase_score", "neighborhood_score") if not math.isnan(summary[k])]
+    scores = ("efficacy_score", "paraphrase_score", "neighborhood_score")
+    parts = [summary[k] for k in scores if not math.isnan(summary[k])]
     summary["overall_score"] = (
-        len(parts) / sum(1 / p for p in parts) if parts and all(p > 0 for p in parts) else (0.0 if parts else float("nan"))
+        len(parts) / sum(1 / p for p in parts)
+        if parts and all(p > 0 for p in parts)
+        else (0.0 if parts else float("nan"))
     )
     return summary
 

@@ -57,7 +57,16 @@ class LoadedModel:
 
 def default_device() -> torch.device:
     """The device accelerate picks for this process (a GPU where one is visible, else CPU)."""
-    return PartialState().device
+    device = PartialState().device
+    return device if device is not None else torch.device("cpu")  # accelerate sets one; None would mean stay on CPU
+
+
+def token_id(tokenizer: PreTrainedTokenizerBase, role: str) -> int:
+    """The id of the tokenizer's `role` token ("pad", "eos" or "bos"), checked: transformers types these ids loosely."""
+    value = getattr(tokenizer, f"{role}_token_id")
+    if not isinstance(value, int):
+        raise InputError(f"tokenizer {type(tokenizer).__name__}: no single {role} token id (got {value!r})")
+    return value
 
 
 def module_type(name: str) -> ModuleType:
@@ -97,9 +106,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
 def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 32) -> tuple[GPT2LMHeadModel, PreTrainedTokenizerFast]:
     """A small GPT-2 with deterministic random weights, for fast tests."""
     tokenizer = tiny_tokenizer()
+    eos = token_id(tokenizer, "eos")
     config = GPT2Config(
         vocab_size=len(tokenizer), n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        bos_token_id=tokenizer.eos_token_id, eos_token_id=tokenizer.eos_token_id,
+        bos_token_id=eos, eos_token_id=eos,
         resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
     )
     generator_state = torch.random.get_rng_state()
@@ -138,8 +148,8 @@ def smollm2_dir() -> Path:
     tokenizer = AutoTokenizer.from_pretrained(str(source.parent), gguf_file=source.name)
     model = AutoModelForCausalLM.from_pretrained(str(source.parent), gguf_file=source.name, dtype=torch.float32)
     # The weights are already de-quantised to float32; drop the GGUF marker so they save as plain safetensors.
-    model.hf_quantizer = None
-    del model.config.quantization_config
+    model.hf_quantizer = None  # pyright: ignore[reportArgumentType]  # torch types Module.__setattr__ for tensors and modules
+    del model.config.quantization_config  # pyright: ignore[reportAttributeAccessIssue]  # set by the GGUF load, not declared
     staging = Path(tempfile.mkdtemp(prefix=f"{SMOLLM2}-", dir=_ensure(target.parent)))
     model.save_pretrained(staging)
     tokenizer.save_pretrained(staging)
@@ -159,7 +169,9 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).exists()
 
 
-def _from_pretrained(spec: str, revision: str | None, dtype: torch.dtype) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(
+    spec: str, revision: str | None, dtype: torch.dtype
+) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if spec == SMOLLM2:
         kwargs = {}
         source = str(smollm2_dir())
@@ -190,13 +202,14 @@ def load_model(
     """Load `spec` (tiny-gpt2, smollm2-135m, a hub id or a local directory), frozen, in eval mode, on `device`."""
     if spec == TINY_GPT2:
         model, tokenizer = tiny_gpt2()
-        model = model.to(dtype)
+        # transformers' @wraps(Module.to) on PreTrainedModel.to hides the bound method from the type checker
+        model = model.to(dtype)  # pyright: ignore[reportArgumentType]
     else:
         model, tokenizer = _from_pretrained(spec, revision, dtype)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"
-    model.to(torch.device(device) if device is not None else default_device())
+    model.to(torch.device(device) if device is not None else default_device())  # pyright: ignore[reportArgumentType]
     model.eval()
     model.requires_grad_(False)
     return LoadedModel(model, tokenizer, spec, revision, masked_params(model))
