@@ -18,6 +18,7 @@ import shlex
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import jsonschema
 import pytest
@@ -33,6 +34,7 @@ ENTRYPOINT = "python sweeps/size_sweep.py"
 
 def _load_module(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
+    assert spec is not None and spec.loader is not None, path
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module
     spec.loader.exec_module(module)
@@ -63,7 +65,8 @@ def one(docs: list[dict], kind: str, name: str | None = None) -> dict:
 
 def pinned_ray_version() -> str:
     """The exact ray version pyproject.toml pins (``"ray[...]==X"`` in its dependencies)."""
-    pins = re.findall(r'^\s*"ray(?:\[[^\]]*\])?\s*==\s*([^"\s;]+)"', (REPO / "pyproject.toml").read_text(), re.MULTILINE)
+    pin = r'^\s*"ray(?:\[[^\]]*\])?\s*==\s*([^"\s;]+)"'
+    pins = re.findall(pin, (REPO / "pyproject.toml").read_text(), re.MULTILINE)
     assert len(pins) == 1, f"expected one exact ray pin in pyproject.toml, found {pins}"
     return pins[0]
 
@@ -214,7 +217,8 @@ def test_launcher_installs_the_project_on_every_node(name):
 def test_launcher_dashboard_and_mlflow_stay_private(name):
     config = launcher(name)
     commands = " ".join(
-        config["head_start_ray_commands"] + config["worker_start_ray_commands"] + config["setup_commands"] + config["head_setup_commands"]
+        config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+        + config["setup_commands"] + config["head_setup_commands"]
     )
     assert "0.0.0.0" not in commands
     head_start = " ".join(config["head_start_ray_commands"])
@@ -226,7 +230,11 @@ def test_launcher_dashboard_and_mlflow_stay_private(name):
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
 def test_launcher_exports_tracking_uri_on_every_node_before_ray_start(name):
     config = launcher(name)
-    for key, host in (("head_start_ray_commands", r"\$\(hostname -I \| awk '\{print \$1\}'\)"), ("worker_start_ray_commands", r"\$RAY_HEAD_IP")):
+    hosts = (
+        ("head_start_ray_commands", r"\$\(hostname -I \| awk '\{print \$1\}'\)"),
+        ("worker_start_ray_commands", r"\$RAY_HEAD_IP"),
+    )
+    for key, host in hosts:
         start = [c for c in config[key] if "ray start" in c]
         assert len(start) == 1
         m = re.search(rf"export MLFLOW_TRACKING_URI=http://{host}:(\d+);", start[0])
@@ -325,7 +333,7 @@ def _mutate(doc: dict, path: str, value=None, delete: bool = False) -> dict:
     keys = [k.replace("~1", "/") for k in path.split("/")]  # JSON-pointer escape for keys with "/"
     for k in keys[:-1]:
         node = node[int(k)] if isinstance(node, list) else node[k]
-    last = int(keys[-1]) if isinstance(node, list) else keys[-1]
+    last: Any = int(keys[-1]) if isinstance(node, list) else keys[-1]  # an index or a key
     if delete:
         del node[last]
     else:
@@ -333,13 +341,14 @@ def _mutate(doc: dict, path: str, value=None, delete: bool = False) -> dict:
     return d
 
 
+WORKER_GPUS = "spec/workerGroupSpecs/0/template/spec/containers/0/resources/limits/nvidia.com~1gpu"
 BROKEN_RAY = [
     ("RayCluster", "spec/workerGroupSpecs/0/minReplica", 1, False, "minReplica"),
     ("RayCluster", "spec/workerGroupSpecs/0/groupName", None, True, "groupName"),
     ("RayCluster", "spec/headGroupSpec/template", None, True, "template"),
     ("RayCluster", "spec/workerGroupSpecs/0/template/spec/containers/0/resouces", {}, False, "resouces"),
-    ("RayCluster", "spec/workerGroupSpecs/0/template/spec/containers/0/resources/limits/nvidia.com~1gpu", "one", False, "nvidia.com/gpu"),
-    ("RayCluster", "spec/workerGroupSpecs/0/template/spec/containers/0/resources/limits/nvidia.com~1gpu", 1.5, False, "nvidia.com/gpu"),
+    ("RayCluster", WORKER_GPUS, "one", False, "nvidia.com/gpu"),
+    ("RayCluster", WORKER_GPUS, 1.5, False, "nvidia.com/gpu"),
     ("RayCluster", "spec/headGroupSpec/rayStartParams/num-cpus", 0, False, "num-cpus"),
     ("RayCluster", "spec/autoscalerOptions/version", "v3", False, "version"),
     ("RayCluster", "spec/managedBy", "someone-else", False, "managedBy"),
@@ -349,9 +358,11 @@ BROKEN_RAY = [
     ("RayJob", "spec/entrypiont", ENTRYPOINT, False, "entrypiont"),
     ("RayJob", "spec/backoffLimit", "2", False, "backoffLimit"),
     ("RayJob", "spec/rayClusterSpec/workerGroupSpecs/0/maxReplicas", None, True, "maxReplicas"),
-    ("RayJob", "spec/rayClusterSpec/headGroupSpec/template/spec/containers/0/imagePullPolicy", 3, False, "imagePullPolicy"),
+    ("RayJob", "spec/rayClusterSpec/headGroupSpec/template/spec/containers/0/imagePullPolicy", 3, False,
+     "imagePullPolicy"),
     ("RayJob", "spec/deletionStrategy", {"onSuccess": {"policy": "DeleteCluster"}}, False, "deletionStrategy"),
-    ("RayJob", "spec/deletionStrategy", {"onSuccess": {"policy": "Delete"}, "onFailure": {"policy": "DeleteNone"}}, False, "policy"),
+    ("RayJob", "spec/deletionStrategy", {"onSuccess": {"policy": "Delete"}, "onFailure": {"policy": "DeleteNone"}},
+     False, "policy"),
 ]
 
 
@@ -367,7 +378,8 @@ def test_broken_ray_manifest_copies_fail(kind, path, value, delete, expect):
 def test_valid_variants_still_pass():
     # The converter must not reject what the API server accepts.
     rj = one(manifest_docs("rayjob.yaml"), "RayJob")
-    ok = _mutate(rj, "spec/deletionStrategy", {"onSuccess": {"policy": "DeleteCluster"}, "onFailure": {"policy": "DeleteNone"}})
+    strategy = {"onSuccess": {"policy": "DeleteCluster"}, "onFailure": {"policy": "DeleteNone"}}
+    ok = _mutate(rj, "spec/deletionStrategy", strategy)
     assert cc.schema_errors(ok) == []
     rc = one(manifest_docs("raycluster.yaml"), "RayCluster")
     ok = copy.deepcopy(rc)
@@ -389,12 +401,16 @@ def test_broken_standard_objects_fail():
     assert cc.schema_errors({"apiVersion": "v1", "kind": "NoSuchKind", "metadata": {"name": "x"}}) != []
 
 
+def _is_mlflow(doc: dict, kind: str) -> bool:
+    return doc["kind"] == kind and doc["metadata"]["name"] == "mlflow"
+
+
 def test_services_select_pods_that_have_their_ports():
     docs = all_manifest_docs()
     assert cc.service_errors(docs) == []
-    broken = [_mutate(d, "spec/ports/0/targetPort", "htp") if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow" else d for d in docs]
+    broken = [_mutate(d, "spec/ports/0/targetPort", "htp") if _is_mlflow(d, "Service") else d for d in docs]
     assert cc.service_errors(broken) != []
-    broken = [_mutate(d, "spec/selector", {"app": "nothing"}) if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow" else d for d in docs]
+    broken = [_mutate(d, "spec/selector", {"app": "nothing"}) if _is_mlflow(d, "Service") else d for d in docs]
     assert cc.service_errors(broken) != []
 
 
@@ -420,7 +436,7 @@ def test_rayjob_runs_the_size_sweep():
     entry = job["spec"]["entrypoint"]
     assert entry.startswith(ENTRYPOINT + " ")
     args = shlex.split(entry)[2:]
-    opts = dict(zip(args[::2], args[1::2]))
+    opts = dict(zip(args[::2], args[1::2], strict=True))  # flag, value pairs
     assert set(opts) <= {"--preset", "--name", "--storage-path", "--tracking-uri"}
     assert opts["--preset"] in ("paper", "smollm2-cpu", "tiny")
     assert opts["--name"], "a fixed name is what makes a resubmitted job resume"
@@ -429,7 +445,9 @@ def test_rayjob_runs_the_size_sweep():
     assert job["spec"]["shutdownAfterJobFinishes"] is True
     # The working_dir the submitter ships is where the image keeps the project.
     runtime_env = yaml.safe_load(job["spec"]["runtimeEnvYAML"])
-    workdir = re.search(r"^WORKDIR (\S+)$", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE).group(1)
+    workdir_line = re.search(r"^WORKDIR (\S+)$", (CLUSTER / "Dockerfile").read_text(), re.MULTILINE)
+    assert workdir_line is not None, "the Dockerfile sets a WORKDIR"
+    workdir = workdir_line.group(1)
     assert runtime_env["working_dir"] == workdir
     assert "COPY --chown=ray:users sweeps ./sweeps" in (CLUSTER / "Dockerfile").read_text()
 
@@ -470,12 +488,17 @@ def test_mlflow_server_backend_and_proxied_artifacts():
     assert "--disable-security-middleware" not in args
     postgres_svc = one(docs, "Service", "mlflow-postgres")
     backend = env["MLFLOW_BACKEND_STORE_URI"]
-    assert backend.startswith("postgresql://") and f"@mlflow-postgres.circuits.svc.cluster.local:{postgres_svc['spec']['ports'][0]['port']}/" in backend
+    postgres_port = postgres_svc["spec"]["ports"][0]["port"]
+    assert backend.startswith("postgresql://")
+    assert f"@mlflow-postgres.circuits.svc.cluster.local:{postgres_port}/" in backend
     assert "$(POSTGRES_PASSWORD)" in backend  # from the Secret, never committed
     names = [e["name"] for e in server["env"]]
-    assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI"), "k8s expands $(VAR) only from earlier entries"
+    assert names.index("POSTGRES_PASSWORD") < names.index("MLFLOW_BACKEND_STORE_URI"), (
+        "k8s expands $(VAR) only from earlier entries"
+    )
     assert not [d for d in docs if d["kind"] == "Secret"], "no secrets in the repository"
-    assert one(docs, "StatefulSet", "mlflow-postgres")["spec"]["template"]["spec"]["containers"][0]["image"].startswith("postgres:")
+    postgres = one(docs, "StatefulSet", "mlflow-postgres")["spec"]["template"]["spec"]["containers"][0]
+    assert postgres["image"].startswith("postgres:")
 
 
 def test_kubernetes_exposure_defaults():
@@ -491,14 +514,18 @@ def test_kubernetes_exposure_defaults():
 
 def test_exposure_findings_catch_public_services_and_undocumented_binds():
     docs = all_manifest_docs()
-    public = [_mutate(d, "spec/type", "LoadBalancer") if d["kind"] == "Service" and d["metadata"]["name"] == "mlflow" else d for d in docs]
+    public = [_mutate(d, "spec/type", "LoadBalancer") if _is_mlflow(d, "Service") else d for d in docs]
     assert any("LoadBalancer" in f for f in cc.exposure_findings(public))
-    nodeport = [_mutate(d, "spec/rayClusterSpec/headGroupSpec/serviceType", "NodePort") if d["kind"] == "RayJob" else d for d in docs]
+    nodeport = [
+        _mutate(d, "spec/rayClusterSpec/headGroupSpec/serviceType", "NodePort") if d["kind"] == "RayJob" else d
+        for d in docs
+    ]
     assert any("NodePort" in f for f in cc.exposure_findings(nodeport))
-    undocumented = [_mutate(d, "metadata/annotations", {}) if d["kind"] == "Deployment" and d["metadata"]["name"] == "mlflow" else d for d in docs]
+    undocumented = [_mutate(d, "metadata/annotations", {}) if _is_mlflow(d, "Deployment") else d for d in docs]
     assert any("binds all interfaces" in f for f in cc.exposure_findings(undocumented))
     undocumented = [
-        _mutate(d, "spec/headGroupSpec/template/metadata/annotations", {}) if d["kind"] == "RayCluster" else d for d in docs
+        _mutate(d, "spec/headGroupSpec/template/metadata/annotations", {}) if d["kind"] == "RayCluster" else d
+        for d in docs
     ]
     assert any("binds all interfaces" in f for f in cc.exposure_findings(undocumented))
     ingress = docs + [{"apiVersion": "networking.k8s.io/v1", "kind": "Ingress", "metadata": {"name": "x"}, "spec": {}}]
@@ -551,13 +578,16 @@ def test_sizing_supports_one_gpt2xl_trial_per_80gb_gpu():
 
 def test_readme_walks_each_target_to_a_running_sweep_and_the_mlflow_ui():
     readme = (CLUSTER / "README.md").read_text()
-    for heading in ("## AWS", "## Google Cloud", "## Kubernetes", "## Sizing for gpt2-xl", "## When a spot node is taken away", "## Network exposure"):
+    headings = ("## AWS", "## Google Cloud", "## Kubernetes", "## Sizing for gpt2-xl",
+                "## When a spot node is taken away", "## Network exposure")
+    for heading in headings:
         assert heading in readme
     for target in ("aws", "gcp"):
         assert f"ray up -y cluster/{target}.yaml" in readme
         assert f"cluster/tunnel.sh cluster/{target}.yaml" in readme
         assert f"ray down -y cluster/{target}.yaml" in readme
-    assert readme.count(f"-- \\\n  {ENTRYPOINT} ") >= 3, "a `ray job submit ... -- python sweeps/size_sweep.py` per target"
+    submits = readme.count(f"-- \\\n  {ENTRYPOINT} ")
+    assert submits >= 3, "a `ray job submit ... -- python sweeps/size_sweep.py` per target"
     assert "kubectl -n circuits port-forward svc/mlflow 5000:5000" in readme
     assert "kubectl -n circuits port-forward svc/circuits-head-svc 8265:8265" in readme
     assert "kubectl apply -f cluster/kuberay/rayjob.yaml" in readme

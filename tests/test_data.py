@@ -8,6 +8,7 @@ from collections import Counter
 from pathlib import Path
 
 import datasets
+import datasets.config
 import pytest
 
 from circuitlib import builtin_data
@@ -227,7 +228,7 @@ def test_determiner_noun_labels_on_hand_checked_nouns() -> None:
     determiner = {"this": "sg", "that": "sg", "these": "pl", "those": "pl"}
     data = builtin_data.determiner_noun()
     checked = 0
-    for text, label in zip(data.texts, data.labels):
+    for text, label in zip(data.texts, data.labels, strict=True):
         match = re.fullmatch(r"[A-Z][a-z]+ [a-z]+ (this|that|these|those) ([a-z]+)\.", text)
         assert match, text
         det, noun = match.groups()
@@ -262,7 +263,7 @@ def test_hierarchy_classification_pairs_true_and_false_rows() -> None:
     facts = builtin_data.hierarchy_facts()
     assert len(data) == 2 * len(facts)
     assert Counter(data.labels) == {0: len(facts), 1: len(facts)}
-    rows = dict(zip(data.texts, data.labels))
+    rows = dict(zip(data.texts, data.labels, strict=True))
     assert rows["A cat is a kind of animal"] == 1
     assert rows["A cat is a kind of plant"] == 0
 
@@ -281,7 +282,7 @@ def test_limit_is_balanced_seeded_and_a_subset() -> None:
     sample = load_classification("determiner_noun", limit=101, seed=3)
     assert len(sample) == 101
     assert sorted(Counter(sample.labels).values()) == [50, 51]
-    assert set(zip(sample.texts, sample.labels)) <= set(zip(full.texts, full.labels))
+    assert set(zip(sample.texts, sample.labels, strict=True)) <= set(zip(full.texts, full.labels, strict=True))
     assert sample == load_classification("determiner_noun", limit=101, seed=3)
     assert sample.texts != load_classification("determiner_noun", limit=101, seed=4).texts
     assert len(load_classification("determiner_noun", limit=10**6)) == len(full)

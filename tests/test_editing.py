@@ -24,7 +24,7 @@ from circuitlib.editing import (
     variant_masks,
 )
 from circuitlib.errors import InputError
-from circuitlib.types import EditRequest
+from circuitlib.types import EditRequest, Variant
 
 # A large lr so the clamp at max_change binds; stop_loss 0 so every request takes every step.
 CLAMPED = EditConfig(lr=1.0, max_steps=3, stop_loss=0.0, max_change=5e-4)
@@ -54,7 +54,7 @@ def test_target_nll_equals_a_hand_computation(tiny_lm) -> None:
     assert all(len(tiny_lm.tokenizer(" " + t, add_special_tokens=False)["input_ids"]) > 3 for t in targets)
     got = target_nll(tiny_lm, prompts, targets)
     assert got.shape == (3,) and got.dtype == torch.float32
-    for value, prompt, target in zip(got.tolist(), prompts, targets):
+    for value, prompt, target in zip(got.tolist(), prompts, targets, strict=True):
         assert value == pytest.approx(hand_nll(tiny_lm, prompt, target), rel=1e-5, abs=1e-5)
     # Each pair's NLL does not depend on what else is in the batch (padding is ignored).
     assert got[1].item() == pytest.approx(target_nll(tiny_lm, prompts[1:2], targets[1:2])[0].item(), rel=1e-5)
@@ -86,7 +86,7 @@ def within(after: torch.Tensor, before: torch.Tensor, eps: float) -> bool:
 
 @pytest.mark.parametrize("variant", ["circuit", "complement", "random", "full"])
 def test_edits_change_only_what_the_variant_allows_and_restore_exactly(
-    tiny_lm, requests_few, monkeypatch, helpers, variant: str
+    tiny_lm, requests_few, monkeypatch, helpers, variant: Variant
 ) -> None:
     original = helpers.clone_state(tiny_lm.model)
     circuit = make_circuit(tiny_lm)
@@ -109,7 +109,7 @@ def test_edits_change_only_what_the_variant_allows_and_restore_exactly(
 
     all_params = dict(tiny_lm.model.named_parameters(remove_duplicate=False))
     eps = CLAMPED.max_change
-    for start, end in zip(starts, ends):
+    for start, end in zip(starts, ends, strict=True):
         changed_somewhere = 0.0
         for name, before in start.items():
             after = end[name]
@@ -210,13 +210,15 @@ def test_variant_masks() -> None:
     rng = np.random.default_rng(0)
     circuit = Circuit.from_masks(params, {"h.0.w": rng.random((40, 50)) < 0.3}, "m", target_density=0.3)
     assert variant_masks(circuit, "full") is None
-    assert torch.equal(variant_masks(circuit, "circuit")["h.0.w"], circuit.mask("h.0.w"))
-    assert torch.equal(variant_masks(circuit, "complement")["h.0.w"], ~circuit.mask("h.0.w"))
-    random_mask = variant_masks(circuit, "random", seed=1)["h.0.w"]
+    inside, outside, rand = (variant_masks(circuit, v, seed=1) for v in ("circuit", "complement", "random"))
+    assert inside is not None and outside is not None and rand is not None
+    assert torch.equal(inside["h.0.w"], circuit.mask("h.0.w"))
+    assert torch.equal(outside["h.0.w"], ~circuit.mask("h.0.w"))
+    random_mask = rand["h.0.w"]
     assert abs(random_mask.float().mean().item() - circuit.density) < 0.05
     assert torch.equal(random_mask, circuits.random_like(circuit, 1).mask("h.0.w"))
     with pytest.raises(InputError, match="must be one of"):
-        variant_masks(circuit, "everything")
+        variant_masks(circuit, "everything")  # pyright: ignore[reportArgumentType]  # an unknown variant, on purpose
     with pytest.raises(InputError, match="needs a circuit file"):
         variant_masks(None, "complement")
 

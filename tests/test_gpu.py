@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 import torch
@@ -28,7 +30,8 @@ def test_fused_kernels_match_unfused_on_cuda(dtype: torch.dtype) -> None:
     for fused in (False, True):
         leaf = logits.clone().requires_grad_(True)
         noise_gen = torch.Generator(device=CUDA).manual_seed(5)
-        out = sample_masked_weights(leaf, weights, torch.empty(n, device=CUDA), noise_gen, 0.3, fused=fused, penalty=11.0)
+        noise = torch.empty(n, device=CUDA)
+        out = sample_masked_weights(leaf, weights, noise, noise_gen, 0.3, fused=fused, penalty=11.0)
         out.backward(upstream)
         results.append((out.detach(), leaf.grad, mean_keep_probability(leaf, fused=fused)))
     (out_plain, grad_plain, keep_plain), (out_fused, grad_fused, keep_fused) = results
@@ -41,8 +44,8 @@ def test_fused_kernels_match_unfused_on_cuda(dtype: torch.dtype) -> None:
 
 
 def discovery_config(**overrides) -> DiscoveryConfig:
-    values = dict(densities=(0.8, 0.5, 0.2), max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
-                  head_epochs=20, eval_every=5, checkpoint_every=5, seed=0, fused=True)
+    values: dict[str, Any] = dict(densities=(0.8, 0.5, 0.2), max_steps=100, batch_size=8, lr=0.05, init_mean=1.0,
+                                  init_std=0.5, head_epochs=20, eval_every=5, checkpoint_every=5, seed=0, fused=True)
     return DiscoveryConfig(**(values | overrides))
 
 
@@ -66,6 +69,7 @@ def test_edits_on_cuda_stay_in_the_circuit_restore_exactly_and_match_cpu(request
     rng = np.random.default_rng(0)
     circuit = Circuit.from_masks(cpu_lm.params, {p.name: rng.random(p.shape) < 0.3 for p in cpu_lm.params}, "tiny-gpt2")
     masks = variant_masks(circuit, "circuit")
+    assert masks is not None
     config = EditConfig(lr=1.0, max_steps=3, stop_loss=0.0)
     original = {k: v.detach().clone() for k, v in gpu_lm.model.state_dict().items()}
     edited: list[dict[str, torch.Tensor]] = []

@@ -43,8 +43,8 @@ def straight_through_case(n: int = 997, seed: int = 0):
 
 def analytic(logits, weights, upstream, u, temperature):
     """Forward w * 1[sigmoid((l + log(u/(1-u))) / T) > 0.5]; gradient upstream * w * s(1 - s) / T, by hand."""
-    l = logits.detach().double()
-    z = l + torch.log(u.double()) - torch.log1p(-u.double())
+    logit = logits.detach().double()
+    z = logit + torch.log(u.double()) - torch.log1p(-u.double())
     s = torch.sigmoid(z / temperature)
     forward = torch.where(s > 0.5, weights.double(), torch.zeros((), dtype=torch.float64))
     grad = upstream.double() * weights.double() * s * (1 - s) / temperature
@@ -65,6 +65,7 @@ def test_straight_through_forward_and_gradient_match_the_formula(temperature: fl
     assert torch.equal(out.detach()[~kept], torch.zeros(int((~kept).sum())))
     assert 0.2 < kept.float().mean() < 0.8
     # float32: s(1 - s) loses digits where s is near 1 and sigmoid saturates earlier; the error scales as 1/T.
+    assert logits.grad is not None
     torch.testing.assert_close(logits.grad.double(), grad, rtol=1e-4, atol=1e-6 / temperature)
     assert (logits.grad != 0).sum() > 0
 
@@ -74,7 +75,7 @@ def test_gradient_of_a_sample_with_sharp_temperature_is_zero_away_from_the_thres
     out = sample_masked_weights(logits, torch.ones(100), torch.empty(100), torch.Generator().manual_seed(0), 0.01)
     out.sum().backward()
     assert torch.equal(out.detach(), torch.ones(100))
-    assert torch.equal(logits.grad, torch.zeros(100))
+    assert logits.grad is not None and torch.equal(logits.grad, torch.zeros(100))
 
 
 def test_sample_is_reproducible_from_the_generator_and_fresh_each_call() -> None:
@@ -114,7 +115,8 @@ def test_penalty_gradient_is_added_in_the_backward_pass(temperature: float) -> N
     for folded in (True, False):
         leaf = logits.detach().clone().requires_grad_(True)
         gen = torch.Generator().manual_seed(7)
-        out = sample_masked_weights(leaf, weights, torch.empty_like(leaf), gen, temperature, penalty=lam if folded else 0.0)
+        penalty = lam if folded else 0.0
+        out = sample_masked_weights(leaf, weights, torch.empty_like(leaf), gen, temperature, penalty=penalty)
         loss = (out * upstream).sum() + (0.0 if folded else lam * torch.sigmoid(leaf).mean())
         loss.backward()
         grads.append(leaf.grad)
@@ -142,18 +144,19 @@ def test_out_buffer_and_an_existing_gradient_are_used_in_place(fused: bool) -> N
                                 fused, penalty=5.0, out=out)
     assert got.data_ptr() == out.data_ptr() and torch.equal(got.detach(), expected.detach())
     got.backward(upstream)
-    assert logits.grad is buffer
+    assert logits.grad is buffer and fresh.grad is not None
     torch.testing.assert_close(logits.grad, previous + fresh.grad)
 
 
 def test_bfloat16_weights_give_a_bfloat16_sample_and_a_float32_gradient() -> None:
     logits, weights, upstream = straight_through_case()
-    out = sample_masked_weights(logits, weights.bfloat16(), torch.empty_like(logits), torch.Generator().manual_seed(7), 1.0)
+    noise, gen = torch.empty_like(logits), torch.Generator().manual_seed(7)
+    out = sample_masked_weights(logits, weights.bfloat16(), noise, gen, 1.0)
     assert out.dtype == torch.bfloat16
     kept = out != 0
     assert torch.equal(out[kept], weights.bfloat16()[kept])
     out.backward(upstream.bfloat16())
-    assert logits.grad.dtype == torch.float32 and (logits.grad != 0).any()
+    assert logits.grad is not None and logits.grad.dtype == torch.float32 and (logits.grad != 0).any()
 
 
 @pytest.mark.slow
@@ -250,7 +253,8 @@ def test_call_with_weights_swaps_parameters_functionally(tiny_lm, helpers) -> No
     base = model.base_model
     hidden = call_with_weights(base, same, prefix="transformer.", input_ids=ids).last_hidden_state
     assert torch.equal(hidden, base(input_ids=ids).last_hidden_state)
-    zeroed = dict(same, **{"transformer.h.1.mlp.c_proj.weight": torch.zeros_like(same["transformer.h.1.mlp.c_proj.weight"])})
+    c_proj = "transformer.h.1.mlp.c_proj.weight"
+    zeroed = dict(same, **{c_proj: torch.zeros_like(same[c_proj])})
     changed = call_with_weights(model, zeroed, input_ids=ids).logits
     assert not torch.allclose(changed, reference)
     # The same as zeroing that weight in place.

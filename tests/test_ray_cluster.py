@@ -111,7 +111,7 @@ class RayCluster:
         ports = [str(self.spare.pop()) for _ in range(4)]
         flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
                  "--metrics-export-port"]
-        return [x for pair in zip(flags, ports) for x in pair]
+        return [x for pair in zip(flags, ports, strict=True) for x in pair]
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         """Block until `count` nodes are alive, so trials can spread over all of them."""
@@ -134,9 +134,9 @@ class RayCluster:
 
     def add_node(self, cpus: int, gpus: int) -> None:
         self.node_temps.append(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
-        self.ray("start", "--address", f"127.0.0.1:{self.gcs_port}", *self.agent_ports(), "--node-ip-address", "127.0.0.1",
-                 "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(200 * 2**20),
-                 "--temp-dir", self.node_temps[-1], "--disable-usage-stats")
+        self.ray("start", "--address", f"127.0.0.1:{self.gcs_port}", *self.agent_ports(),
+                 "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
+                 "--object-store-memory", str(200 * 2**20), "--temp-dir", self.node_temps[-1], "--disable-usage-stats")
 
     @property
     def dashboard(self) -> str:
@@ -162,7 +162,8 @@ class RayCluster:
     def stop(self) -> None:
         """Kill this cluster's processes only (`ray stop` would end every Ray cluster on the machine)."""
         dirs = (self.temp, *self.node_temps)
-        ours = [p for p in psutil.process_iter(["cmdline"]) if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)]
+        ours = [p for p in psutil.process_iter(["cmdline"])
+                if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)]
         for proc in ours:
             proc.kill()
         psutil.wait_procs(ours, timeout=30)

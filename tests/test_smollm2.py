@@ -36,7 +36,7 @@ def test_short_discovery_and_circuit_edits_on_hierarchy_data(smollm2, shared_dat
     result = discover(smollm2, train, eval_data, config, progress=False)
     assert result.unreached == [], result.history[-1]
     [circuit] = result.circuits
-    assert circuit.density <= circuit.target_density == 0.5
+    assert circuit.target_density == 0.5 and circuit.density <= 0.5
     assert circuit.total == sum(p.numel for p in smollm2.params)
     last = result.history[-1]
     assert last["density"] == circuit.density and last["step"] <= config.max_steps
