@@ -10,9 +10,10 @@ converted folder under $CIRCUITLIB_CACHE (config.json and tokenizer files suffic
 For each model, on batches of the built-in hierarchy dataset:
 - mask step: ours is `discovery.mask_step` (flat logits, one fused straight-through sample whose backward also
   carries the sparsity penalty's gradient, a functional masked forward/backward, fused AdamW), timed in float32 and
-  in bfloat16 autocast (`precision="bf16"`); the naive step runs in float32. The naive step keeps one logit tensor per parameter, copies w * m into the model's
-  parameters every step (param.data.copy_), recomputes the full model's predictions on the batch every step (with the
-  original weights copied back for that forward), and takes the mask gradients from param.grad.
+  in bfloat16 autocast (`precision="bf16"`); the naive step runs in float32. The naive step keeps one logit tensor
+  per parameter, copies w * m into the model's parameters every step (param.data.copy_), recomputes the full model's
+  predictions on the batch every step (with the original weights copied back for that forward), and takes the mask
+  gradients from param.grad.
 - head training: ours trains on features cached by one forward pass (`cached_features` + `train_head`); the naive
   head runs the LM over the data every epoch. The naive run is timed over a few epochs and extrapolated linearly to the
   full epoch count (`naive_extrapolated_from_epochs` in the JSON says how many).
@@ -23,13 +24,15 @@ machine at start and end is recorded, since other processes on a shared machine 
 ends with a synchronize). Peak memory is the process's peak RSS (VmHWM) during each phase (reset before it through
 /proc/self/clear_refs where the kernel allows, else the process peak so far), and on CUDA also the peak of allocated
 GPU memory.
-Prints one JSON object (and writes it to --out if given); ratios (ours_over_naive) are our speed / the naive speed = naive time / our time.
+Prints one JSON object (and writes it to --out if given); ratios (ours_over_naive) are our speed / the naive speed
+= naive time / our time.
 """
 
 from __future__ import annotations
 
 import argparse
 import copy
+import functools
 import json
 import os
 import platform
@@ -59,7 +62,6 @@ from circuitlib.discovery import (
 )
 from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
 from circuitlib.models import SMOLLM2, LoadedModel, cache_dir, load_model, masked_params
-
 
 # --- measurement helpers ----------------------------------------------------------------------------
 
@@ -158,12 +160,12 @@ class NaiveMaskTrainer:
         t = self.config.temperature
         # The full model's predictions on this batch, with the original weights copied back for the forward.
         with torch.no_grad():
-            for p, w in zip(self.params, self.original):
+            for p, w in zip(self.params, self.original, strict=True):
                 p.data.copy_(w)
             targets = self.head(last_token_features(self.lm, inputs)).argmax(dim=1)
         # Straight-through Gumbel-sigmoid masks; w * m copied into the parameters.
         masks = []
-        for p, w, logit in zip(self.params, self.original, self.logits):
+        for p, w, logit in zip(self.params, self.original, self.logits, strict=True):
             u = torch.rand(logit.shape, generator=self.noise_gen, device=logit.device).clamp(1e-6, 1 - 1e-6)
             soft = torch.sigmoid((logit + torch.log(u / (1 - u))) / t)
             m = (soft > 0.5).float() - soft.detach() + soft
@@ -172,8 +174,13 @@ class NaiveMaskTrainer:
             masks.append(m)
         ce = F.cross_entropy(self.head(last_token_features(self.lm, inputs)), targets)
         ce.backward()  # gradients land in param.grad
-        penalty = _lambda(self.config, epoch) * sum(torch.sigmoid(logit).sum() for logit in self.logits) / self.total
-        mask_grads = [p.grad * w for p, w in zip(self.params, self.original)]  # d loss / d m = d loss / d (w m) * w
+        zero = torch.zeros((), device=self.logits[0].device)  # a tensor start keeps sum() a tensor (0 + x is exact)
+        kept = sum((torch.sigmoid(logit).sum() for logit in self.logits), zero)
+        penalty = _lambda(self.config, epoch) * kept / self.total
+        mask_grads = []  # d loss / d m = d loss / d (w m) * w
+        for p, w in zip(self.params, self.original, strict=True):
+            assert p.grad is not None  # the backward above reached every masked weight
+            mask_grads.append(p.grad * w)
         self.optimizer.zero_grad(set_to_none=True)
         torch.autograd.backward([penalty, *masks], [None, *mask_grads])
         self.optimizer.step()
@@ -184,7 +191,7 @@ class NaiveMaskTrainer:
 
     def restore(self) -> None:
         with torch.no_grad():
-            for p, w in zip(self.params, self.original):
+            for p, w in zip(self.params, self.original, strict=True):
                 p.data.copy_(w)
 
 
@@ -224,7 +231,7 @@ def naive_edits(lm: LoadedModel, requests, masks, config: EditConfig) -> None:
 
 # --- models with random weights ----------------------------------------------------------------------
 
-GPT2_XL = {"n_embd": 1600, "n_layer": 48, "n_head": 25, "n_positions": 1024, "vocab_size": 50257}
+GPT2_XL: dict[str, Any] = {"n_embd": 1600, "n_layer": 48, "n_head": 25, "n_positions": 1024, "vocab_size": 50257}
 
 
 def random_model(name: str, device: torch.device) -> LoadedModel:
@@ -263,7 +270,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         state = DiscoveryState(lm, config, len(dataset))
         buffers = StepBuffers.for_run(lm, state.layout, config)
         classifier = masked_classifier(lm, task.head, state.layout, precision, compiled)
-        step = lambda: mask_step(lm, task, state, config, buffers, fused, classifier, width)  # noqa: E731
+        step = functools.partial(mask_step, lm, task, state, config, buffers, fused, classifier, width)
         start = time.perf_counter()
         step()
         sync()
@@ -271,7 +278,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         ours = timed(step, args.repeats)
         result[f"ours_{precision}"] = ours | {"steps_per_s": round(1 / ours["median_s"], 3)}
         result[f"ours_{precision}_top_ops_ms"] = top_ops(step)
-        del buffers, state, classifier
+        del step, buffers, state, classifier
     config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
     naive_trainer = NaiveMaskTrainer(lm, task.head, config)
     batch = task.train.batch(list(range(args.batch_size)), lm.device)
@@ -346,7 +353,7 @@ def bench_model(spec: str, args: argparse.Namespace, result: dict[str, Any], che
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=(__doc__ or "").splitlines()[0])
     parser.add_argument("--quick", action="store_true", help="fewer repeats, rows, requests and naive epochs")
     parser.add_argument("--models", default="tiny-gpt2,smollm2-135m")
     parser.add_argument("--batch-size", type=int, default=32)
