@@ -90,3 +90,20 @@ def bootstrap_gap(
         return None
     gaps = _resampled_means(xa, rng, n_boot) - _resampled_means(xb, rng, n_boot)
     return Estimate(float(xa.mean() - xb.mean()), *_interval(gaps, confidence), min(xa.size, xb.size))
+
+
+def stratified_gap(
+    strata: Iterable[tuple[Iterable[float], Iterable[float]]],
+    rng: np.random.Generator,
+    n_boot: int = 2000,
+    confidence: float = 0.95,
+) -> Estimate | None:
+    """Mean over strata of mean(a) - mean(b), each sample resampled within its own stratum, so strata of different
+    scale (densities) are compared only within themselves; strata lacking either sample are skipped, None if all are."""
+    kept = [(xa, xb) for xa, xb in ((_finite(a), _finite(b)) for a, b in strata) if xa.size and xb.size]
+    if not kept:
+        return None
+    mean = float(np.mean([xa.mean() - xb.mean() for xa, xb in kept]))
+    gaps = np.mean([_resampled_means(xa, rng, n_boot) - _resampled_means(xb, rng, n_boot) for xa, xb in kept], axis=0)
+    n = min(sum(xa.size for xa, _ in kept), sum(xb.size for _, xb in kept))
+    return Estimate(mean, *_interval(gaps, confidence), n)

@@ -9,7 +9,7 @@ from dataclasses import fields
 import numpy as np
 import pytest
 
-from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean
+from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, stratified_gap
 from analysis.composition import ALL_LAYERS, circuit_composition, over_represented
 from analysis.overlap import ALL, density_overlaps, pair_overlap
 from analysis.sweep_data import EditRun, Source
@@ -213,6 +213,22 @@ def test_window_needs_a_significant_gap_and_faithfulness():
     assert math.isnan(rows["all", 0.25].success_random)
     strict = window_rows(edits, faith, labels, [0.25], threshold=0.96, n_boot=300)
     assert not any(r.in_window for r in strict)
+
+
+def test_stratified_gap_compares_within_strata():
+    rng = np.random.default_rng(4)
+    # Two strata of very different scale; within each, a exceeds b by 0.1. Pooled unstratified means would be
+    # dominated by the mix of strata (a has more high-scale values), the stratified gap is not.
+    strata = [(rng.normal(10.1, 0.05, 20), rng.normal(10.0, 0.05, 5)),
+              (rng.normal(1.1, 0.05, 5), rng.normal(1.0, 0.05, 20))]
+    e = stratified_gap(strata, rng, n_boot=1000)
+    assert e.mean == pytest.approx(0.1, abs=0.05) and e.low > 0 and e.high < 0.3 and e.n == 25
+    pooled = bootstrap_gap(dict(enumerate(np.concatenate([a for a, _ in strata]))),
+                           {-1 - i: v for i, v in enumerate(np.concatenate([b for _, b in strata]))}, rng)
+    assert pooled.mean > 3  # what the stratification protects against
+    assert stratified_gap([([1.0], [])], rng) is None and stratified_gap([], rng) is None
+    one_sided = stratified_gap([([1.0, 2.0], [])] + strata, rng, n_boot=200)
+    assert one_sided.mean == pytest.approx(e.mean)  # a stratum lacking b is skipped
 
 
 def test_tables_show_gaps_not_zeros(tmp_path):
