@@ -1,20 +1,24 @@
 """Everything the report needs from one sweep: circuits analysed one density at a time, then the size window.
 
+Only faithful circuits (faithfulness at least the threshold) enter overlap, composition and the window; the others
+are kept as snapshots with the reason they were left out.
+
 Only one density's circuits are held in memory at once (each is ~190 MB at GPT2-XL scale), and every circuit is
 used on its packed bits (overlap and composition never unpack it).
 """
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
+from analysis.baselines import BaselineRow, baseline_rows
 from analysis.composition import CompositionEntry, circuit_composition
 from analysis.overlap import OverlapRow, density_overlaps
-from analysis.sweep_data import FINISHED, Discovery, Source, Sweep
+from analysis.snapshots import Snapshot, flag_shared, snapshot
+from analysis.sweep_data import FINISHED, Source, Sweep
 from analysis.window import ALL, Window, WindowRow, estimate_window, missing_edits, window_rows
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
@@ -25,23 +29,10 @@ from circuitlib.errors import InputError
 class Options:
     """Settings of the analysis."""
 
-    faithfulness_threshold: float = 0.9  # a circuit this faithful or more counts as faithful for the window
+    faithfulness_threshold: float = 0.9  # a circuit less faithful than this is left out of every finding
     n_boot: int = 2000  # bootstrap resamples per interval
     confidence: float = 0.95
     seed: int = 0  # of the bootstrap's generator
-
-
-@dataclass(frozen=True)
-class Snapshot:
-    """One circuit found by discovery: where it came from, its actual size, and how faithful it was."""
-
-    source: str
-    target: float
-    density: float
-    kept: int
-    total: int
-    step: float  # discovery step of the snapshot (NaN where unrecorded)
-    faithfulness: float  # NaN where unrecorded
 
 
 @dataclass
@@ -56,6 +47,7 @@ class Analysis:
     composition: list[CompositionEntry]
     window_rows: list[WindowRow]
     windows: list[Window]  # the pooled scope first, then one per source
+    baselines: list[BaselineRow]  # cross-dataset overlap beside chance and stability, per density then pooled
     notes: list[str] = field(default_factory=list)  # missing pieces, for the report
 
     @property
@@ -63,20 +55,15 @@ class Analysis:
         """The pooled window, the headline one."""
         return self.windows[0]
 
+    @property
+    def used(self) -> list[Snapshot]:
+        """The faithful circuits: the only ones any finding is judged from."""
+        return [s for s in self.snapshots if not s.excluded]
 
-def _at_step(history: list[tuple[int, float]], step: float) -> float:
-    """The value logged at `step`, NaN where none was."""
-    return next((v for s, v in history if s == step), math.nan)
-
-
-def snapshot(label: str, target: float, c: Circuit, discovery: Discovery) -> Snapshot:
-    """A circuit's summary: faithfulness from its provenance, else from the discovery's metric at its step."""
-    step = float(c.provenance.get("step", math.nan))
-    faithfulness = c.provenance.get("faithfulness")
-    if faithfulness is None:
-        faithfulness = _at_step(discovery.history.get("faithfulness", []), step)
-    kept = c.kept
-    return Snapshot(label, target, kept / c.total, kept, c.total, step, float(faithfulness))
+    @property
+    def excluded(self) -> list[Snapshot]:
+        """The circuits left out of every finding, each with its reason."""
+        return [s for s in self.snapshots if s.excluded]
 
 
 def _load(path: Path, label: str, target: float, notes: list[str]) -> Circuit | None:
@@ -89,31 +76,37 @@ def _load(path: Path, label: str, target: float, notes: list[str]) -> Circuit | 
 
 
 def analyse(sweep: Sweep, options: Options = Options()) -> Analysis:
-    """Overlap, composition and snapshots density by density, then the size window and its estimate."""
+    """Snapshots, then overlap and composition of the faithful circuits density by density, then the overlap
+    baselines, the size window and its estimate."""
     labels = {s: sweep.label(s) for s in sweep.sources}
     ordered = sorted(sweep.discoveries, key=lambda d: d.status == FINISHED)
     discoveries = {d.source: d for d in ordered}  # a finished run wins over a failed one of the same source
     notes = list(sweep.notes)
     notes += [f"{labels[s]}: no discovery run" for s in labels if s not in discoveries]
     snapshots, overlaps, composition = [], [], []
-    faithfulness: dict[tuple[Source, float], float] = {}
     for target in sweep.densities:
-        loaded: dict[str, Circuit | None] = {}
+        faithful: dict[str, Circuit | None] = {}  # an excluded or missing circuit is a gap in the overlaps
         for source, label in labels.items():
             d = discoveries.get(source)
             path = d.circuits.get(target) if d else None
             if d and path is None and d.status == FINISHED and target not in d.unreached:
                 notes.append(f"{label} at density {target:g}: no circuit artifact")
-            c = loaded[label] = _load(path, label, target, notes) if path else None
-            if c is not None:
-                snapshots.append(snapshot(label, target, c, d))
-                faithfulness[source, target] = snapshots[-1].faithfulness
+            faithful[label] = None
+            if d is None or path is None or (c := _load(path, label, target, notes)) is None:
+                continue
+            snapshots.append(snapshot(label, source, target, c, d.history, options.faithfulness_threshold))
+            if not snapshots[-1].excluded:
+                faithful[label] = c
                 composition += circuit_composition(label, target, c)
-        overlaps += density_overlaps(target, loaded)
+        overlaps += density_overlaps(target, faithful)
+    snapshots = flag_shared(snapshots)
+    rng = np.random.default_rng(options.seed)
     rows = window_rows(
-        sweep.edits, faithfulness, labels, sweep.densities, options.faithfulness_threshold,
-        np.random.default_rng(options.seed), options.n_boot, options.confidence,
+        sweep.edits, {s.key: s.faithfulness for s in snapshots}, labels, sweep.densities,
+        options.faithfulness_threshold, rng, options.n_boot, options.confidence, {s.key: s.density for s in snapshots},
     )
-    notes += missing_edits(sweep.edits, list(faithfulness), labels)
+    notes += missing_edits(sweep.edits, [s.key for s in snapshots], labels)
     windows = [estimate_window(rows, scope) for scope in (ALL, *labels.values())]
-    return Analysis(sweep, options, labels, snapshots, overlaps, composition, rows, windows, notes)
+    sources = {label: source for source, label in labels.items()}
+    baselines = baseline_rows(overlaps, sources, rng, options.n_boot, options.confidence)
+    return Analysis(sweep, options, labels, snapshots, overlaps, composition, rows, windows, baselines, notes)

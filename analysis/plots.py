@@ -14,13 +14,13 @@ import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
 from matplotlib.figure import Figure
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from analysis.bootstrap import Estimate
 from analysis.composition import ALL_LAYERS, CompositionEntry
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.overlap import OverlapRow
-from analysis.pipeline import Snapshot
+from analysis.snapshots import Snapshot, flags
 from analysis.sweep_data import Discovery, Source
 from analysis.window import MASKED, Window, WindowRow
 
@@ -35,11 +35,13 @@ def _save(fig: Figure, path: Path) -> Path:
 
 
 def _density_axis(ax: Axes, densities: Sequence[float]) -> None:
-    """A log density axis ticked at the sweep's densities."""
-    ax.set_xscale("log")
-    ax.set_xticks(list(densities), [f"{d:g}" for d in densities])
-    ax.minorticks_off()
-    ax.set_xlabel("circuit density")
+    """An axis of actual density: log, ticked at 1, 2 and 5 times powers of ten, where some density is above 0."""
+    if any(d > 0 for d in densities):
+        ax.set_xscale("log")
+        ax.xaxis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.minorticks_off()
+    ax.set_xlabel("actual circuit density (kept / masked weights)")
 
 
 def _band(ax: Axes, x: Sequence[float], estimates: Sequence[Estimate | None], label: str) -> None:
@@ -49,45 +51,80 @@ def _band(ax: Axes, x: Sequence[float], estimates: Sequence[Estimate | None], la
     ax.fill_between(x, low, high, color=line.get_color(), alpha=0.2, linewidth=0)
 
 
-def _footnote(fig: Figure, missing: Sequence[str]) -> None:
-    """A line under the figure naming what is missing from it."""
-    if missing:
-        fig.text(0.01, 0.005, "gaps: " + "; ".join(missing), fontsize=7, va="bottom", wrap=True)
+def _footnote(fig: Figure, lines: Sequence[str]) -> None:
+    """Lines under the figure (what is missing from it, what to read with care), with room made for them."""
+    if lines:
+        height = 0.012 + 0.014 * len(lines)
+        fig.set_layout_engine("constrained", rect=(0, height, 1, 1 - height))
+        fig.text(0.01, 0.004, "\n".join(lines), fontsize=7, va="bottom")
 
 
-def size_window(rows: Sequence[WindowRow], window: Window, threshold: float, path: Path) -> Path:
-    """Learning per variant, the gaps to the circuit with their intervals, and faithfulness, against density."""
-    rows = sorted(rows, key=lambda r: r.density)
-    x = [r.density for r in rows]
+def _faithfulness_panel(ax: Axes, snapshots: Sequence[Snapshot], threshold: float) -> None:
+    """Every snapshot's faithfulness (with its interval where known) at its actual density: filled where the circuit
+    is used, a cross where it is left out; flagged snapshots ringed in red."""
+    for used, marker, color, label in ((True, "o", "tab:purple", "faithful circuit (used)"),
+                                       (False, "x", "gray", "left out")):
+        shots = [s for s in snapshots if (not s.excluded) == used]
+        if shots:
+            low = [max(0.0, s.faithfulness - s.faithfulness_low) for s in shots]  # 0 where unrecorded
+            high = [max(0.0, s.faithfulness_high - s.faithfulness) for s in shots]
+            ax.errorbar([s.density for s in shots], [s.faithfulness for s in shots], yerr=[low, high],
+                        linestyle="none", capsize=2, marker=marker, color=color, label=label)
+    flagged = [s for s in snapshots if s.below_target or s.shares_with]
+    if flagged:
+        ax.scatter([s.density for s in flagged], [s.faithfulness for s in flagged], s=140, facecolors="none",
+                   edgecolors="tab:red", label="flagged snapshot (listed below)", zorder=3)
+    ax.axhline(threshold, color="tab:purple", linestyle=":", label=f"threshold {threshold:g}")
+    ax.set_ylabel("faithfulness")
+    ax.set_ylim(0, 1.05)
+
+
+def size_window_figure(
+    rows: Sequence[WindowRow], window: Window, snapshots: Sequence[Snapshot], threshold: float
+) -> Figure:
+    """Learning per variant and the gaps to the circuit (faithful circuits pooled per target) against their actual
+    density, each point labelled with its target, and every snapshot's faithfulness; flagged snapshots named."""
+    placed = sorted((r for r in rows if not math.isnan(r.actual_density)), key=lambda r: r.actual_density)
+    x = [r.actual_density for r in placed]
     fig = Figure(figsize=(7.5, 9), layout="constrained")
     learn, gap, faith = fig.subplots(3, 1, sharex=True)
     for v in MASKED:
-        _band(learn, x, [getattr(r, f"drop_{v}") for r in rows], v)
+        _band(learn, x, [getattr(r, f"drop_{v}") for r in placed], v)
     full = next((r.drop_full for r in rows if r.drop_full), None)
     if full:
         learn.axhline(full.mean, color="black", linestyle="--", label="full")
         learn.axhspan(full.low, full.high, color="black", alpha=0.08)
+    for r in placed:
+        learn.annotate(f"t={r.density:g}", (r.actual_density, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+                       ha="center", va="bottom")
     learn.set_ylabel("drop in NLL of new target")
-    learn.set_title("Learning of the new target (mean, 95% CI over requests)")
-    _band(gap, x, [r.gap_complement for r in rows], "complement − circuit")
-    _band(gap, x, [r.gap_random for r in rows], "random − circuit")
+    learn.set_title("Learning of the new target (mean, 95% CI over requests; t = target density)", pad=14)
+    _band(gap, x, [r.gap_complement for r in placed], "complement − circuit")
+    _band(gap, x, [r.gap_random for r in placed], "random − circuit")
     gap.axhline(0, color="gray", linewidth=0.8)
-    if window.low is not None:
-        gap.axvspan(window.low * 0.95, window.high * 1.05, color="green", alpha=0.12,
-                    label=f"window {window.describe()}")
+    inside = [r.actual_density for r in placed if r.in_window]
+    if inside:
+        gap.axvspan(min(inside) * 0.95, max(inside) * 1.05, color="green", alpha=0.12,
+                    label=f"window {window.describe()} (targets)")
     gap.set_ylabel("gap in NLL drop")
     gap.set_title("Resistance of the circuit (gap > 0: the circuit learns less)")
-    faith.plot(x, [r.faithfulness for r in rows], marker="o", color="tab:purple", label="faithfulness")
-    faith.axhline(threshold, color="tab:purple", linestyle=":", label=f"threshold {threshold:g}")
-    faith.set_ylabel("faithfulness")
-    faith.set_ylim(0, 1.05)
+    _faithfulness_panel(faith, snapshots, threshold)
     for ax in (learn, gap, faith):
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
-    _density_axis(faith, x)
-    missing = [f"{r.density:g}" for r in rows if r.gap_complement is None or math.isnan(r.faithfulness)]
-    _footnote(fig, [f"no complement − circuit gap or faithfulness at {', '.join(missing)}"] if missing else [])
-    return _save(fig, path)
+    _density_axis(faith, x + [s.density for s in snapshots])
+    missing = ", ".join(f"{r.density:g}" for r in rows if r.gap_complement is None)
+    notes = [f"gap: no faithful circuit with a complement − circuit gap at target {missing}"] if missing else []
+    _footnote(fig, notes + [f"flagged: {line}" for line in flags(snapshots)])
+    return fig
+
+
+def size_window(
+    rows: Sequence[WindowRow], window: Window, snapshots: Sequence[Snapshot], threshold: float, path: Path
+) -> Path:
+    """The size-window figure (see size_window_figure) as a PNG."""
+    return _save(size_window_figure(rows, window, snapshots, threshold), path)
 
 
 def _matrix(rows: Sequence[OverlapRow], labels: Sequence[str], value: str) -> np.ndarray:
@@ -102,7 +139,7 @@ def _matrix(rows: Sequence[OverlapRow], labels: Sequence[str], value: str) -> np
 
 def overlap_heatmaps(rows: Sequence[OverlapRow], labels: Sequence[str], densities: Sequence[float], path: Path) -> Path:
     """Jaccard and overlap coefficient between every pair of circuits, one column per density; cells show the
-    value and its ratio to chance, grey cells a missing circuit."""
+    value and its ratio to chance, grey cells a missing circuit or one left out for faithfulness."""
     whole = [r for r in rows if r.module == WHOLE_MODEL]
     n = max(len(densities), 1)
     side = 1.2 + 0.6 * len(labels)
@@ -111,7 +148,8 @@ def overlap_heatmaps(rows: Sequence[OverlapRow], labels: Sequence[str], densitie
     for col, d in enumerate(densities):
         at = [r for r in whole if r.density == d]
         for ax, (value, ratio, title) in zip(axes[:, col], (("jaccard", "jaccard_ratio", "Jaccard"),
-                                                            ("overlap_coefficient", "overlap_ratio", "overlap coef."))):
+                                                            ("overlap_coefficient", "overlap_ratio", "overlap coef.")),
+                                             strict=True):
             m, r = _matrix(at, labels, value), _matrix(at, labels, ratio)
             image = ax.imshow(np.ma.masked_invalid(m), vmin=0, vmax=1, cmap=HEATMAP)
             for i in range(len(labels)):

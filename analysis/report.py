@@ -1,5 +1,6 @@
-"""The report of a sweep: report.md and report.html with headline findings first, then the tables and plots,
-plus the tables as CSV; plots are embedded by relative path (plots/*.png), so the folder moves as a whole."""
+"""The report of a sweep: report.md and report.html with the circuits judged (and those left out) first, then the
+headline findings, the tables and plots, plus the tables as CSV; plots are embedded by relative path (plots/*.png),
+so the folder moves as a whole."""
 
 from __future__ import annotations
 
@@ -14,12 +15,16 @@ from analysis.composition import ALL_LAYERS
 from analysis.findings import Finding, Headline, findings, headline
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.pipeline import Analysis
+from analysis.snapshots import WELL_BELOW, Snapshot, flags
 from analysis.tables import GAP, Column, estimate, markdown_table, number, percent, write_csv, yes_no
 from analysis.window import ALL
 
 PLOTS = "plots"
 TABLES = "tables"
-SECTIONS = ("Headline findings", "Missing pieces", "Size window", "Overlap", "Composition", "Discovery", "Tables")
+SECTIONS = (
+    "Circuits judged", "Headline findings", "Missing pieces", "Size window", "Overlap", "Composition", "Discovery",
+    "Tables",
+)
 HTML = """<!doctype html>
 <html><head><meta charset="utf-8"><title>{title}</title>
 <style>
@@ -47,11 +52,55 @@ class Report:
     headline: Headline
 
 
+def _faithfulness(s: Snapshot) -> str:
+    """Faithfulness with its interval where the discovery recorded one."""
+    interval = "" if number(s.faithfulness_low) == GAP else f" [{s.faithfulness_low:.3g}, {s.faithfulness_high:.3g}]"
+    return number(s.faithfulness) + interval
+
+
+def _flag(s: Snapshot) -> str:
+    """A snapshot's honesty flags, short."""
+    marks = [f"below {WELL_BELOW:g} × target"] if s.below_target else []
+    marks += [f"same snapshot as {', '.join(f'{t:g}' for t in s.shares_with)}"] if s.shares_with else []
+    return "; ".join(marks) or GAP
+
+
+def _circuits(a: Analysis) -> str:
+    n, excluded = len(a.snapshots), a.excluded
+    text = (f"Findings are judged only from faithful circuits: held-out faithfulness (agreement with the full model) "
+            f"of at least {a.options.faithfulness_threshold:g} (`--faithfulness`). ")
+    if not n:
+        text += "The sweep has no circuit to judge from.\n"
+    elif not excluded:
+        text += f"All {n} circuits are faithful and used.\n"
+    else:
+        columns: list[Column] = [
+            ("circuit", lambda s: s.source),
+            ("dataset", lambda s: s.dataset),
+            ("seed", lambda s: str(s.seed)),
+            ("target density", lambda s: f"{s.target:g}"),
+            ("actual density", lambda s: number(s.density, 4)),
+            ("faithfulness", _faithfulness),
+            ("why excluded", lambda s: s.excluded),
+        ]
+        text += (f"**{len(excluded)} of {n} circuits excluded** from every finding, {n - len(excluded)} used:\n\n"
+                 + markdown_table(columns, excluded))
+    lines = flags(a.snapshots)
+    text += "\n### Snapshots\n\n"
+    if not lines:
+        return text + (f"No snapshot falls well below its target (actual density < {WELL_BELOW:g} × target) and no "
+                       f"two targets share one snapshot.\n")
+    return text + ("Snapshots that do not stand for their target alone (also marked on the size-window plot):\n\n"
+                   + "\n".join(f"- {line}" for line in lines) + "\n")
+
+
 def _findings(items: Sequence[Finding]) -> str:
     columns: list[Column] = [
         ("#", lambda nf: str(nf[0])),
         ("paper's claim", lambda nf: nf[1].claim),
         ("this sweep", lambda nf: nf[1].result),
+        ("circuits used", lambda nf: str(nf[1].circuits_used)),
+        ("excluded", lambda nf: str(nf[1].circuits_excluded)),
         ("verdict", lambda nf: f"**{nf[1].verdict}**"),
     ]
     return markdown_table(columns, list(enumerate(items, 1)))
@@ -71,6 +120,8 @@ def _window(a: Analysis) -> str:
     learning: list[Column] = [
         ("circuits", lambda r: r.scope),
         ("density", lambda r: f"{r.density:g}"),
+        ("faithful circuits", lambda r: str(r.circuits)),
+        ("actual density", lambda r: number(r.actual_density)),
         ("faithfulness", lambda r: number(r.faithfulness)),
         ("circuit", lambda r: estimate(r.drop_circuit)),
         ("complement", lambda r: estimate(r.drop_complement)),
@@ -94,7 +145,8 @@ def _window(a: Analysis) -> str:
     return (
         f"Estimated window (all circuits pooled): **{a.window.describe()}**: the densities where the complement − "
         f"circuit gap in learning has its {o.confidence:.0%} interval above 0 and faithfulness is at least "
-        f"{o.faithfulness_threshold:g}. Per dataset: {per_source}.\n\n"
+        f"{o.faithfulness_threshold:g}. Per dataset: {per_source}. Only faithful circuits are pooled; the plot's "
+        f"x axis is their actual density (labelled with the target).\n\n"
         f"Learning is the drop in NLL of the new target (pre − post, mean per token); intervals are "
         f"{o.confidence:.0%} percentile bootstrap intervals over requests ({o.n_boot} resamples, seed {o.seed}), "
         f"paired by request where both variants edited the same ones. The `full` model is the same reference at "
@@ -104,6 +156,27 @@ def _window(a: Analysis) -> str:
         f"### Edit success and pre-edit knowledge\n\n"
         f"Success is the efficacy score after the edit; pre-edit knowledge is the NLL of the true target before it "
         f"(lower: the variant knows the fact better).\n\n{markdown_table(success, rows)}"
+    )
+
+
+def _baselines(a: Analysis) -> str:
+    columns: list[Column] = [
+        ("density", lambda b: b.scope),
+        ("cross-dataset Jaccard", lambda b: estimate(b.cross_dataset)),
+        ("pairs", lambda b: str(b.cross_dataset.n) if b.cross_dataset else "0"),
+        ("stability Jaccard", lambda b: estimate(b.stability)),
+        ("pairs", lambda b: str(b.stability.n) if b.stability else "0"),
+        ("chance", lambda b: estimate(b.chance)),
+        ("cross − chance", lambda b: estimate(b.above_chance)),
+        ("stability − cross", lambda b: estimate(b.below_stability)),
+    ]
+    return (
+        "Whole-model Jaccard of faithful circuits of the same target density: pairs from different datasets beside "
+        "chance (independent masks of the same densities) and stability (the same dataset's circuits from other "
+        "seeds; none with one seed per dataset). Moderate overlap lies significantly above chance and significantly "
+        "below stability. In the `all` row, cross − chance pools every cross-dataset pair and stability − cross is "
+        f"taken within each density, then averaged. Intervals: {a.options.confidence:.0%} percentile bootstrap over "
+        "pairs (pairs share circuits, so read them as rough).\n\n" + markdown_table(columns, a.baselines)
     )
 
 
@@ -123,8 +196,9 @@ def _overlap(a: Analysis) -> str:
     whole = [r for r in a.overlaps if r.module == WHOLE_MODEL]
     by_module = [r for r in a.overlaps if r.module != WHOLE_MODEL]
     return (
+        f"### Against chance and stability\n\n{_baselines(a)}\n### Every pair\n\n"
         "Chance is the expectation for independent random masks of the same densities; ratio = value / chance "
-        "(above 1: the circuits share more than chance).\n\n"
+        "(above 1: the circuits share more than chance). Circuits left out for faithfulness are gaps (—, grey).\n\n"
         f"![overlap heatmaps]({PLOTS}/overlap.png)\n\n"
         f"### Whole model\n\n{markdown_table(columns, whole)}\n"
         f"### By module type\n\n{markdown_table(columns, by_module)}"
@@ -158,7 +232,11 @@ def _discovery(a: Analysis) -> str:
         ("density", lambda s: number(s.density, 4)),
         ("kept weights", lambda s: f"{s.kept:,}"),
         ("step", lambda s: number(s.step, 6)),
-        ("faithfulness", lambda s: number(s.faithfulness)),
+        ("faithfulness", _faithfulness),
+        ("complement acc.", lambda s: number(s.complement_accuracy)),
+        ("KL(full ‖ circuit)", lambda s: number(s.kl)),
+        ("used", lambda s: "yes" if not s.excluded else f"no: {s.excluded}"),
+        ("flags", _flag),
     ]
     table = markdown_table(columns, a.snapshots)
     return f"![discovery curves]({PLOTS}/discovery.png)\n\n### Circuit snapshots\n\n{table}"
@@ -168,6 +246,7 @@ def _markdown(a: Analysis, h: Headline, tables: Sequence[Path]) -> str:
     s, o = a.sweep, a.options
     sources = ", ".join(a.labels.values()) or "none"
     body = {
+        "Circuits judged": _circuits(a),
         "Headline findings": _findings(findings(h, o.faithfulness_threshold)),
         "Missing pieces": _missing(a.notes),
         "Size window": _window(a),
@@ -195,6 +274,7 @@ def write_report(a: Analysis, folder: Path) -> Report:
         write_csv(t / "window.csv", a.window_rows),
         write_csv(t / "overlap.csv", a.overlaps),
         write_csv(t / "composition.csv", a.composition),
+        write_csv(t / "overlap_baselines.csv", a.baselines),
         write_csv(t / "snapshots.csv", a.snapshots),
         write_csv(t / "findings.csv", findings(h, a.options.faithfulness_threshold)),
     ]
@@ -202,7 +282,7 @@ def write_report(a: Analysis, folder: Path) -> Report:
     pooled = [r for r in a.window_rows if r.scope == ALL]
     labels, densities = list(a.labels.values()), a.sweep.densities
     figures = [
-        plots.size_window(pooled, a.window, a.options.faithfulness_threshold, p / "size_window.png"),
+        plots.size_window(pooled, a.window, a.snapshots, a.options.faithfulness_threshold, p / "size_window.png"),
         plots.overlap_heatmaps(a.overlaps, labels, densities, p / "overlap.png"),
         plots.composition_by_layer(a.composition, densities, p / "composition_by_layer.png"),
         plots.discovery_curves(a.sweep.discoveries, a.labels, a.snapshots, densities, p / "discovery.png"),

@@ -26,8 +26,10 @@ def percent(x: float | None) -> str:
 
 
 def estimate(e: Estimate | None) -> str:
-    """`mean [low, high]`; GAP where missing."""
-    return GAP if e is None else f"{e.mean:.3g} [{e.low:.3g}, {e.high:.3g}]"
+    """`mean [low, high]`; the mean alone for a single observation (no spread to resample); GAP where missing."""
+    if e is None:
+        return GAP
+    return f"{e.mean:.3g} (one value)" if e.n == 1 else f"{e.mean:.3g} [{e.low:.3g}, {e.high:.3g}]"
 
 
 def yes_no(flag: bool | None) -> str:
@@ -56,7 +58,9 @@ def _flat(row: Any) -> dict[str, Any]:
 
 
 def _cell(value: Any) -> Any:
-    """A CSV cell: empty for None and NaN."""
+    """A CSV cell: empty for None and NaN, a tuple's items joined by spaces."""
+    if isinstance(value, tuple):
+        return " ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in value)
     return "" if value is None or (isinstance(value, float) and math.isnan(value)) else value
 
 

@@ -2,8 +2,9 @@
 bootstrap intervals over requests, and the densities where the circuit resists significantly while staying faithful.
 
 Rows come for the pooled scope ALL (every circuit of that density together) and for each circuit source alone.
-Requests are keyed by (source, case_id), so the gaps pair each request's circuit edit with its complement (or
-random) edit of the same circuit wherever both exist.
+Only faithful circuits count: the edits of a circuit below the faithfulness threshold (or of unknown faithfulness)
+are left out of every row. Requests are keyed by (source, case_id), so the gaps pair each request's circuit edit
+with its complement (or random) edit of the same circuit wherever both exist.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, finite_mean
+from analysis.snapshots import is_faithful
 from analysis.sweep_data import EditRun, Source
 from sweeps.layout import FULL
 
@@ -29,8 +31,8 @@ class WindowRow:
     """One density of one scope; None or NaN where the sweep has no data for it."""
 
     scope: str
-    density: float
-    faithfulness: float  # mean over the scope's circuits of this density
+    density: float  # the target density
+    faithfulness: float  # mean over the scope's faithful circuits of this density
     drop_circuit: Estimate | None  # drop in NLL of the new target (pre - post): how much the variant learned
     drop_complement: Estimate | None
     drop_random: Estimate | None
@@ -44,6 +46,8 @@ class WindowRow:
     knowledge_circuit: float  # pre-edit NLL of the true target: lower means the variant knows the fact better
     knowledge_complement: float
     in_window: bool
+    circuits: int = 0  # faithful circuits of this scope and density: the only ones the row is made of
+    actual_density: float = math.nan  # their mean actual density (kept / masked weights)
 
 
 @dataclass(frozen=True)
@@ -86,8 +90,9 @@ def _column(rows: Mapping[Key, dict], field: str) -> dict[Key, float]:
 
 
 def _row(
-    scope: str, density: float, cells: Mapping[str, Mapping[Key, dict]], faithfulness: float,
-    full: tuple[Estimate | None, float], threshold: float, rng: np.random.Generator, n_boot: int, confidence: float,
+    scope: str, density: float, cells: Mapping[str, Mapping[Key, dict]], faithfulness: float, circuits: int,
+    actual_density: float, full: tuple[Estimate | None, float], threshold: float, rng: np.random.Generator,
+    n_boot: int, confidence: float,
 ) -> WindowRow:
     """The row of one scope and density from its per-variant request rows and the full model's (drop, success)."""
     drop = {v: _column(cells[v], "nll_new_drop") for v in MASKED}
@@ -104,7 +109,8 @@ def _row(
         success_circuit=success["circuit"], success_complement=success["complement"],
         success_random=success["random"], success_full=full[1],
         knowledge_circuit=knowledge["circuit"], knowledge_complement=knowledge["complement"],
-        in_window=gap_complement is not None and gap_complement.above_zero and faithfulness >= threshold,
+        in_window=gap_complement is not None and gap_complement.above_zero and is_faithful(faithfulness, threshold),
+        circuits=circuits, actual_density=actual_density,
     )
 
 
@@ -117,10 +123,16 @@ def window_rows(
     rng: np.random.Generator | None = None,
     n_boot: int = 2000,
     confidence: float = 0.95,
+    actual: Mapping[tuple[Source, float], float] | None = None,
 ) -> list[WindowRow]:
-    """Rows for the pooled scope then each source, each over `densities`; `faithfulness` has one entry per circuit."""
+    """Rows for the pooled scope then each source, each over `densities`, from the faithful circuits alone.
+
+    `faithfulness` has one entry per circuit (NaN where unknown); `actual` its actual density, where known.
+    """
     rng = rng if rng is not None else np.random.default_rng(0)
-    cells = _index(edits)
+    actual = actual or {}
+    faithful = {key for key, f in faithfulness.items() if is_faithful(f, threshold)}
+    cells = {key: rows for key, rows in _index(edits).items() if key[:2] in faithful}
     full_rows = {int(r["case_id"]): r for e in edits if e.variant == FULL for r in e.rows}.values()
     full = (bootstrap_mean([r["nll_new_drop"] for r in full_rows], rng, n_boot, confidence),
             finite_mean(r["efficacy_score"] for r in full_rows))
@@ -129,8 +141,11 @@ def window_rows(
     for scope, sources in scopes:
         for d in densities:
             merged = {v: {k: r for s in sources for k, r in cells.get((s, d, v), {}).items()} for v in MASKED}
-            faithful = finite_mean(faithfulness.get((s, d), math.nan) for s in sources)
-            rows.append(_row(scope, d, merged, faithful, full, threshold, rng, n_boot, confidence))
+            used = [(s, d) for s in sources if (s, d) in faithful]
+            rows.append(_row(
+                scope, d, merged, finite_mean(faithfulness[k] for k in used), len(used),
+                finite_mean(actual.get(k, math.nan) for k in used), full, threshold, rng, n_boot, confidence,
+            ))
     return rows
 
 
@@ -147,6 +162,12 @@ def missing_edits(
     if not any(e.rows for e in edits if e.variant == FULL):
         notes.append("no edits of the full model: its reference line is missing")
     return notes
+
+
+def edited_circuits(edits: Sequence[EditRun]) -> set[tuple[Source, float]]:
+    """The circuits (source, density) with request rows of both their circuit and complement edits."""
+    cells = _index(edits)
+    return {(s, d) for s, d, v in cells if v == "circuit" and cells.get((s, d, "complement"))}
 
 
 def estimate_window(rows: Sequence[WindowRow], scope: str = ALL) -> Window:

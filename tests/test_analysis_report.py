@@ -1,12 +1,14 @@
 """The analysis of a synthetic sweep laid out in a temporary MLflow store exactly as sweeps/layout.py says.
 
 The sweep has three datasets, four densities, a planted effect (the complement learns more than the circuit at
-0.25, 0.15 and 0.05; the circuit is faithful only down to 0.15), one density never reached (gamma at 0.05) and one
-failed trial (a random-variant edit run with no artifacts), so every table, gap and note is predictable.
+0.25, 0.15 and 0.05; the circuit is faithful only down to 0.15, so the circuits of 0.05 are left out of every
+finding), one density never reached (gamma at 0.05) and one failed trial (a random-variant edit run with no
+artifacts), so every table, gap and note is predictable.
 """
 
 from __future__ import annotations
 
+import csv
 import json
 import math
 import subprocess
@@ -231,7 +233,7 @@ def test_missing_circuit_is_a_gap_with_a_note(analysed):
 def test_window_rows_match_hand_computation(analysed):
     a, _, _ = analysed
     rows = {(r.scope, r.density): r for r in a.window_rows}
-    for d in DENSITIES:
+    for d in DENSITIES[:3]:  # the faithful ones
         have = [x for x in DATASETS if UNREACHED.get(x) != d]
         gaps = np.concatenate([np.array([r["nll_new_drop"] for r in edit_rows(x, d, "complement")])
                                - np.array([r["nll_new_drop"] for r in edit_rows(x, d, "circuit")]) for x in have])
@@ -239,14 +241,17 @@ def test_window_rows_match_hand_computation(analysed):
         assert pooled.gap_complement.paired and pooled.gap_complement.n == REQUESTS * len(have)
         assert pooled.gap_complement.mean == pytest.approx(gaps.mean())
         assert pooled.gap_complement.low < gaps.mean() < pooled.gap_complement.high
-        assert pooled.faithfulness == pytest.approx(FAITHFULNESS[d])
+        assert pooled.faithfulness == pytest.approx(FAITHFULNESS[d]) and pooled.circuits == len(have)
+        assert pooled.actual_density == pytest.approx(round(d * TOTAL) / TOTAL)
         assert pooled.knowledge_circuit == 2.0 and pooled.knowledge_complement == 3.0
         assert pooled.drop_full.mean == pytest.approx(2.0) and pooled.success_full == 1.0
         circuit = np.concatenate([[r["efficacy_score"] for r in edit_rows(x, d, "circuit")] for x in have])
         assert pooled.success_circuit == pytest.approx(circuit.mean())
     assert rows["alpha", 0.25].gap_random is None
     assert rows[ALL, 0.25].gap_random.n == 2 * REQUESTS  # beta and gamma only
-    assert rows[ALL, 0.05].gap_complement.above_zero and not rows[ALL, 0.05].in_window  # resists, not faithful
+    unfaithful = rows[ALL, 0.05]  # the circuit resists there, but is not faithful: its edits are left out
+    assert unfaithful.gap_complement is None and unfaithful.drop_circuit is None and unfaithful.circuits == 0
+    assert math.isnan(unfaithful.faithfulness) and not unfaithful.in_window
     assert rows[ALL, 0.5].gap_complement.below_zero
 
 
@@ -255,13 +260,14 @@ def test_window_is_the_planted_one(analysed):
     assert a.window.densities == (0.15, 0.25) and a.window.contiguous
     assert a.window.describe() == "[0.15, 0.25]"
     assert [w.describe() for w in a.windows[1:]] == ["[0.15, 0.25]"] * 3
-    assert report.headline.resists == (0.25, 0.15, 0.05)
+    assert report.headline.resists == (0.25, 0.15)  # not 0.05: its circuits are not faithful
 
 
 def test_composition_shares_sum_to_one(analysed):
     a, _, _ = analysed
     circuits_seen = {(e.source, e.density) for e in a.composition}
-    assert len(circuits_seen) == 11
+    assert len(circuits_seen) == 9  # 11 circuits, less the two unfaithful ones of 0.05
+    assert not [e for e in a.composition if e.density == 0.05]
     for source, d in circuits_seen:
         by_module = [e for e in a.composition if (e.source, e.density, e.layer) == (source, d, ALL_LAYERS)]
         by_layer = [e for e in a.composition if (e.source, e.density) == (source, d) and e.layer != ALL_LAYERS]
@@ -286,7 +292,8 @@ def test_report_has_every_section_and_plot(analysed):
     html = report.html.read_text()
     for section in SECTIONS:
         assert f"## {section}" in text and f">{section}</h2>" in html
-    assert text.index("## Headline findings") < text.index("## Size window")
+    assert text.index("## Circuits judged") < text.index("## Headline findings") < text.index("## Size window")
+    assert "**2 of 11 circuits excluded** from every finding" in text  # alpha's and beta's at 0.05
     assert "confirmation bias" in text and "between 5% and 50%" in text and "60%" in text
     assert "[0.15, 0.25]" in text
     assert {p.name for p in report.plots} == {"size_window.png", "overlap.png", "composition_by_layer.png",
@@ -295,9 +302,11 @@ def test_report_has_every_section_and_plot(analysed):
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
         assert f"plots/{plot.name}" in text and f'src="plots/{plot.name}"' in html
     assert "| <table>" not in html and "<table>" in html
-    window_csv = (report.folder / "tables" / "window.csv").read_text().splitlines()
-    gamma = next(line for line in window_csv if line.startswith("gamma,0.05,"))
-    assert ",0," not in gamma and ",0.0," not in gamma  # a gap, not a zero
+    with (report.folder / "tables" / "window.csv").open() as f:
+        gamma = next(row for row in csv.DictReader(f) if row["scope"] == "gamma" and row["density"] == "0.05")
+    measured = {k: v for k, v in gamma.items()  # less its keys and the full model's reference, the same everywhere
+                if k not in ("scope", "density", "in_window", "circuits") and "_full" not in k}
+    assert gamma["circuits"] == "0" and set(measured.values()) == {""}  # gaps, not zeros
 
 
 def test_analysis_run_is_logged_under_the_sweep(analysed, store):
@@ -310,6 +319,7 @@ def test_analysis_run_is_logged_under_the_sweep(analysed, store):
     assert run.data.tags[layout.TAG_KIND] == "analysis" and run.data.tags[layout.TAG_SWEEP] == "synth"
     assert run.data.metrics["window_low"] == 0.15 and run.data.metrics["window_high"] == 0.25
     assert run.data.metrics["mean_jaccard_ratio"] > 1
+    assert run.data.metrics["circuits"] == 11 and run.data.metrics["circuits_excluded"] == 2
     assert run.data.params["faithfulness_threshold"] == "0.9"
     top = {f.path for f in client.list_artifacts(run_id)}
     assert {"report.md", "report.html", "plots", "tables"} <= top
@@ -326,6 +336,7 @@ def test_cli_report(store, tmp_path):
     )
     assert proc.returncode == 0, proc.stderr
     assert "size window: [0.15, 0.25]" in proc.stdout and "analysis run:" in proc.stdout
+    assert "circuits: 9 faithful and used, 2 excluded" in proc.stdout
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
 
@@ -376,5 +387,6 @@ def test_report_on_a_sweep_with_nothing_but_a_failed_trial(tmp_path):
     assert all(f"## {section}" in text for section in SECTIONS)
     assert f"{layout.discover_run_name('alpha', 0)}: FAILED, 0 circuit(s) kept" in text
     assert "no edits of the full model" in text
-    assert text.count("**no data**") == 4 and a.window.describe() == "none"
+    assert text.count("**not assessable**") == 4 and a.window.describe() == "none"
+    assert "no circuit to judge from" in text
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in report.plots)

@@ -208,11 +208,17 @@ def test_window_needs_a_significant_gap_and_faithfulness():
     rows = {(r.scope, r.density): r for r in window_rows(edits, faith, labels, [0.5, 0.25], threshold=0.9, n_boot=300)}
     assert rows["d", 0.25].in_window and not rows["d", 0.5].in_window
     assert not rows["e", 0.25].in_window and math.isnan(rows["e", 0.25].faithfulness)
-    assert rows["all", 0.25].faithfulness == 0.95 and rows["all", 0.25].gap_complement.n == 60
+    assert rows["e", 0.25].gap_complement is None and rows["e", 0.25].circuits == 0  # unknown: left out
+    assert rows["all", 0.25].faithfulness == 0.95 and rows["all", 0.25].gap_complement.n == 30  # d's requests only
+    assert rows["all", 0.25].circuits == 1
     assert rows["all", 0.25].drop_random is None and rows["all", 0.25].drop_full is None
     assert math.isnan(rows["all", 0.25].success_random)
+    with_e = window_rows(edits, faith | {(t, 0.25): 0.91}, labels, [0.25], threshold=0.9, n_boot=300,
+                         actual={(s, 0.25): 0.2, (t, 0.25): 0.3})
+    assert with_e[0].gap_complement.n == 60 and with_e[0].circuits == 2
+    assert with_e[0].actual_density == pytest.approx(0.25) and with_e[0].faithfulness == pytest.approx(0.93)
     strict = window_rows(edits, faith, labels, [0.25], threshold=0.96, n_boot=300)
-    assert not any(r.in_window for r in strict)
+    assert not any(r.in_window for r in strict) and all(r.gap_complement is None for r in strict)
 
 
 def test_stratified_gap_compares_within_strata():

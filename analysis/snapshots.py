@@ -1,0 +1,128 @@
+"""Circuit snapshots as the analysis judges them: actual size, the discovery's held-out figures at the snapshot,
+whether the circuit is faithful enough to count in any finding, and flags for snapshots that do not honestly stand
+for their target (actual density well below it, or one snapshot serving several targets)."""
+
+from __future__ import annotations
+
+import math
+from collections import defaultdict
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, replace
+from typing import Any
+
+from analysis.sweep_data import Source
+from circuitlib.circuits import Circuit
+
+WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target
+UNKNOWN = "faithfulness unknown"
+
+
+@dataclass(frozen=True)
+class Snapshot:
+    """One circuit found by discovery: where it came from, its actual size, how faithful it was, and its flags."""
+
+    source: str  # the circuit's label in the report
+    dataset: str
+    seed: int
+    target: float
+    density: float  # actual: kept / masked weights
+    kept: int
+    total: int
+    step: float  # discovery step of the snapshot (NaN where unrecorded)
+    faithfulness: float  # held-out agreement with the full model (NaN where unrecorded)
+    faithfulness_low: float  # its 95% interval (NaN where unrecorded)
+    faithfulness_high: float
+    complement_accuracy: float
+    kl: float  # KL(full || circuit) over the classes
+    digest: str
+    excluded: str  # why the circuit is left out of every finding; empty when it counts
+    below_target: bool  # density < WELL_BELOW x target
+    shares_with: tuple[float, ...] = ()  # the discovery's other targets that got this very snapshot
+
+    @property
+    def key(self) -> tuple[Source, float]:
+        """The circuit's (source, target density), as edits and window rows know it."""
+        return Source(self.dataset, self.seed), self.target
+
+
+def is_faithful(faithfulness: float, threshold: float) -> bool:
+    """The rule for a circuit to count: faithfulness known and at least the threshold."""
+    return faithfulness >= threshold  # False for NaN
+
+
+def exclusion(faithfulness: float, threshold: float) -> str:
+    """Why a circuit of this faithfulness is left out of the findings; empty when it is not."""
+    if math.isnan(faithfulness):
+        return UNKNOWN
+    return "" if is_faithful(faithfulness, threshold) else f"faithfulness {faithfulness:.3g} < {threshold:g}"
+
+
+def _number(values: Mapping[str, Any], key: str) -> float:
+    """A numeric provenance entry as a float; NaN where absent or not a number."""
+    value = values.get(key)
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
+def _at_step(history: Sequence[tuple[int, float]], step: float) -> float:
+    """The value logged at `step`, NaN where none was."""
+    return next((v for s, v in history if s == step), math.nan)
+
+
+def snapshot(
+    label: str, source: Source, target: float, c: Circuit, history: Mapping[str, Sequence[tuple[int, float]]],
+    threshold: float,
+) -> Snapshot:
+    """A circuit's summary from its provenance (the discovery's history row at the snapshot); faithfulness falls
+    back on the discovery's logged metric at the snapshot's step."""
+    p = c.provenance
+    step = _number(p, "step")
+    faithfulness = _number(p, "faithfulness")
+    if math.isnan(faithfulness):
+        faithfulness = _at_step(history.get("faithfulness", []), step)
+    kept = c.kept
+    density = kept / c.total
+    return Snapshot(
+        source=label, dataset=source.dataset, seed=source.seed, target=target, density=density, kept=kept,
+        total=c.total, step=step, faithfulness=faithfulness, faithfulness_low=_number(p, "faithfulness_low"),
+        faithfulness_high=_number(p, "faithfulness_high"), complement_accuracy=_number(p, "complement_accuracy"),
+        kl=_number(p, "kl"), digest=c.digest, excluded=exclusion(faithfulness, threshold),
+        below_target=density < WELL_BELOW * target,
+    )
+
+
+def flag_shared(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
+    """The snapshots with `shares_with` set where targets of one discovery got the same circuit or the same step."""
+    by_source: dict[tuple[str, int], list[Snapshot]] = defaultdict(list)
+    for s in snapshots:
+        by_source[s.dataset, s.seed].append(s)
+
+    def shared(s: Snapshot) -> tuple[float, ...]:
+        same = [o.target for o in by_source[s.dataset, s.seed]
+                if o.target != s.target and (o.digest == s.digest or o.step == s.step)]  # NaN steps never match
+        return tuple(sorted(same, reverse=True))
+
+    return [replace(s, shares_with=shared(s)) for s in snapshots]
+
+
+def _why_shared(group: Sequence[Snapshot]) -> str:
+    """What a group of targets sharing a snapshot has in common: the circuit itself, the step, or both."""
+    reasons = ["same circuit"] if len({s.digest for s in group}) == 1 else []
+    steps = {s.step for s in group}
+    reasons += [f"step {group[0].step:g}"] if len(steps) == 1 and not math.isnan(group[0].step) else []
+    return ", ".join(reasons)
+
+
+def flags(snapshots: Sequence[Snapshot]) -> list[str]:
+    """One line per snapshot well below its target and per group of targets sharing one snapshot."""
+    lines, seen = [], set()
+    for s in snapshots:
+        if s.below_target:
+            lines.append(f"{s.source} target {s.target:g}: actual density {s.density:.3g} is below "
+                         f"{WELL_BELOW:g} × target")
+        targets = tuple(sorted((s.target, *s.shares_with), reverse=True))
+        if s.shares_with and (s.source, targets) not in seen:
+            seen.add((s.source, targets))
+            group = [o for o in snapshots if o.source == s.source and o.target in targets]
+            lines.append(f"{s.source} targets {', '.join(f'{t:g}' for t in targets)} share one snapshot "
+                         f"({_why_shared(group)}; density {s.density:.3g})")
+    return lines
