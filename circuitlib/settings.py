@@ -17,6 +17,14 @@ from circuitlib.errors import InputError
 Check = Callable[[Any], str | None]  # returns what is wrong with a value, or None when it is fine
 
 
+class SettingError(InputError):
+    """A setting's value that fails its check, with the setting's name, the value and the problem kept apart."""
+
+    def __init__(self, name: str, value: Any, problem: str):
+        super().__init__(f"{name} {value!r}: {problem}")
+        self.name, self.value, self.problem = name, value, problem
+
+
 def setting(default: Any = dataclasses.MISSING, doc: str = "", *, check: Check | None = None,
             choices: tuple[Any, ...] | None = None, factory: Callable[[], Any] | None = None) -> Any:
     """A dataclass field with its doc, an optional check and optional allowed values."""
@@ -37,16 +45,29 @@ def choices(field: dataclasses.Field) -> tuple[Any, ...] | None:
 
 
 def validate(config: Any, prefix: str = "") -> None:
-    """Run every field's check and choices; the first problem becomes one `InputError` naming the field."""
+    """Run every field's check and choices; the first problem becomes one `SettingError` naming the field."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
         allowed = choices(f)
-        if allowed is not None and value not in allowed:
-            raise InputError(f"{prefix}{f.name} {value!r}: must be one of {', '.join(map(str, allowed))}")
-        check = f.metadata.get("check")
-        problem = check(value) if check is not None else None
-        if problem:
-            raise InputError(f"{prefix}{f.name} {value!r}: {problem}")
+        for check in (one_of(allowed) if allowed is not None else None, f.metadata.get("check")):
+            problem = check(value) if check is not None else None
+            if problem:
+                raise SettingError(prefix + f.name, value, problem)
+
+
+def default(field: dataclasses.Field) -> Any:
+    """A field's default value (a fresh one where it has a factory)."""
+    if field.default_factory is not dataclasses.MISSING:
+        return field.default_factory()
+    return field.default
+
+
+def changed(before: Any, after: Any, prefix: str = "") -> list[str]:
+    """The dotted keys whose values differ between two nested dicts of settings (a key missing on one side differs)."""
+    if isinstance(before, dict) and isinstance(after, dict):
+        return sorted(k for key in before.keys() | after.keys()
+                      for k in changed(before.get(key), after.get(key), f"{prefix}{key}."))
+    return [] if before == after else [prefix.rstrip(".")]
 
 
 def _number(value: Any) -> bool:
@@ -89,6 +110,28 @@ def densities(value: Any) -> str | None:
         return "must be a non-empty list such as 0.5,0.25; each target density must lie in (0, 1)"
     bad = [d for d in value if fraction(d)]
     return f"each target density must lie in (0, 1); {bad} do not" if bad else None
+
+
+def text(value: Any) -> str | None:
+    """A non-empty string."""
+    return None if isinstance(value, str) and value.strip() else "must be a non-empty text"
+
+
+def one_of(allowed: tuple[Any, ...]) -> Check:
+    """One of `allowed`."""
+    return lambda value: None if value in allowed else f"must be one of {', '.join(map(str, allowed))}"
+
+
+def non_empty(item: Check) -> Check:
+    """A non-empty list whose every item passes `item`."""
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, (list, tuple)) or not value:
+            return "must be a non-empty list such as a,b"
+        problems = [f"item {v!r} {problem}" for v in value if (problem := item(v))]
+        return problems[0] if problems else None
+
+    return check
 
 
 def finite(value: Any) -> str | None:
