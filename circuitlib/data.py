@@ -6,6 +6,7 @@ import json
 import random
 import re
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -13,6 +14,7 @@ import pandas as pd
 
 from circuitlib import builtin_data
 from circuitlib.errors import InputError
+from circuitlib.settings import setting
 from circuitlib.types import ClassificationData, EditRequest
 
 if TYPE_CHECKING:
@@ -235,6 +237,24 @@ def split(
         held_out += indices[:n_eval]
         train += indices[n_eval:]
     return _subset(data, train), _subset(data, held_out)
+
+
+@dataclass(frozen=True)
+class SplitSpec:
+    """Which rows a discovery trains and evaluates on; a circuit records it so its rows can be drawn again.
+
+    `load` checks the values (through `load_classification` and `split`).
+    """
+
+    dataset: str = setting(doc="csv:PATH, blimp:CONFIG, persona:NAME, builtin:NAME or an alias")
+    limit: int | None = setting(None, "use a label-balanced subsample of this many rows (none: every row)")
+    eval_fraction: float = setting(0.2, "share of the rows held out for evaluation")
+    split_seed: int = setting(0, "seed of the subsample and of the train/eval split")
+
+    def load(self) -> tuple[ClassificationData, ClassificationData]:
+        """The (train, eval) rows."""
+        rows = load_classification(self.dataset, limit=self.limit, seed=self.split_seed)
+        return split(rows, self.eval_fraction, self.split_seed)
 
 
 def _field(spec: str, index: int, record: Any, path: str) -> Any:

@@ -9,8 +9,15 @@ ModuleType = Literal["attention", "mlp", "norm", "other"]
 Variant = Literal["circuit", "complement", "random", "full"]
 
 MODULE_TYPES: tuple[ModuleType, ...] = ("attention", "mlp", "norm", "other")
-VARIANTS: tuple[Variant, ...] = ("circuit", "complement", "random", "full")
+VARIANTS: tuple[Variant, ...] = ("circuit", "complement", "random", "full")  # every variant is declared here only
+FULL: Variant = "full"  # the unmasked model
+MASKED_VARIANTS: tuple[Variant, ...] = tuple(v for v in VARIANTS if v != FULL)  # the variants edited under a mask
 PAPER_DENSITIES: tuple[float, ...] = (0.5, 0.35, 0.25, 0.15, 0.05)
+
+
+def density_key(density: float) -> str:
+    """A target density's one spelling wherever it is a key (file and artifact names, tags, trial keys): `0.05`."""
+    return f"{float(density):g}"
 
 
 @dataclass(frozen=True)

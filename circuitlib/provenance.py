@@ -1,0 +1,41 @@
+"""What a discovery ran on, recorded in each circuit it finds, and the `circuitlib discover` arguments that redo it.
+
+`discover` records the dataset's name and the whole DiscoveryConfig (its mask_seed included); `stamp` adds the rows
+(a `SplitSpec`: dataset spec, limit, eval fraction, split seed) and the dtype of the model's weights, so the circuit
+file alone says how to recompute it bit for bit (on the same kind of device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from circuitlib import options
+from circuitlib.circuits import Circuit
+from circuitlib.data import SplitSpec
+from circuitlib.dtypes import dtype_name
+from circuitlib.errors import InputError
+from circuitlib.models import LoadedModel
+
+NEEDED = ("split", "model_dtype", "config")  # the provenance keys `discover_args` reads
+
+
+def stamp(circuit: Circuit, split: SplitSpec, lm: LoadedModel) -> Circuit:
+    """`circuit` with its rows and the dtype of the model's weights added to its provenance."""
+    extra = {"split": dataclasses.asdict(split), "model_dtype": dtype_name(lm.model.dtype)}
+    return dataclasses.replace(circuit, provenance={**circuit.provenance, **extra})
+
+
+def discover_args(circuit: Circuit) -> list[str]:
+    """The `circuitlib discover` arguments, all but --out, that recompute `circuit` from its provenance."""
+    from circuitlib.discovery import DiscoveryConfig
+
+    found = circuit.provenance
+    missing = [key for key in NEEDED if key not in found]
+    if missing:
+        raise InputError(f"circuit of {circuit.model_id}: its provenance lacks {', '.join(missing)}, "
+                         "so it does not say how to recompute it")
+    split = options.build(SplitSpec, found["split"], lambda key: f"provenance split.{key}")
+    config = options.build(DiscoveryConfig, found["config"], lambda key: f"provenance config.{key}")
+    revision = ["--revision", circuit.model_revision] if circuit.model_revision else []
+    return ["--model", circuit.model_id, *revision, "--dtype", found["model_dtype"], *options.as_args(split),
+            *options.as_args(config)]
