@@ -149,12 +149,12 @@ class NaiveMaskTrainer:
         self.params = [named[p.name] for p in lm.params]
         self.original = [p.detach().clone() for p in self.params]
         device = lm.device
-        gen = torch.Generator(device=device).manual_seed(config.seed)
+        gen = torch.Generator(device=device).manual_seed(config.mask_seed)
         self.logits = [(torch.randn(p.shape, generator=gen, device=device) * config.init_std + config.init_mean)
                        .requires_grad_(True) for p in self.params]
         self.total = sum(t.numel() for t in self.logits)
         self.optimizer = torch.optim.AdamW(self.logits, lr=config.lr, weight_decay=config.weight_decay)
-        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
+        self.noise_gen = torch.Generator(device=device).manual_seed(config.mask_seed + 1)
 
     def step(self, inputs: dict[str, torch.Tensor], epoch: int) -> float:
         t = self.config.temperature

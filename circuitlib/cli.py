@@ -1,26 +1,27 @@
-"""The `circuitlib` command: discover circuits, edit variants, inspect circuit files."""
+"""The `circuitlib` command: discover circuits, edit variants, inspect circuit files, run a sweep, write a report.
+
+The options of `discover` and `edit` are the fields of DiscoveryConfig and EditConfig (circuitlib.options): each
+setting's default and doc live on its field only. `sweep` and `report` hand their arguments to the sweep's and the
+analysis' own command lines.
+"""
 
 from __future__ import annotations
 
 import argparse
 import json
 import math
+import shlex
 import sys
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
+from typing import Any
 
+from circuitlib import options, settings
+from circuitlib.data import SplitSpec
+from circuitlib.dtypes import DTYPES
 from circuitlib.errors import InputError
-
-
-def _densities(text: str) -> tuple[float, ...]:
-    try:
-        values = tuple(float(x) for x in text.split(",") if x.strip())
-    except ValueError:
-        raise InputError(f"--densities {text!r}: expected comma-separated numbers such as 0.5,0.25") from None
-    bad = [v for v in values if not 0.0 < v < 1.0]
-    if bad or not values:
-        raise InputError(f"--densities {text!r}: each density must lie in (0, 1)")
-    return values
+from circuitlib.types import VARIANTS, density_key
 
 
 def _json_safe(value):
@@ -40,38 +41,49 @@ def write_json(path: Path, payload) -> None:
     path.write_text(json.dumps(_json_safe(payload), indent=2))
 
 
+def _config_class(command: str) -> type:
+    """The config dataclass whose fields are the options of `command` (importing it loads torch and transformers)."""
+    if command == "discover":
+        from circuitlib.discovery import DiscoveryConfig
+
+        return DiscoveryConfig
+    from circuitlib.editing import EditConfig
+
+    return EditConfig
+
+
+def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+    """An instance of `cls` from its options given on the command line; a bad value names its option."""
+    return options.build(cls, options.given(args, cls), options.flag)
+
+
 def cmd_discover(args: argparse.Namespace) -> None:
-    from circuitlib import data
-
-    # Check the cheap inputs before importing torch and transformers (seconds), so a bad input fails fast.
-    densities = _densities(args.densities)
-    dataset = data.load_classification(args.dataset, limit=args.limit, seed=args.seed)
-    train, eval_data = data.split(dataset, args.eval_fraction, args.seed)
-
-    from circuitlib import circuits
+    from circuitlib import circuits, provenance
     from circuitlib.discovery import DiscoveryConfig, discover
+    from circuitlib.dtypes import dtype_name, resolve_dtype
     from circuitlib.models import load_model
 
-    config = DiscoveryConfig(
-        densities=densities, max_steps=args.max_steps, batch_size=args.batch_size,
-        head_epochs=args.head_epochs, seed=args.seed, lr=args.lr, eval_every=args.eval_every,
-        precision=args.precision, compile_model=args.compile_model,
-    )
+    # Check the settings and the data before loading the model, so a bad input fails fast.
+    config = config_from_args(DiscoveryConfig, args)
+    split = config_from_args(SplitSpec, args)
+    train, eval_data = split.load()
+    dtype = resolve_dtype(args.dtype)
     out = Path(args.out)
-    run = {"model": args.model, "dataset": args.dataset, "limit": args.limit, "eval_fraction": args.eval_fraction,
+    run = {"model": args.model, "revision": args.revision, "dtype": dtype_name(dtype), "split": asdict(split),
            "config": asdict(config)}
     _claim_checkpoint(out / "checkpoint", run)
-    lm = load_model(args.model, device=args.device)
+    lm = load_model(args.model, device=args.device, dtype=dtype, revision=args.revision)
     result = discover(lm, train, eval_data, config, checkpoint_dir=out / "checkpoint")
     files = []
     for circuit in result.circuits:
-        path = circuits.save(circuit, out / f"circuit_d{circuit.target_density:g}.safetensors")
+        target = density_key(circuit.target_density)
+        path = circuits.save(provenance.stamp(circuit, split, lm), out / f"circuit_d{target}.safetensors")
         files.append(str(path))
-        print(f"density {circuit.density:.4f} (target {circuit.target_density:g}) -> {path}")
+        print(f"density {circuit.density:.4f} (target {target}) -> {path}")
     for target in result.unreached:
-        print(f"target density {target:g} not reached within {config.max_steps} steps")
+        print(f"target density {density_key(target)} not reached within {config.max_steps} steps")
     write_json(out / "history.json", {
-        "model": args.model, "dataset": args.dataset, "config": asdict(config),
+        "model": args.model, "split": asdict(split), "config": asdict(config),
         "full_accuracy": result.full_accuracy, "circuits": files,
         "unreached": result.unreached, "history": result.history,
     })
@@ -82,46 +94,51 @@ _RESUMABLE_CHANGES = {"max_steps", "compile_model", "eval_every"}
 
 
 def _claim_checkpoint(folder: Path, run: dict) -> None:
-    """Freeze this run's settings beside its checkpoint; refuse to resume a checkpoint of a different run."""
+    """Freeze this run's settings beside its checkpoint; refuse to resume a checkpoint of a different run.
+
+    A config setting the frozen run predates counts as unchanged at its default.
+    """
     params = folder / "params.json"
     if params.is_file():
-        before, now = _identity(json.loads(params.read_text())), _identity(json.loads(json.dumps(_json_safe(run))))
-        changed = sorted(k for k in before.keys() | now.keys() if before.get(k) != now.get(k))
+        from circuitlib.discovery import DiscoveryConfig
+
+        frozen = json.loads(params.read_text())
+        defaults = _as_json(asdict(DiscoveryConfig()))
+        before = frozen | {"config": defaults | frozen.get("config", {})}
+        resumable = {f"config.{name}" for name in _RESUMABLE_CHANGES}
+        changed = [k for k in settings.changed(before, _as_json(run)) if k not in resumable]
         if changed:
             raise InputError(f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
                              "differ); use another --out, or delete its checkpoint folder to start over")
     write_json(params, run)
 
 
-def _identity(run: dict) -> dict:
-    """The settings that decide what a run computes, flat (config fields as config.NAME)."""
-    flat = {k: v for k, v in run.items() if k != "config"}
-    return flat | {f"config.{k}": v for k, v in run["config"].items() if k not in _RESUMABLE_CHANGES}
+def _as_json(payload: Any) -> Any:
+    """`payload` as it reads back from a JSON file (tuples as lists, NaN as None)."""
+    return json.loads(json.dumps(_json_safe(payload)))
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
-    from circuitlib import data
-
-    if args.limit is not None and args.limit < 1:  # requests[:0] would edit all, requests[:-1] all but the last
-        raise InputError(f"--limit {args.limit}: must be at least 1")
-    requests = data.load_requests(args.requests)  # before importing torch and transformers: bad input fails fast
-
-    from circuitlib import circuits
+    from circuitlib import circuits, data
     from circuitlib.editing import EditConfig, edit_requests, results_as_rows, summarize, variant_masks
     from circuitlib.models import load_model
 
+    config = config_from_args(EditConfig, args)
+    if args.limit is not None and args.limit < 1:  # requests[:0] would edit all, requests[:-1] all but the last
+        raise InputError(f"--limit {args.limit}: must be at least 1")
+    requests = data.load_requests(args.requests)  # before loading the model: bad input fails fast
     circuit = circuits.load(args.circuit) if args.circuit else None
     subset = requests[: args.limit] if args.limit is not None else requests
     lm = load_model(args.model, device=args.device)
     if circuit is not None:
         circuits.check_compatible(circuit, lm.params, source=args.circuit)
-    masks = variant_masks(circuit, args.variant, args.seed)
-    config = EditConfig(max_steps=args.steps, lr=args.lr)
+    masks = variant_masks(circuit, args.variant, args.random_mask_seed)
     results = edit_requests(lm, subset, args.variant, masks, config, pool=requests)
     summary = summarize(results)
     write_json(Path(args.out), {
         "model": args.model, "variant": args.variant, "circuit": args.circuit, "requests": args.requests,
-        "config": asdict(config), "summary": summary, "results": results_as_rows(results),
+        "random_mask_seed": args.random_mask_seed, "config": asdict(config), "summary": summary,
+        "results": results_as_rows(results),
     })
     print(f"{args.variant}: {len(results)} edits, efficacy {summary['efficacy_score']:.2f}, "
           f"NLL(new) drop {summary['nll_new_drop']:.3f}, overall {summary['overall_score']:.2f} -> {args.out}")
@@ -132,15 +149,16 @@ def _fmt(x: float | None) -> str:
 
 
 def cmd_info(args: argparse.Namespace) -> None:
-    from circuitlib import circuits
+    from circuitlib import circuits, provenance
 
-    info = circuits.info(circuits.load(args.circuit))
+    circuit = circuits.load(args.circuit)
+    info = circuits.info(circuit)
     if args.json:
         print(json.dumps(_json_safe(info), indent=2))
         return
     target = info["target_density"]
     print(f"model           {info['model_id']}" + (f" @ {info['model_revision']}" if info["model_revision"] else ""))
-    print(f"density         {info['density']:.4f}" + (f" (target {target:g})" if target is not None else ""))
+    print(f"density         {info['density']:.4f}" + (f" (target {density_key(target)})" if target is not None else ""))
     print(f"masked weights  {info['masked_weights']:,} ({info['kept']:,} kept)")
     print(f"digest          {info['digest']}")
     print("composition     module type: share of circuit, fraction of own weights kept")
@@ -149,54 +167,73 @@ def cmd_info(args: argparse.Namespace) -> None:
     for key, value in info["provenance"].items():
         if key != "config":
             print(f"{key:<15} {value}")
+    if all(key in info["provenance"] for key in provenance.NEEDED):
+        command = ["circuitlib", "discover", *provenance.discover_args(circuit), "--out", "DIR"]
+        print(f"{'recompute':<15} {shlex.join(command)}")
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="circuitlib", description=__doc__)
+def _sweep(argv: list[str]) -> int:
+    from sweeps.size_sweep import main as sweep_main
+
+    return sweep_main(argv, prog="circuitlib sweep")
+
+
+def _report(argv: list[str]) -> int:
+    from analysis.cli import main as analysis_main
+
+    return analysis_main(["report", *argv])
+
+
+# Commands with their own command line: main() hands them their arguments before this parser sees any.
+DELEGATED: dict[str, Callable[[list[str]], int]] = {"sweep": _sweep, "report": _report}
+
+
+def build_parser(command: str | None = None) -> argparse.ArgumentParser:
+    """The command line; the config options of `discover` and `edit` are added for `command` only, when given."""
+    parser = options.OptionParser(prog="circuitlib", description=__doc__,
+                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("discover", help="learn circuits (weight masks) for a classification dataset")
     d.add_argument("--model", required=True, help="tiny-gpt2, smollm2-135m, a hub id or a local directory")
-    d.add_argument("--dataset", required=True, help="csv:PATH, blimp:CONFIG, persona:NAME, builtin:NAME or an alias")
-    d.add_argument("--densities", default="0.5,0.35,0.25,0.15,0.05", help="target densities, comma-separated")
-    d.add_argument("--max-steps", type=int, default=5000)
-    d.add_argument("--batch-size", type=int, default=128)
-    d.add_argument("--head-epochs", type=int, default=400)
-    d.add_argument("--lr", type=float, default=0.01)
-    d.add_argument("--eval-every", type=int, default=50)
-    d.add_argument("--eval-fraction", type=float, default=0.2)
-    d.add_argument("--limit", type=int, default=None, help="use at most this many rows (balanced)")
-    d.add_argument("--seed", type=int, default=0)
+    d.add_argument("--revision", default=None, help="hub revision (commit, tag or branch) of the model")
+    d.add_argument("--dtype", default="float32", choices=DTYPES,
+                   help="dtype of the model's weights; auto: bfloat16 on a GPU, float32 on CPU (default: float32)")
     d.add_argument("--device", default=None, help="torch device; default: the one accelerate picks")
-    d.add_argument("--precision", default="fp32", choices=["fp32", "bf16"],
-                   help="bf16: the masked forward and backward under bfloat16 autocast")
-    d.add_argument("--compile-model", action="store_true",
-                   help="torch.compile the masked forward and backward (minutes to compile; for long GPU runs)")
     d.add_argument("--out", required=True, help="folder for circuit files and history.json")
+    options.add_options(d, SplitSpec)
     d.set_defaults(func=cmd_discover)
 
     e = sub.add_parser("edit", help="knowledge-edit a circuit variant and measure how it takes new facts")
     e.add_argument("--model", required=True)
-    e.add_argument("--variant", required=True, choices=["circuit", "complement", "random", "full"])
-    e.add_argument("--circuit", default=None, help="circuit file (needed for circuit, complement, random)")
+    e.add_argument("--variant", required=True, choices=VARIANTS)
+    e.add_argument("--circuit", default=None, help="circuit file (needed for every variant but full)")
     e.add_argument("--requests", required=True, help="json:PATH (CounterFact-style) or builtin:hierarchy")
     e.add_argument("--limit", type=int, default=None, help="edit only the first K requests")
-    e.add_argument("--steps", type=int, default=25, help="maximum SGD steps per request")
-    e.add_argument("--lr", type=float, default=5e-4)
-    e.add_argument("--seed", type=int, default=0, help="seed of the random variant's mask")
+    e.add_argument("--random-mask-seed", type=int, default=0, help="seed of the random variant's mask (default: 0)")
     e.add_argument("--device", default=None)
     e.add_argument("--out", required=True, help="JSON file for per-request metrics and the summary")
     e.set_defaults(func=cmd_edit)
+
+    for name, subparser in (("discover", d), ("edit", e)):
+        if command in (None, name):
+            options.add_options(subparser, _config_class(name))
 
     i = sub.add_parser("info", help="describe a circuit file")
     i.add_argument("--json", action="store_true", help="print JSON")
     i.add_argument("circuit")
     i.set_defaults(func=cmd_info)
+
+    sub.add_parser("sweep", add_help=False, help="run a sweep (the options of python sweeps/size_sweep.py)")
+    sub.add_parser("report", add_help=False, help="analyse a sweep (the options of python -m analysis report)")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv and argv[0] in DELEGATED:
+        return DELEGATED[argv[0]](argv[1:])
+    args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         args.func(args)
     except InputError as exc:

@@ -69,8 +69,9 @@ class DiscoveryConfig:
     feature_batch_size: int = setting(64, "rows per batch of the no-grad feature and evaluation passes",
                                       check=settings.at_least(1))
     max_length: int = setting(64, "tokens kept per text", check=settings.at_least(1))
-    seed: int = setting(0, "seed of the mask logits' init, the Gumbel noise, the batch order and the head",
-                        check=settings.at_least(0))
+    mask_seed: int = setting(0, "seed of the mask logits' init, the Gumbel noise, the batch order and the head "
+                             "(a sweep derives it per dataset: circuitlib.seeds)",
+                             check=settings.at_least(0))
     fused: bool | None = setting(None, "torch.compile the mask kernels; unset: only above FUSE_ABOVE masked weights")
     precision: str = setting("fp32", "fp32: the model's own dtype; bf16: masked forward and backward under bfloat16 "
                              "autocast (logits and AdamW stay float32)", choices=PRECISIONS)
@@ -143,7 +144,7 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
     train_features = cached_features(lm, train_tok, config.feature_batch_size)
     eval_features = cached_features(lm, eval_tok, config.feature_batch_size)
     labels = torch.tensor(train.labels, device=device)
-    head = train_head(train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.seed)
+    head = train_head(train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.mask_seed)
     with torch.no_grad():
         train_targets = head(train_features).argmax(dim=1)
         eval_full_logits = head(eval_features)
@@ -195,13 +196,13 @@ class DiscoveryState:
     def __init__(self, lm: LoadedModel, config: DiscoveryConfig, n_train: int):
         device = lm.device
         self.layout = FlatLayout(tuple(lm.params))
-        self.logits = init_logits(self.layout, device, config.init_mean, config.init_std, config.seed)
+        self.logits = init_logits(self.layout, device, config.init_mean, config.init_std, config.mask_seed)
         # The fused AdamW kernel updates the one flat logit vector in a single pass (the default takes ~8 passes,
         # ~0.35 s a step on smollm2-135m's 1.1e8 logits on CPU); available on CPU and CUDA.
         fused = device.type in ("cpu", "cuda")
         self.optimizer = torch.optim.AdamW([self.logits], lr=config.lr, weight_decay=config.weight_decay, fused=fused)
-        self.noise_gen = torch.Generator(device=device).manual_seed(config.seed + 1)
-        self.shuffle = torch.Generator().manual_seed(config.seed + 2)
+        self.noise_gen = torch.Generator(device=device).manual_seed(config.mask_seed + 1)
+        self.shuffle = torch.Generator().manual_seed(config.mask_seed + 2)
         self.step = 0
         self.epoch = 0
         self.order = torch.randperm(n_train, generator=self.shuffle)
@@ -365,7 +366,7 @@ def discover(
         shift_to_density(state.logits, 1.0)
     if ckpt is not None and (ckpt / "state.pt").is_file():
         state.load(ckpt)
-    provenance = {"dataset": train.name, "seed": config.seed, "config": asdict(config)}
+    provenance = {"dataset": train.name, "mask_seed": config.mask_seed, "config": asdict(config)}
 
     def record(loss: float = float("nan")) -> dict[str, float]:
         kept, total = count_kept(state.logits)

@@ -94,7 +94,7 @@ def discovery_trial(config: dict[str, Any]) -> None:
         discovery_config = DiscoveryConfig(
             densities=tuple(cfg.densities), max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
             lambda_init=cfg.lambda_init, lambda_step=cfg.lambda_step, lambda_max=cfg.lambda_max, head_epochs=cfg.head_epochs, eval_every=cfg.eval_every, checkpoint_every=cfg.checkpoint_every,
-            max_length=cfg.max_length, seed=mask_seed(name, seed),
+            max_length=cfg.max_length, mask_seed=mask_seed(name, seed),
         )
         checkpoint_dir = _restored_checkpoint(work / "checkpoint") or work / "checkpoint"
         logged = tracking.last_logged_step(client, run_id, "density")

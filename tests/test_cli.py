@@ -13,6 +13,9 @@ import pytest
 
 from circuitlib import circuits
 from circuitlib.builtin_data import hierarchy_facts
+from circuitlib.cli import build_parser, config_from_args
+from circuitlib.discovery import DiscoveryConfig
+from circuitlib.editing import EditConfig
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -39,7 +42,7 @@ def write_csv(path: Path, n: int = 24) -> Path:
 
 
 DISCOVER = ("--model", "tiny-gpt2", "--densities", "0.6,0.3", "--max-steps", "300", "--batch-size", "8",
-            "--head-epochs", "10", "--lr", "0.2", "--eval-every", "10", "--seed", "1")
+            "--head-epochs", "10", "--lr", "0.2", "--eval-every", "10", "--split-seed", "1", "--mask-seed", "1")
 
 
 def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
@@ -57,13 +60,17 @@ def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
         info = json.loads(ok(cli("info", "--json", str(path), cwd=tmp_path)).stdout)
         assert info["density"] <= info["target_density"] == float(path.stem.removeprefix("circuit_d"))
         assert info["masked_weights"] == 25408 and info["model_id"] == "tiny-gpt2"
-        assert info["provenance"]["dataset"] == "hierarchy" and info["provenance"]["seed"] == 1
+        assert info["provenance"]["dataset"] == "hierarchy" and info["provenance"]["mask_seed"] == 1
+        assert info["provenance"]["split"] == {"dataset": "builtin:hierarchy", "limit": 40, "eval_fraction": 0.2,
+                                               "split_seed": 1}
+        assert info["provenance"]["model_dtype"] == "float32"
     text = ok(cli("info", str(files[0]), cwd=tmp_path)).stdout
     assert "density" in text and "masked weights  25,408" in text
+    assert "recompute       circuitlib discover --model tiny-gpt2 --dtype float32 --dataset builtin:hierarchy" in text
 
     report = tmp_path / "edits" / "complement.json"
     result = ok(cli("edit", "--model", "tiny-gpt2", "--variant", "complement", "--circuit", str(files[0]),
-                    "--requests", "builtin:hierarchy", "--limit", "2", "--steps", "3", "--out", str(report),
+                    "--requests", "builtin:hierarchy", "--limit", "2", "--max-steps", "3", "--out", str(report),
                     cwd=tmp_path))
     assert "complement: 2 edits" in result.stdout
     payload = json.loads(report.read_text())
@@ -93,7 +100,7 @@ def test_discover_on_csv_and_edit_json_requests(tmp_path: Path) -> None:
     ]))
     report = tmp_path / "circuit.json"
     ok(cli("edit", "--model", "tiny-gpt2", "--variant", "circuit", "--circuit", str(circuit),
-           "--requests", f"json:{requests}", "--steps", "2", "--out", str(report), cwd=tmp_path))
+           "--requests", f"json:{requests}", "--max-steps", "2", "--out", str(report), cwd=tmp_path))
     payload = json.loads(report.read_text())
     assert [r["case_id"] for r in payload["results"]] == [7] and payload["summary"]["requests"] == 1
 
@@ -125,6 +132,11 @@ def _bad_cases(root: Path) -> dict[str, tuple[list[str], list[str]]]:
                             ["--densities", "0.5,1.5", "(0, 1)"]),
         "density 0": ([*discover, "--dataset", f"csv:{root / 'good.csv'}", "--densities", "0"],
                       ["--densities", "'0'", "(0, 1)"]),
+        "negative lr": ([*discover, "--dataset", f"csv:{root / 'good.csv'}", "--lr", "-1"],
+                        ["--lr '-1'", "must be a finite number above 0"]),
+        "no dataset": (discover, ["--dataset: required"]),
+        "edit steps not a number": ([*edit, "--requests", "builtin:hierarchy", "--max-steps", "many"],
+                                    ["--max-steps 'many'", "expected an integer"]),
         "unknown model path": (["discover", "--model", "./no-such-model", "--dataset", f"csv:{root / 'good.csv'}",
                                 "--out", str(root / "out")], ["model ./no-such-model", "no such directory"]),
         "request without target_new": ([*edit, "--requests", f"json:{root / 'no_target.json'}"],
@@ -152,8 +164,8 @@ def bad_runs(tmp_path_factory) -> dict[str, tuple[subprocess.CompletedProcess, l
 
 
 BAD_CASES = ["missing column", "label not 0/1", "empty file", "missing file", "density above 1", "density 0",
-             "unknown model path", "request without target_new", "request file not JSON", "edit limit 0",
-             "not a circuit file"]
+             "negative lr", "no dataset", "edit steps not a number", "unknown model path", "request without target_new",
+             "request file not JSON", "edit limit 0", "not a circuit file"]
 
 
 @pytest.mark.parametrize("case", BAD_CASES)
@@ -175,11 +187,50 @@ def test_discover_refuses_to_resume_a_checkpoint_of_another_run(tmp_path: Path) 
             "--head-epochs", "2", "--dataset", "builtin:hierarchy", "--limit", "24", "--out", str(out))
     ok(cli(*args, cwd=tmp_path))
     params = json.loads((out / "checkpoint" / "params.json").read_text())
-    assert params["model"] == "tiny-gpt2" and params["config"]["seed"] == 0
+    assert params["model"] == "tiny-gpt2" and params["config"]["mask_seed"] == 0 and params["split"]["split_seed"] == 0
     ok(cli(*args[:-2], "--max-steps", "6", "--out", str(out), cwd=tmp_path))  # a larger budget resumes
-    result = cli(*args[:-2], "--seed", "3", "--lr", "0.5", "--out", str(out), cwd=tmp_path)
+    result = cli(*args[:-2], "--mask-seed", "3", "--lr", "0.5", "--split-seed", "2", "--out", str(out), cwd=tmp_path)
     assert result.returncode != 0 and "Traceback" not in result.stderr
     line = result.stderr.strip().splitlines()[-1]
-    assert str(out) in line and "config.lr" in line and "config.seed" in line and "different run" in line
+    assert str(out) in line and "different run" in line
+    assert "config.lr" in line and "config.mask_seed" in line and "split.split_seed" in line
     assert json.loads((out / "checkpoint" / "params.json").read_text()) == json.loads(json.dumps(params)) | {
         "config": params["config"] | {"max_steps": 6}}
+
+
+def test_config_options_come_from_the_dataclasses() -> None:
+    """Every DiscoveryConfig and EditConfig field is an option with its default; bools and optionals read as text."""
+    required = ["--model", "m", "--out", "o", "--dataset", "d"]
+    parser = build_parser("discover")
+    assert config_from_args(DiscoveryConfig, parser.parse_args(["discover", *required])) == DiscoveryConfig()
+    args = parser.parse_args(["discover", *required, "--compile-model", "--fused", "false", "--densities", "[0.4, 0.2]",
+                              "--mask_seed", "7", "--precision", "bf16"])
+    expected = DiscoveryConfig(compile_model=True, fused=False, densities=(0.4, 0.2), mask_seed=7, precision="bf16")
+    assert config_from_args(DiscoveryConfig, args) == expected
+    args = parser.parse_args(["discover", *required, "--compile-model", "false", "--fused", "none"])
+    assert config_from_args(DiscoveryConfig, args) == DiscoveryConfig()
+    edit = build_parser("edit").parse_args(["edit", "--model", "m", "--variant", "full", "--requests", "r",
+                                             "--out", "o", "--max-steps", "4", "--stop-loss", "0"])
+    assert config_from_args(EditConfig, edit) == EditConfig(max_steps=4, stop_loss=0.0)
+
+
+def test_an_unknown_option_is_one_line(tmp_path: Path) -> None:
+    result = cli("discover", "--model", "tiny-gpt2", "--dataset", "builtin:hierarchy", "--out", str(tmp_path),
+                 "--learning-rate", "0.1", cwd=tmp_path)
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "unrecognized arguments: --learning-rate 0.1" in lines[0]
+
+
+def test_sweep_and_report_are_circuitlib_commands(tmp_path: Path) -> None:
+    sweep = ok(cli("sweep", "--preset", "tiny", "--dry-run", "--discovery.lr", "0.05", "--edit.max_steps", "7",
+                   "--work-dir", str(tmp_path), cwd=tmp_path))
+    resolved = json.loads(sweep.stdout[: sweep.stdout.rindex("}") + 1])
+    assert resolved["discovery"]["lr"] == 0.05 and resolved["edit"]["max_steps"] == 7
+    assert "2 discovery trials" in sweep.stdout
+    bad = cli("sweep", "--preset", "tiny", "--discovery.lr", "0", "--work-dir", str(tmp_path), cwd=tmp_path)
+    assert bad.returncode == 2 and bad.stderr.strip() == (
+        "circuitlib sweep: error: discovery.lr '0': must be a finite number above 0")
+    report = cli("report", "--experiment", "nothing-here", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
+                 "--no-log", cwd=tmp_path)
+    assert report.returncode == 2 and report.stderr.startswith("analysis: error: ")  # the analysis' own command line

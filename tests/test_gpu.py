@@ -45,7 +45,7 @@ def test_fused_kernels_match_unfused_on_cuda(dtype: torch.dtype) -> None:
 
 def discovery_config(**overrides) -> DiscoveryConfig:
     values: dict[str, Any] = dict(densities=(0.8, 0.5, 0.2), max_steps=100, batch_size=8, lr=0.05, init_mean=1.0,
-                                  init_std=0.5, head_epochs=20, eval_every=5, checkpoint_every=5, seed=0,
+                                  init_std=0.5, head_epochs=20, eval_every=5, checkpoint_every=5, mask_seed=0,
                                   fused=True)
     return DiscoveryConfig(**(values | overrides))
 

@@ -31,7 +31,7 @@ def test_short_discovery_and_circuit_edits_on_hierarchy_data(smollm2, shared_dat
     # A high lr and lambda so the logits (N(2.7, 0.01) at the start) cross 0 within a few steps: with 1e8 logits the
     # penalty's gradient per logit (lambda * s(1 - s) / 1e8) is below AdamW's eps at the paper's lambda of 10.
     config = DiscoveryConfig(densities=(0.5,), max_steps=20, batch_size=16, head_epochs=50, lr=0.5, lambda_init=100.0,
-                             eval_every=1000, seed=0)
+                             eval_every=1000, mask_seed=0)
     before = helpers.clone_state(smollm2.model)
     result = discover(smollm2, train, eval_data, config, progress=False)
     assert result.unreached == [], result.history[-1]
