@@ -22,10 +22,12 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from circuitlib import data  # noqa: E402
-from circuitlib.discovery import DiscoveryConfig, discover  # noqa: E402
-from circuitlib.editing import EditConfig, edit_requests, variant_masks  # noqa: E402
+from circuitlib.discovery import discover  # noqa: E402
+from circuitlib.editing import edit_requests, variant_masks  # noqa: E402
 from circuitlib.models import load_model  # noqa: E402
 from sweeps.config import load_preset  # noqa: E402
+from sweeps.specs import SweepRun, discovery_trials  # noqa: E402
+from sweeps.trials import discovery_inputs  # noqa: E402
 
 
 def in_process(preset: str) -> tuple[float, int]:
@@ -35,24 +37,20 @@ def in_process(preset: str) -> tuple[float, int]:
     trials = 0
     pool = data.load_requests(cfg.requests, cfg.edit_limit)
     shards = [pool[i : i + cfg.shard_size] for i in range(0, len(pool), cfg.shard_size)]
-    edit_config = EditConfig(lr=cfg.edit_lr, max_steps=cfg.edit_steps, max_change=cfg.edit_max_change)
-    for spec in cfg.datasets:
-        for seed in cfg.seeds:
-            lm = load_model(cfg.model, device="cpu")
-            train, held_out = data.split(data.load_classification(spec, cfg.data_limit, seed), cfg.eval_fraction, seed)
-            found = discover(lm, train, held_out, DiscoveryConfig(
-                densities=tuple(cfg.densities), max_steps=cfg.max_steps, batch_size=cfg.batch_size, lr=cfg.lr,
-                head_epochs=cfg.head_epochs, eval_every=cfg.eval_every, seed=seed), progress=False)
-            trials += 1
-            for circuit in found.circuits:
-                for variant in cfg.variants:
-                    masks = variant_masks(circuit, variant, seed)
-                    for shard in shards:
-                        edit_requests(lm, shard, variant, masks, edit_config, pool=pool, progress=False)
-                        trials += 1
+    for trial in discovery_trials(SweepRun(cfg, "", "")):
+        lm = load_model(cfg.model, device="cpu")
+        split, config = discovery_inputs(trial)
+        found = discover(lm, *split.load(), config, progress=False)
+        trials += 1
+        for circuit in found.circuits:
+            for variant in cfg.variants:
+                masks = variant_masks(circuit, variant, trial.seeds.random_mask_seed)
+                for shard in shards:
+                    edit_requests(lm, shard, variant, masks, cfg.edit, pool=pool, progress=False)
+                    trials += 1
     lm = load_model(cfg.model, device="cpu")
     for shard in shards:
-        edit_requests(lm, shard, "full", None, edit_config, pool=pool, progress=False)
+        edit_requests(lm, shard, "full", None, cfg.edit, pool=pool, progress=False)
         trials += 1
     return time.perf_counter() - start, trials
 

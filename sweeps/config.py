@@ -1,4 +1,9 @@
-"""Sweep configuration: presets in sweeps/presets/*.yaml, command-line overrides, and validation."""
+"""Sweep configuration: presets in sweeps/presets/*.yaml, command-line overrides, and validation.
+
+A sweep holds the library's own configs, `discovery` (DiscoveryConfig) and `edit` (EditConfig), so each
+hyperparameter is declared once, in circuitlib; presets set them in `discovery:` and `edit:` sections and the command
+line as `--discovery.lr 0.05` (circuitlib.options).
+"""
 
 from __future__ import annotations
 
@@ -6,15 +11,19 @@ import argparse
 import dataclasses
 import math
 import os
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from circuitlib import data
+from circuitlib import data, options, settings
+from circuitlib.discovery import DiscoveryConfig
+from circuitlib.dtypes import DTYPES
+from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
-from circuitlib.types import PAPER_DENSITIES, VARIANTS
+from circuitlib.settings import setting
+from circuitlib.types import MASKED_VARIANTS, Variant
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 
@@ -23,78 +32,72 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 class SweepConfig:
     """Everything a sweep computes and where it runs; a preset fills it, the command line overrides it."""
 
-    name: str = "paper"
-    model: str = "gpt2-xl"
-    model_revision: str | None = None
-    datasets: list[str] = field(default_factory=lambda: ["blimp_dna1", "persona_ra", "hierarchy"])
-    seeds: list[int] = field(default_factory=lambda: [0])
-    densities: list[float] = field(default_factory=lambda: list(PAPER_DENSITIES))
-    # discovery (DESIGN.md 1.1)
-    data_limit: int | None = None
-    eval_fraction: float = 0.2
-    max_steps: int = 5000
-    batch_size: int = 128
-    lr: float = 0.01
-    lambda_init: float = 10.0
-    lambda_step: float = 1.0  # added to lambda each epoch
-    lambda_max: float = 1000.0
-    head_epochs: int = 400
-    eval_every: int = 50
-    checkpoint_every: int = 50
-    max_length: int = 64
-    dtype: str = "auto"  # discovery compute dtype: auto (bfloat16 on GPU, float32 on CPU), float32, bfloat16
-    # edits (DESIGN.md 1.2)
-    requests: str = "hierarchy"
-    edit_limit: int | None = None
-    variants: list[str] = field(default_factory=lambda: ["circuit", "complement", "random"])
-    include_full: bool = True
-    shard_size: int = 50
-    edit_steps: int = 25
-    edit_lr: float = 5e-4
-    edit_max_change: float = 5e-4
-    # where and how it runs
-    require_gpu: bool = False
-    gpus_per_trial: float | None = None  # None: 1 where the cluster has GPUs, else 0
-    cpus_per_trial: int = 1
-    max_concurrent_trials: int = 0  # 0: as many as resources allow
-    max_failures: int = 2
-    work_dir: str = "runs"
-    storage_path: str | None = None  # Ray Tune results and checkpoints; default {work_dir}/ray; s3:// and gs:// work
-    tracking_uri: str | None = None  # default: $MLFLOW_TRACKING_URI, else SQLite under work_dir
-    experiment: str | None = None  # MLflow experiment; default: the sweep name
+    name: str = setting("paper", "the sweep's name: its folder under work_dir, its Tune experiments and, by default, "
+                        "its MLflow experiment", check=settings.text)
+    model: str = setting("gpt2-xl", "tiny-gpt2, smollm2-135m, a hub id or a local directory", check=settings.text)
+    model_revision: str | None = setting(None, "hub revision (commit, tag or branch) of the model")
+    dtype: str = setting("auto", "dtype of the model's weights in discovery; auto: bfloat16 on a GPU, float32 on CPU",
+                         choices=DTYPES)
+    datasets: list[str] = setting(doc="classification datasets (specs or aliases), one discovery each per seed",
+                                  factory=lambda: ["blimp_dna1", "persona_ra", "hierarchy"],
+                                  check=settings.non_empty(settings.text))
+    seeds: list[int] = setting(doc="sweep seeds; each gives every dataset its split, mask and random-mask seeds "
+                               "(circuitlib.seeds)", factory=lambda: [0],
+                               check=settings.non_empty(settings.at_least(0)))
+    data_limit: int | None = setting(None, "rows per dataset, a label-balanced subsample (none: every row)",
+                                     check=settings.optional(settings.at_least(2)))
+    eval_fraction: float = setting(0.2, "share of each dataset held out for evaluation", check=settings.fraction)
+    discovery: DiscoveryConfig = setting(doc="circuit discovery; its mask_seed comes from seeds",
+                                         factory=DiscoveryConfig)
+    requests: str = setting("hierarchy", "edit requests: json:PATH, builtin:hierarchy or hierarchy",
+                            check=settings.text)
+    edit_limit: int | None = setting(None, "edit only the first K requests (none: all)",
+                                     check=settings.optional(settings.at_least(1)))
+    variants: list[Variant] = setting(doc="masked variants edited per circuit (the full model: include_full)",
+                                  factory=lambda: list(MASKED_VARIANTS),
+                                  check=settings.non_empty(settings.one_of(MASKED_VARIANTS)))
+    include_full: bool = setting(True, "also edit the full model, once per shard")
+    shard_size: int = setting(50, "requests per edit trial", check=settings.at_least(1))
+    edit: EditConfig = setting(doc="knowledge edits", factory=EditConfig)
+    require_gpu: bool = setting(False, "refuse a cluster without GPUs (the preset's model needs them)")
+    gpus_per_trial: float | None = setting(None, "GPUs per trial; none: 1 where the cluster has GPUs, else 0",
+                                           check=settings.optional(settings.non_negative))
+    cpus_per_trial: int = setting(1, "CPUs per trial", check=settings.at_least(1))
+    max_concurrent_trials: int = setting(0, "trials at a time; 0: as many as resources allow",
+                                         check=settings.at_least(0))
+    max_failures: int = setting(2, "retries of a failed trial; -1: without limit", check=settings.at_least(-1))
+    work_dir: str = setting("runs", "local folder of params.json and the default MLflow store", check=settings.text)
+    storage_path: str | None = setting(None, "Ray Tune results and checkpoints; none: {work_dir}/ray; s3:// and gs:// "
+                                       "work")
+    tracking_uri: str | None = setting(None, "MLflow tracking URI; none: $MLFLOW_TRACKING_URI, else SQLite under "
+                                       "work_dir")
+    experiment: str | None = setting(None, "MLflow experiment; none: the sweep's name")
 
-    def resolved(self) -> "SweepConfig":
+    def __post_init__(self) -> None:
+        settings.validate(self)
+
+    def resolved(self) -> SweepConfig:
         """Fill the derived defaults (absolute paths, tracking URI, experiment) from the environment."""
         work = Path(self.work_dir).expanduser().resolve()
         storage = self.storage_path or str(work / "ray")
         if "://" not in storage:
             storage = str(Path(storage).expanduser().resolve())
         tracking = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
-        return dataclasses.replace(
-            self, work_dir=str(work), storage_path=storage, tracking_uri=tracking, experiment=self.experiment or self.name
-        )
+        experiment = self.experiment or self.name
+        return dataclasses.replace(self, work_dir=str(work), storage_path=storage, tracking_uri=tracking,
+                                   experiment=experiment)
 
     def validate(self) -> None:
-        """Reject a config that cannot work, before any trial starts."""
-        if not self.datasets:
-            raise InputError("datasets: at least one dataset is needed")
+        """Reject inputs that cannot be found or combined, before any trial starts (each value is checked on
+        construction, by its own field's setting)."""
         for spec in self.datasets:
             data.check_classification_spec(spec)
         names = [data.dataset_name(s) for s in self.datasets]
         if len(set(names)) != len(names):
             raise InputError(f"datasets {self.datasets}: two datasets share a name ({names})")
-        if not self.densities or any(not 0.0 < d < 1.0 for d in self.densities):
-            raise InputError(f"densities {self.densities}: each target density must lie in (0, 1)")
-        unknown = [v for v in self.variants if v not in VARIANTS or v == "full"]
-        if unknown:
-            raise InputError(f"variants {unknown}: choose from circuit, complement, random (full: include_full)")
-        if self.dtype not in ("auto", "float32", "bfloat16", "float16"):
-            raise InputError(f"dtype {self.dtype!r}: use auto, float32, bfloat16 or float16")
-        for name in ("max_steps", "batch_size", "head_epochs", "shard_size", "edit_steps", "cpus_per_trial"):
-            if getattr(self, name) < 1:
-                raise InputError(f"{name} {getattr(self, name)}: must be at least 1")
-        if not 0.0 < self.eval_fraction < 1.0:
-            raise InputError(f"eval_fraction {self.eval_fraction}: must lie in (0, 1)")
+        if self.discovery.mask_seed != DiscoveryConfig().mask_seed:
+            raise InputError(f"discovery.mask_seed {self.discovery.mask_seed}: a sweep derives it for each dataset "
+                             "and seed (circuitlib.seeds); set seeds instead")
         if self.require_gpu and self.gpus_per_trial == 0:
             raise InputError(f"preset {self.name} needs a GPU per trial (model {self.model}), but gpus_per_trial is 0")
         data.load_requests(self.requests, self.edit_limit)
@@ -110,40 +113,22 @@ def preset_names() -> list[str]:
 
 
 def load_preset(name: str) -> SweepConfig:
-    """The config a preset file describes; unknown presets and unknown keys are rejected."""
+    """The config a preset file describes; unknown presets, unknown keys and bad values are rejected."""
     path = PRESETS_DIR / f"{name}.yaml"
     if not path.is_file():
         raise InputError(f"preset {name!r}: no such preset (available: {', '.join(preset_names())})")
     values = yaml.safe_load(path.read_text()) or {}
-    known = {f.name for f in fields(SweepConfig)}
-    unknown = sorted(set(values) - known)
-    if unknown:
-        raise InputError(f"preset {path}: unknown keys {unknown}")
-    return SweepConfig(**{"name": name, **values})
+    if not isinstance(values, dict):
+        raise InputError(f"preset {path}: expected a mapping of settings")
+    return options.build(SweepConfig, {"name": name, **values}, lambda key: f"preset {name}: {key}")
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:
-    """One --field option per config field; values are parsed as YAML (so lists read as 0.5,0.25 or [a, b])."""
-    for f in fields(SweepConfig):
-        parser.add_argument(f"--{f.name.replace('_', '-')}", dest=f.name, default=None, metavar="VALUE",
-                            help=f"override {f.name}")
-
-
-def _parse(f: dataclasses.Field, text: str) -> Any:
-    value = yaml.safe_load(text) if text.strip() else None
-    is_list = str(f.type).startswith("list")
-    if is_list and not isinstance(value, list):
-        value = [yaml.safe_load(x) for x in text.split(",") if x.strip()]
-    if str(f.type).startswith("str") and value is not None:
-        value = text
-    return value
+    """One option per setting: `--name`, `--datasets`, ..., and `--discovery.lr`, `--edit.max-steps`, ..."""
+    options.add_options(parser, SweepConfig)
 
 
 def apply_overrides(config: SweepConfig, args: argparse.Namespace) -> SweepConfig:
-    """The config with every field given on the command line replaced."""
-    changes = {}
-    for f in fields(SweepConfig):
-        text = getattr(args, f.name, None)
-        if text is not None:
-            changes[f.name] = _parse(f, text)
-    return dataclasses.replace(config, **changes)
+    """The config with every setting given on the command line replaced (and checked)."""
+    changes: dict[str, Any] = options.given(args, SweepConfig)
+    return options.build(SweepConfig, options.merged(dataclasses.asdict(config), changes)) if changes else config

@@ -12,30 +12,32 @@ One parent run per sweep (tag kind=sweep); every trial is a nested child run (ta
 
 from __future__ import annotations
 
+from circuitlib.types import FULL as FULL  # re-exported: the full model's variant name
+from circuitlib.types import density_key
+
 TAG_KIND = "circuitlib.kind"  # sweep | discover | edit | analysis
 TAG_SWEEP = "circuitlib.sweep"  # the sweep's name, on every run of it
 TAG_TRIAL = "circuitlib.trial"  # the trial's key (its run name), unique within a sweep
 TAG_DATASET = "circuitlib.dataset"
-TAG_SEED = "circuitlib.seed"
-TAG_TARGET = "circuitlib.target_density"
+TAG_SEED = "circuitlib.seed"  # the sweep seed (circuitlib.seeds derives the split, mask and random-mask seeds)
+TAG_TARGET = "circuitlib.target_density"  # as density_key spells it
 TAG_VARIANT = "circuitlib.variant"
 TAG_SHARD = "circuitlib.shard"
 TAG_MODEL = "circuitlib.model"
 TAG_NODE = "circuitlib.node_id"  # the Ray node that ran the trial
 TAG_CIRCUIT_RUN = "circuitlib.circuit_run_id"
 TAG_CIRCUIT_ARTIFACT = "circuitlib.circuit_artifact"
-TAG_REACHED = "circuitlib.reached"  # comma-separated target densities a discovery reached
-TAG_UNREACHED = "circuitlib.unreached"  # comma-separated target densities a discovery never reached
+TAG_REACHED = "circuitlib.reached"  # comma-separated density keys of the targets a discovery reached
+TAG_UNREACHED = "circuitlib.unreached"  # comma-separated density keys of the targets a discovery never reached
 PARENT_TAG = "mlflow.parentRunId"
 
 CIRCUITS_DIR = "circuits"
 EDITS_ARTIFACT = "edits.json"
-FULL = "full"
 
 
 def density_label(target: float) -> str:
     """`d0.05` for a target density of 0.05."""
-    return f"d{target:g}"
+    return f"d{density_key(target)}"
 
 
 def circuit_artifact(target: float) -> str:

@@ -1,11 +1,17 @@
 """The main job: discover circuits at each target density for each dataset, then edit every circuit variant.
 
-    python sweeps/size_sweep.py [--preset paper|smollm2-cpu|tiny] [--name NAME] [--FIELD VALUE ...]
+    python sweeps/size_sweep.py [--preset paper|smollm2-cpu|tiny] [--name NAME] [--SETTING VALUE ...]
+    circuitlib sweep --preset tiny --discovery.lr 0.05 --edit.max-steps 10      (the same command)
     ray job submit --working-dir . -- python sweeps/size_sweep.py --preset tiny
 
 Phase 1 fans out one discovery trial per dataset x seed, phase 2 one edit trial per circuit x variant
 x shard of the requests (plus the full model), as Ray Tune trials. Every trial is a child run of the
-sweep's MLflow run. Running the same sweep name again resumes it.
+sweep's MLflow run, and phase 2 edits the circuits MLflow records for phase 1. Running the same sweep
+name again resumes it.
+
+Settings: `--name`, `--datasets`, ... and the library's configs as `--discovery.SETTING` and `--edit.SETTING`;
+lists read as `a,b` or `[a, b]`, a bool setting given alone means true. The script imports the installed project
+(`make install`); a Ray job ships its working dir, which Ray puts on the job's and its workers' PYTHONPATH.
 """
 
 from __future__ import annotations
@@ -15,24 +21,26 @@ import dataclasses
 import json
 import os
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-REPO = Path(__file__).resolve().parents[1]
-if __package__ in (None, ""):  # run as a script: make the repository importable
-    sys.path.insert(0, str(REPO))
-
-from circuitlib import data
+from circuitlib import options, settings
 from circuitlib.errors import InputError
+from circuitlib.types import density_key
 from sweeps import layout, tracking
 from sweeps.config import SweepConfig, add_override_arguments, apply_overrides, load_preset, preset_names
 from sweeps.progress import Progress
+from sweeps.specs import CircuitRef, DiscoveryTrial, EditTrial, SweepRun, discovery_trials, edit_trials, tune_config
+
+PROG = "size_sweep"
 
 
-def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
+    parser = options.OptionParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="paper", help=f"one of: {', '.join(preset_names())}")
-    parser.add_argument("--dry-run", action="store_true", help="print the resolved config and trial counts, run nothing")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="print the resolved config and trial counts; run nothing")
     add_override_arguments(parser)
     return parser.parse_args(argv)
 
@@ -44,13 +52,27 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     return config
 
 
+def _frozen(path: Path) -> SweepConfig:
+    """The settings a sweep was frozen with (settings added since then at their defaults)."""
+    frozen = json.loads(path.read_text())
+    if "discovery" not in frozen:
+        raise InputError(
+            f"sweep {path.parent.name!r} in {path.parent} was started by an older circuitlib (flat settings in "
+            f"{path.name}); finish it with that version, or start it anew under another --name"
+        )
+    try:
+        return options.build(SweepConfig, frozen)
+    except InputError as exc:
+        raise InputError(f"{path}: not the settings of this circuitlib ({exc}); resume it with the circuitlib that "
+                         "started it, or start it anew under another --name") from None
+
+
 def freeze_params(config: SweepConfig) -> None:
     """Write the sweep's params.json once; a rerun under the same name must ask for the same sweep."""
     path = Path(config.work_dir) / config.name / "params.json"
     current = dataclasses.asdict(config)
     if path.is_file():
-        frozen = json.loads(path.read_text())
-        changed = sorted(k for k in set(frozen) | set(current) if frozen.get(k) != current.get(k))
+        changed = settings.changed(dataclasses.asdict(_frozen(path)), current)
         if changed:
             raise InputError(
                 f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
@@ -69,8 +91,6 @@ def connect_ray(config: SweepConfig) -> dict[str, float]:
     # Reused trial actors must not sit in a deleted trial folder, so trials keep their working directory.
     env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
     local = "RAY_ADDRESS" not in os.environ  # a submitted job has RAY_ADDRESS; otherwise start a private local cluster
-    if local:  # put the repo on the workers' path (a job ships its own working dir)
-        env_vars["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [os.environ.get("PYTHONPATH")])])
     ray.init(address="local" if local else None, runtime_env={"env_vars": env_vars},
              ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
     return ray.cluster_resources()
@@ -83,7 +103,8 @@ def trial_resources(config: SweepConfig, cluster: dict[str, float], can_grow: bo
     (a remote one, which an autoscaler may extend with GPU nodes) is trusted to provide them.
     """
     if can_grow:
-        gpus = config.gpus_per_trial if config.gpus_per_trial is not None else (1 if config.require_gpu or cluster.get("GPU", 0) >= 1 else 0)
+        wanted = 1 if config.require_gpu or cluster.get("GPU", 0) >= 1 else 0
+        gpus = config.gpus_per_trial if config.gpus_per_trial is not None else wanted
         return {"cpu": config.cpus_per_trial, "gpu": gpus}
     if config.require_gpu and cluster.get("GPU", 0) < 1:
         raise InputError(
@@ -100,7 +121,8 @@ def trial_resources(config: SweepConfig, cluster: dict[str, float], can_grow: bo
 
 
 def run_phase(
-    phase: str, trainable, trials: list[dict[str, Any]], config: SweepConfig, resources: dict[str, float]
+    phase: str, trainable: Callable[[dict[str, Any]], None], trials: Sequence[DiscoveryTrial | EditTrial],
+    config: SweepConfig, resources: dict[str, float],
 ):
     """Run (or resume) one phase as a Ray Tune experiment with one trial per entry of `trials`."""
     from ray import tune
@@ -113,7 +135,7 @@ def run_phase(
     else:
         tuner = tune.Tuner(
             wrapped,
-            param_space={"trial": tune.grid_search(trials)},
+            param_space={"trial": tune.grid_search([tune_config(t) for t in trials])},
             tune_config=tune.TuneConfig(
                 max_concurrent_trials=config.max_concurrent_trials or None,
                 reuse_actors=True,
@@ -132,47 +154,25 @@ def run_phase(
     return tuner.fit()
 
 
-def _unwrap(trainable):
-    """Tune passes {"trial": {...}}; the trainables take the trial dict itself."""
-
-    def run(config: dict[str, Any]) -> None:
-        trainable(config["trial"])
-
-    run.__name__ = trainable.__name__
-    return run
-
-
-def discovery_trials(config: SweepConfig, common: dict[str, Any]) -> list[dict[str, Any]]:
-    return [
-        {**common, "key": layout.discover_run_name(data.dataset_name(spec), seed), "dataset": spec, "seed": seed}
-        for spec in config.datasets
-        for seed in config.seeds
-    ]
+def found_circuits(client, run: SweepRun, trials: Sequence[DiscoveryTrial]) -> list[CircuitRef]:
+    """The circuits of every finished discovery of `trials`, as MLflow records them: phase 2's one source."""
+    runs: dict[str, Any] = {}
+    for logged in tracking.child_runs(client, run.experiment_id, run.parent_run_id, "discover"):
+        runs.setdefault(logged.data.tags.get(layout.TAG_TRIAL, ""), logged)  # the newest run of a trial wins
+    found = []
+    for trial in trials:
+        logged = runs.get(trial.key)
+        if logged is None or logged.info.status != "FINISHED":
+            continue
+        reached = set(logged.data.tags.get(layout.TAG_REACHED, "").split(","))
+        found += [CircuitRef(trial.name, trial.seed, target, logged.info.run_id)
+                  for target in run.config.discovery.densities if density_key(target) in reached]
+    return found
 
 
-def edit_trials(config: SweepConfig, common: dict[str, Any], discovered: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every reached circuit x variant x shard, plus the full model x shard."""
-    shards = config.shards()
-    trials = []
-    for found in discovered:
-        reached = [float(t) for t in str(found.get("reached") or "").split(",") if t]
-        for target in (t for t in config.densities if t in reached):
-            for variant in config.variants:
-                for shard in range(shards):
-                    key = layout.edit_run_name(found["dataset"], target, variant, shard, found["seed"])
-                    trials.append({**common, "key": key, "dataset": found["dataset"], "seed": found["seed"],
-                                   "target": target, "variant": variant, "shard": shard,
-                                   "circuit_run_id": found["run_id"]})
-    if config.include_full:
-        for shard in range(shards):
-            trials.append({**common, "key": layout.edit_run_name(None, None, layout.FULL, shard), "seed": 0,
-                           "variant": layout.FULL, "shard": shard})
-    return trials
-
-
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
-        args = parse_args(argv)
+        args = parse_args(argv, prog)
         config = resolve_config(args)
         if args.dry_run:
             print(json.dumps(dataclasses.asdict(config), indent=2))
@@ -182,13 +182,13 @@ def main(argv: list[str] | None = None) -> int:
         freeze_params(config)
         return run_sweep(config)
     except InputError as exc:
-        print(f"size_sweep: error: {exc}", file=sys.stderr)
+        print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
 
 
 def run_sweep(config: SweepConfig) -> int:
     """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished)."""
-    from sweeps.trials import discovery_trial, edit_trial
+    from sweeps.trials import discovery_trial, edit_trial, trainable
 
     cluster = connect_ray(config)
     resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
@@ -199,19 +199,21 @@ def run_sweep(config: SweepConfig) -> int:
     parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config))
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(f"trial resources {resources}; results and checkpoints under {config.storage_path}")
-    common = {"sweep": dataclasses.asdict(config), "experiment_id": exp_id, "parent_run_id": parent}
+    run = SweepRun(config, exp_id, parent)
 
-    found = run_phase("discover", _unwrap(discovery_trial), discovery_trials(config, common), config, resources)
-    discovered = [r.metrics for r in found if r.error is None and r.metrics and "run_id" in r.metrics]
+    discoveries = discovery_trials(run)
+    found = run_phase("discover", trainable(discovery_trial, DiscoveryTrial), discoveries, config, resources)
     failures = len(found.errors)
-    edits = edit_trials(config, common, discovered)
+    circuits = found_circuits(client, run, discoveries)
+    edits = edit_trials(run, circuits)
     if edits:
-        edited = run_phase("edit", _unwrap(edit_trial), edits, config, resources)
+        edited = run_phase("edit", trainable(edit_trial, EditTrial), edits, config, resources)
         failures += len(edited.errors)
     client.set_terminated(parent, "FAILED" if failures else "FINISHED")
-    print(f"sweep {config.name}: {len(discovered)} discoveries, {len(edits)} edit trials, {failures} failed")
+    print(f"sweep {config.name}: {len(circuits)} circuits from {len(discoveries)} discoveries, "
+          f"{len(edits)} edit trials, {failures} failed")
     print(f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open http://127.0.0.1:5000")
-    print(f"analyse: python -m analysis report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
+    print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
     return 1 if failures else 0
 
 

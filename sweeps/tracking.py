@@ -41,6 +41,19 @@ def find_run(client: MlflowClient, exp_id: str, tags: Mapping[str, str]):
     return runs[0] if runs else None
 
 
+def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str) -> list:
+    """Every child run of sweep run `parent_id` of one kind (discover, edit), newest first, all pages."""
+    query = f"tags.`{layout.PARENT_TAG}` = '{parent_id}' and tags.`{layout.TAG_KIND}` = '{kind}'"
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token,
+                                  order_by=["attributes.start_time DESC"])
+        runs += list(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 def open_sweep_run(client: MlflowClient, exp_id: str, sweep: str, params: Mapping[str, object]) -> str:
     """The sweep's parent run: reused when the sweep is run again, created (with its params) otherwise."""
     tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep}

@@ -1,18 +1,32 @@
-"""Sweep presets, overrides, validation and trial enumeration (no Ray, no MLflow)."""
+"""Sweep presets, overrides, validation, trial specs and the frozen settings of a sweep (no Ray)."""
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
+from circuitlib.discovery import DiscoveryConfig
+from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
-from sweeps import layout
+from sweeps import config as sweep_config
+from sweeps import layout, tracking
 from sweeps.config import SweepConfig, load_preset, preset_names
 from sweeps.progress import estimate_left, format_duration
-from sweeps.size_sweep import discovery_trials, edit_trials, freeze_params, parse_args, resolve_config, trial_resources
+from sweeps.size_sweep import found_circuits, freeze_params, main, parse_args, resolve_config, trial_resources
+from sweeps.specs import (
+    CircuitRef,
+    EditTrial,
+    SweepRun,
+    discovery_trials,
+    edit_trials,
+    from_tune,
+    tune_config,
+)
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -24,38 +38,98 @@ def test_presets_exist_and_validate():
         assert config.name == name
         config.validate()
     paper = load_preset("paper")
-    assert paper.model == "gpt2-xl" and paper.densities == [0.5, 0.35, 0.25, 0.15, 0.05]
+    assert paper.model == "gpt2-xl" and paper.discovery.densities == (0.5, 0.35, 0.25, 0.15, 0.05)
     assert paper.require_gpu and set(paper.variants) == {"circuit", "complement", "random"} and paper.include_full
 
 
-def test_overrides_parse_lists_numbers_and_strings(tmp_path):
+# Each preset's discovery and edit settings as the flat SweepConfig held them before the nesting (the old trial
+# mapped exactly these onto DiscoveryConfig and EditConfig): the nested presets must ask for the same runs.
+FLAT_PRESETS = {
+    "paper": (dict(densities=(0.5, 0.35, 0.25, 0.15, 0.05), max_steps=5000, batch_size=128, lr=0.01, head_epochs=400,
+                   eval_every=50, checkpoint_every=500), dict(max_steps=25, lr=0.0005, max_change=0.0005)),
+    "smollm2-cpu": (dict(densities=(0.5, 0.35), max_steps=400, batch_size=32, lr=0.2, lambda_step=50, head_epochs=100,
+                         eval_every=10, checkpoint_every=10), dict(max_steps=10)),
+    "tiny": (dict(densities=(0.5, 0.2), max_steps=200, batch_size=16, lr=0.1, head_epochs=20, eval_every=5,
+                  checkpoint_every=5), dict(max_steps=3, lr=0.01, max_change=0.01)),
+}
+
+
+@pytest.mark.parametrize("name", sorted(FLAT_PRESETS))
+def test_presets_ask_for_the_same_settings_as_before_the_nesting(name):
+    discovery, edit = FLAT_PRESETS[name]
+    config = load_preset(name)
+    assert config.discovery == DiscoveryConfig(**discovery)
+    assert config.edit == EditConfig(**edit)
+
+
+def test_overrides_parse_lists_numbers_bools_and_strings(tmp_path):
     args = parse_args([
-        "--preset", "tiny", "--densities", "0.4,0.1", "--datasets", "determiner_noun", "--seeds", "[1, 2]",
-        "--max-steps", "7", "--name", "x1", "--work-dir", str(tmp_path), "--edit-limit", "2",
+        "--preset", "tiny", "--discovery.densities", "0.4,0.1", "--datasets", "determiner_noun", "--seeds", "[1, 2]",
+        "--discovery.max_steps", "7", "--discovery.lr", "1e-3", "--edit.max-steps", "2", "--name", "x1",
+        "--work-dir", str(tmp_path), "--edit-limit", "2", "--discovery.compile_model", "--include-full", "false",
+        "--discovery.fused", "false", "--gpus-per-trial", "none",
     ])
     config = resolve_config(args)
-    assert config.densities == [0.4, 0.1]
+    assert config.discovery.densities == (0.4, 0.1)
+    assert config.discovery.max_steps == 7 and config.discovery.lr == 0.001 and config.discovery.batch_size == 16
+    assert config.discovery.compile_model is True and config.discovery.fused is False
+    assert config.edit == EditConfig(max_steps=2, lr=0.01, max_change=0.01)
     assert config.datasets == ["determiner_noun"]
     assert config.seeds == [1, 2]
-    assert config.max_steps == 7 and config.name == "x1" and config.experiment == "x1"
+    assert config.include_full is False and config.gpus_per_trial is None
+    assert config.name == "x1" and config.experiment == "x1"
     assert config.tracking_uri == f"sqlite:///{tmp_path.resolve() / 'mlflow.db'}"
     assert config.storage_path == str(tmp_path.resolve() / "ray")
+
+
+def test_every_library_setting_is_a_sweep_option():
+    args = parse_args(["--preset", "tiny"])
+    for f in dataclasses.fields(DiscoveryConfig):
+        assert hasattr(args, f"discovery.{f.name}")
+    for f in dataclasses.fields(EditConfig):
+        assert hasattr(args, f"edit.{f.name}")
 
 
 @pytest.mark.parametrize(
     "flags, message",
     [
-        (["--densities", "0.5,1.5"], "densities"),
+        (["--discovery.densities", "0.5,1.5"], "discovery.densities '0.5,1.5'"),
+        (["--discovery.lr", "-1"], "discovery.lr '-1': must be a finite number above 0"),
+        (["--discovery.precision", "fp8"], "discovery.precision 'fp8': must be one of fp32, bf16"),
+        (["--discovery.mask-seed", "3"], "discovery.mask_seed 3: a sweep derives it"),
+        (["--edit.max_steps", "x"], "edit.max_steps 'x': expected an integer"),
         (["--datasets", "no_such_dataset"], "no_such_dataset"),
         (["--datasets", "csv:/no/such/file.csv"], "/no/such/file.csv"),
-        (["--variants", "circuit,bogus"], "bogus"),
+        (["--variants", "circuit,bogus"], "variants 'circuit,bogus': item 'bogus' must be one of circuit, complement"),
         (["--requests", "json:/no/such.json"], "/no/such.json"),
         (["--require-gpu", "true", "--gpus-per-trial", "0"], "GPU"),
+        (["--dtype", "int8"], "dtype 'int8'"),
     ],
 )
 def test_bad_configs_are_rejected_before_any_trial(flags, message):
-    with pytest.raises(InputError, match=message.replace("/", ".")):
+    with pytest.raises(InputError, match=message.replace("/", ".").replace("(", r"\(")):
         resolve_config(parse_args(["--preset", "tiny", *flags]))
+
+
+def test_unknown_settings_in_a_preset_section_are_one_clear_error(tmp_path, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("model: tiny-gpt2\ndiscovery:\n  lr: 0.1\n  bogus: 3\n")
+    (tmp_path / "flat.yaml").write_text("model: tiny-gpt2\nlr: 0.1\n")
+    (tmp_path / "wrong.yaml").write_text("discovery:\n  lr: fast\n")
+    monkeypatch.setattr(sweep_config, "PRESETS_DIR", tmp_path)
+    with pytest.raises(InputError, match=r"preset bad: discovery.bogus: no such setting \(known: densities, max_steps"):
+        load_preset("bad")
+    with pytest.raises(InputError, match="preset flat: lr: no such setting"):
+        load_preset("flat")
+    with pytest.raises(InputError, match="preset wrong: discovery.lr 'fast': expected a number"):
+        load_preset("wrong")
+
+
+def test_an_unknown_option_is_one_line_and_exit_2(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--preset", "tiny", "--discovery.bogus", "1"])
+    assert exit_.value.code == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and "--discovery.bogus" in lines[0] and "--help" in lines[0]
 
 
 def test_unknown_preset():
@@ -65,7 +139,7 @@ def test_unknown_preset():
 
 def test_cli_rejects_bad_config_with_one_line_and_exit_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--densities", "0,0.5",
+        [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--discovery.densities", "0,0.5",
          "--work-dir", str(tmp_path)],
         capture_output=True, text=True, timeout=120,
     )
@@ -87,34 +161,105 @@ def test_gpu_needed_but_cluster_has_none():
     assert trial_resources(tiny, {"CPU": 2.0, "GPU": 1.0}) == {"cpu": 1, "gpu": 1}
 
 
+def run_of(config: SweepConfig) -> SweepRun:
+    return SweepRun(config, "0", "p")
+
+
 def test_trial_enumeration_matches_the_data_flow():
-    config = load_preset("tiny")
-    common = {"sweep": {}, "experiment_id": "0", "parent_run_id": "p"}
-    discover = discovery_trials(config, common)
-    assert [t["key"] for t in discover] == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
-    found = [
-        {"dataset": "determiner_noun", "seed": 0, "run_id": "a", "reached": "0.5,0.2"},
-        {"dataset": "hierarchy", "seed": 0, "run_id": "b", "reached": "0.5"},  # 0.2 never reached
-    ]
-    edits = edit_trials(config, common, found)
-    shards = config.shards()
+    run = run_of(load_preset("tiny"))
+    discover = discovery_trials(run)
+    assert [t.key for t in discover] == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
+    found = [CircuitRef("determiner_noun", 0, 0.5, "a"), CircuitRef("determiner_noun", 0, 0.2, "a"),
+             CircuitRef("hierarchy", 0, 0.5, "b")]  # hierarchy never reached 0.2
+    edits = edit_trials(run, found)
+    shards = run.config.shards()
     assert shards == 2  # 4 requests, 2 per shard
     assert len(edits) == (2 + 1) * 3 * shards + shards
-    keys = [t["key"] for t in edits]
+    keys = [t.key for t in edits]
     assert len(set(keys)) == len(keys)
     assert "edit/determiner_noun/d0.2/complement/shard1" in keys
     assert "edit/hierarchy/d0.2/circuit/shard0" not in keys
     assert keys.count(layout.edit_run_name(None, None, "full", 0)) == 1
-    assert all(t["circuit_run_id"] == "b" for t in edits if t.get("dataset") == "hierarchy")
+    assert all(t.circuit.run_id == "b" for t in edits if t.circuit and t.circuit.dataset == "hierarchy")
+
+
+def test_trial_specs_travel_through_tune_as_plain_data():
+    run = run_of(load_preset("tiny"))
+    trials = [*discovery_trials(run), *edit_trials(run, [CircuitRef("hierarchy", 0, 0.5, "b")])]
+    for trial in trials:
+        config = tune_config(trial)
+        assert config["key"] == trial.key
+        assert json.loads(json.dumps(config)) == json.loads(json.dumps(config))  # JSON-able: Tune logs it
+        assert from_tune(type(trial), json.loads(json.dumps(config))) == trial
+
+
+def test_one_spelling_of_a_target_density():
+    ref = CircuitRef("blimp_dna1", 0, 0.05, "r")
+    assert ref.artifact == layout.circuit_artifact(0.05) == "circuits/d0.05.safetensors"
+    trial = EditTrial(run_of(load_preset("tiny")), "random", 3, ref)
+    assert trial.key == "edit/blimp_dna1/d0.05/random/shard3"
+    assert layout.circuit_artifact(0.35) == "circuits/d0.35.safetensors"
+
+
+def test_phase_two_edits_the_circuits_mlflow_records(tmp_path):
+    """Only finished discovery runs count, and only the targets their `reached` tag names."""
+    config = dataclasses.replace(load_preset("tiny"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    client = tracking.client_for(config.tracking_uri)
+    exp = tracking.experiment_id(client, "t", (tmp_path / "artifacts").as_uri())
+    parent = tracking.open_sweep_run(client, exp, "t", {})
+    run = SweepRun(config, exp, parent)
+    trials = discovery_trials(run)
+    for trial, status, reached in zip(trials, ("FINISHED", "FAILED"), ("0.5,0.2", "0.5"), strict=True):
+        run_id, _ = tracking.open_trial_run(client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {})
+        tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached})
+        client.set_terminated(run_id, status)
+    found = found_circuits(client, run, trials)
+    assert [(c.dataset, c.target) for c in found] == [("determiner_noun", 0.5), ("determiner_noun", 0.2)]
 
 
 def test_params_are_frozen_per_sweep_name(tmp_path):
     config = SweepConfig(name="s", work_dir=str(tmp_path)).resolved()
     freeze_params(config)
     freeze_params(config)  # same settings: fine
-    changed = SweepConfig(name="s", work_dir=str(tmp_path), max_steps=3).resolved()
-    with pytest.raises(InputError, match="max_steps"):
+    changed = SweepConfig(name="s", work_dir=str(tmp_path), discovery=DiscoveryConfig(max_steps=3)).resolved()
+    with pytest.raises(InputError, match="discovery.max_steps"):
         freeze_params(changed)
+
+
+def test_a_setting_added_since_the_sweep_was_frozen_resumes_at_its_default(tmp_path):
+    config = SweepConfig(name="s", work_dir=str(tmp_path)).resolved()
+    freeze_params(config)
+    path = tmp_path / "s" / "params.json"
+    frozen = json.loads(path.read_text())
+    del frozen["discovery"]["temperature"], frozen["edit"]["neighbors"], frozen["shard_size"]
+    path.write_text(json.dumps(frozen))
+    freeze_params(config)
+
+
+def old_flat_params(work: Path, name: str) -> Path:
+    """A params.json as sweeps froze it before the discovery and edit settings were nested."""
+    flat = {"name": name, "model": "tiny-gpt2", "datasets": ["determiner_noun", "hierarchy"], "seeds": [0],
+            "densities": [0.5, 0.2], "max_steps": 200, "batch_size": 16, "lr": 0.1, "head_epochs": 20,
+            "edit_steps": 3, "edit_lr": 0.01, "edit_max_change": 0.01, "work_dir": str(work)}
+    path = work / name / "params.json"
+    path.parent.mkdir(parents=True)
+    path.write_text(json.dumps(flat))
+    return path
+
+
+def test_a_sweep_frozen_with_flat_params_is_refused_with_one_line(tmp_path):
+    old_flat_params(tmp_path, "tiny")
+    config = resolve_config(parse_args(["--preset", "tiny", "--work-dir", str(tmp_path)]))
+    with pytest.raises(InputError, match=r"older circuitlib \(flat settings in params.json\).*another --name"):
+        freeze_params(config)
+    proc = subprocess.run(
+        [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--work-dir", str(tmp_path)],
+        capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 2 and "Traceback" not in proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "older circuitlib" in lines[0] and str(tmp_path / "tiny") in lines[0]
+    assert not (tmp_path / "ray").exists()  # nothing started
 
 
 def test_progress_estimates():
@@ -122,10 +267,3 @@ def test_progress_estimates():
     assert estimate_left([10.0, 20.0], remaining=4, running=2) == pytest.approx(30.0)
     assert estimate_left([], remaining=3, running=1) is None
     assert estimate_left([5.0], remaining=0, running=0) == 0.0
-
-
-def test_discovery_seeds_are_independent_across_datasets_and_stable():
-    from sweeps.trials import mask_seed
-
-    assert mask_seed("blimp_dna1", 0) == mask_seed("blimp_dna1", 0)
-    assert len({mask_seed(d, s) for d in ("blimp_dna1", "hierarchy", "persona_e") for s in (0, 1)}) == 6

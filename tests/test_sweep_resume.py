@@ -12,13 +12,15 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from circuitlib import circuits
+from circuitlib import circuits, provenance
+from circuitlib.types import density_key
 from sweeps import layout
 
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny"]
 # Slower discovery than the preset (paper learning rate), so the kill lands mid-discovery.
-SLOW = ["--lr", "0.01", "--max-steps", "2000", "--checkpoint-every", "10", "--eval-every", "10"]
+SLOW = ["--discovery.lr", "0.01", "--discovery.max_steps", "2000", "--discovery.checkpoint_every", "10",
+        "--discovery.eval_every", "10"]
 
 pytestmark = pytest.mark.slow
 
@@ -86,6 +88,18 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
         if run.data.tags[layout.TAG_VARIANT] != "full":
             source = client.get_run(run.data.tags[layout.TAG_CIRCUIT_RUN])
             assert source.info.run_name.startswith(f"discover/{run.data.tags[layout.TAG_DATASET]}/")
+            assert run.data.tags[layout.TAG_TARGET] in reached[source.info.run_name]
+
+    # `circuitlib discover` recomputes a sweep circuit bit for bit from what its file records.
+    path = client.download_artifacts(discover[0].info.run_id, layout.CIRCUITS_DIR, str(tmp_path / "dl"))
+    circuit = circuits.load(sorted(Path(path).glob("*.safetensors"))[0])
+    out = tmp_path / "recomputed"
+    cli = subprocess.run([sys.executable, "-m", "circuitlib", "discover", *provenance.discover_args(circuit),
+                          "--out", str(out)], capture_output=True, text=True, timeout=600,
+                         env=sweep_env() | {"OMP_NUM_THREADS": "1"})
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    recomputed = circuits.load(out / f"circuit_d{density_key(circuit.target_density)}.safetensors")
+    assert recomputed.digest == circuit.digest
 
     rerun = run_sweep(tmp_path)  # everything finished: nothing is redone, nothing duplicated
     assert rerun.returncode == 0, rerun.stderr[-3000:]
