@@ -15,7 +15,7 @@ import sys
 from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from circuitlib import options, settings
 from circuitlib.data import SplitSpec
@@ -23,6 +23,7 @@ from circuitlib.dtypes import DTYPES
 from circuitlib.errors import InputError
 from circuitlib.types import VARIANTS, density_key
 
+T = TypeVar("T")
 
 def _json_safe(value):
     """NaN and infinities become null, so the JSON is standard."""
@@ -52,7 +53,7 @@ def _config_class(command: str) -> type:
     return EditConfig
 
 
-def config_from_args(cls: type, args: argparse.Namespace) -> Any:
+def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
     """An instance of `cls` from its options given on the command line; a bad value names its option."""
     return options.build(cls, options.given(args, cls), options.flag)
 
@@ -76,6 +77,7 @@ def cmd_discover(args: argparse.Namespace) -> None:
     result = discover(lm, train, eval_data, config, checkpoint_dir=out / "checkpoint")
     files = []
     for circuit in result.circuits:
+        assert circuit.target_density is not None  # discover snapshots every circuit at a target
         target = density_key(circuit.target_density)
         path = circuits.save(provenance.stamp(circuit, split, lm), out / f"circuit_d{target}.safetensors")
         files.append(str(path))

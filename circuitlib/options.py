@@ -95,7 +95,7 @@ def _coerce(tp: Any, value: Any) -> Any:
     inner, _ = _unwrap_optional(tp)
     if value is None:
         return None
-    if isinstance(value, str) and inner is not str and typing.get_origin(inner) is not typing.Literal:
+    if isinstance(value, str) and inner is not str:
         return parse(tp, value)
     origin = typing.get_origin(inner)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
