@@ -25,11 +25,11 @@ from circuitlib.masks import (
     apply_masks,
     complement_masks,
     count_kept,
+    density_margin,
+    density_sample,
     flat_weights,
     hard_masks,
     init_logits,
-    density_margin,
-    density_sample,
     mean_keep_probability,
     sample_masked_weights,
     shift_to_density,
@@ -38,18 +38,18 @@ from circuitlib.models import LoadedModel
 from circuitlib.settings import setting
 from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
-
 FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("paper", "controlled")
 INITS = ("uniform", "importance")
+LOSSES = ("ce", "kl", "mse")
 
 
 @dataclass
 class DiscoveryConfig:
     """Every hyperparameter of discovery; the defaults are the paper's (docs/design.md §3)."""
 
-    densities: tuple[float, ...] = setting(PAPER_DENSITIES, "target densities (kept / masked weights), snapshotted in turn",
+    densities: tuple[float, ...] = setting(PAPER_DENSITIES, "target densities (kept / masked weights), in turn",
                                            check=settings.densities)
     max_steps: int = setting(5000, "step budget of the whole run", check=settings.at_least(1))
     batch_size: int = setting(128, "rows per mask step (and per head-training batch)", check=settings.at_least(1))
@@ -82,11 +82,15 @@ class DiscoveryConfig:
     init: str = setting("uniform", "uniform: logits from N(init_mean, init_std) (the paper's); importance: "
                         "init_mean +- init_spread by each weight's task importance", choices=INITS)
     init_spread: float = setting(5.0, "importance init: half the range of the initial logits", check=settings.positive)
+    loss: str = setting("ce", "ce: cross-entropy against the full model's predicted labels (the paper's); kl: "
+                        "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
+                        "(scaled by their variance), which keeps its margins and its errors", choices=LOSSES)
     noise: bool = setting(True, "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself")
     ramp_steps: int = setting(100, "controlled: steps over which density moves from one target to the next",
                               check=settings.at_least(1))
     hold_steps: int = setting(0, "steps after a target is reached in which a more faithful mask at or below it "
-                              "replaces its snapshot (0: the first mask below it, the paper's)", check=settings.at_least(0))
+                              "replaces its snapshot (0: the first mask below it, the paper's)",
+                              check=settings.at_least(0))
     patience: int = setting(0, "evaluations without a more faithful mask that end a hold early (0: never)",
                             check=settings.at_least(0))
 
@@ -128,15 +132,20 @@ class _Task:
     eval: Tokenized
     eval_labels: torch.Tensor
     head: torch.nn.Linear
-    train_targets: torch.Tensor
+    train_full_logits: torch.Tensor
     eval_full_logits: torch.Tensor
+
+    @property
+    def train_targets(self) -> torch.Tensor:
+        return self.train_full_logits.argmax(dim=1)
 
     @property
     def eval_full_preds(self) -> torch.Tensor:
         return self.eval_full_logits.argmax(dim=1)
 
 
-def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: ClassificationData, config: DiscoveryConfig) -> _Task:
+def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: ClassificationData,
+                 config: DiscoveryConfig) -> _Task:
     """Cache full-model features once, train the head on them, and fix the full model's predictions."""
     device = lm.device
     train_tok = tokenize(lm.tokenizer, train.texts, config.max_length)
@@ -146,9 +155,9 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
     labels = torch.tensor(train.labels, device=device)
     head = train_head(train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.mask_seed)
     with torch.no_grad():
-        train_targets = head(train_features).argmax(dim=1)
+        train_full_logits = head(train_features)
         eval_full_logits = head(eval_features)
-    return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_targets,
+    return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_full_logits,
                  eval_full_logits)
 
 
@@ -281,7 +290,7 @@ def masked_classifier(lm: LoadedModel, head: torch.nn.Linear, layout: FlatLayout
     def forward(flat: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
         weights = layout.split(flat)
         if precision == "bf16":
-            # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs them so.
+            # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs it.
             weights = {name: w if w.dim() > 1 else w.float() for name, w in weights.items()}
         with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
             return head(last_token_features(lm, inputs, weights)).float()
@@ -330,12 +339,18 @@ def mask_step(
                                    fused, lam, out=buffers.masked, noise=config.noise)
     classifier = classifier or masked_classifier(lm, task.head, state.layout, config.precision)
     logits = classifier(masked, inputs)
-    ce = F.cross_entropy(logits, task.train_targets[index.to(lm.device)])
+    full = task.train_full_logits[index.to(lm.device)]
+    if config.loss == "kl":
+        task_loss = F.kl_div(logits.log_softmax(dim=1), full.log_softmax(dim=1), log_target=True, reduction="batchmean")
+    elif config.loss == "mse":
+        task_loss = F.mse_loss(logits, full) / task.train_full_logits.var()
+    else:
+        task_loss = F.cross_entropy(logits, full.argmax(dim=1))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
-    ce.backward()
+    task_loss.backward()
     state.optimizer.step()
     state.step += 1
-    return ce.detach() + penalty
+    return task_loss.detach() + penalty
 
 
 def discover(

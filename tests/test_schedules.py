@@ -3,7 +3,9 @@ each target and keeps its most faithful mask; the paper's schedule keeps its fir
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -19,14 +21,14 @@ RAMP, HOLD = 10, 6
 
 
 def controlled(**overrides) -> DiscoveryConfig:
-    values = dict(densities=TARGETS, max_steps=200, batch_size=8, lr=0.05, head_epochs=20, eval_every=1,
+    values: dict[str, Any] = dict(densities=TARGETS, max_steps=200, batch_size=8, lr=0.05, head_epochs=20, eval_every=1,
                   checkpoint_every=4, schedule="controlled", init="importance", noise=False, temperature=1.0,
                   ramp_steps=RAMP, hold_steps=HOLD)
     return DiscoveryConfig(**(values | overrides))
 
 
 def paper(**overrides) -> DiscoveryConfig:
-    values = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
+    values: dict[str, Any] = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
                   head_epochs=20, eval_every=5, checkpoint_every=5)
     return DiscoveryConfig(**(values | overrides))
 
@@ -48,7 +50,8 @@ def test_controlled_schedule_tracks_its_plan_and_has_no_cliff(tiny_lm, tiny_data
     for row in rows:  # every step is evaluated here: the density is the planned one, to a weight or two
         assert abs(row["density"] - row["planned_density"]) <= 2 / total, row
     assert result.history[0]["density"] == 1.0
-    steepest = max(a - b for a, b in zip((1.0, *TARGETS), TARGETS)) / RAMP  # the widest gap between targets, per step
+    gaps = np.diff((1.0, *TARGETS))
+    steepest = float(-gaps.min()) / RAMP  # the widest gap between consecutive targets, covered in one ramp
     drops = np.diff([r["density"] for r in result.history])
     assert drops.min() >= -steepest - 2 / total, f"a density cliff: {drops.min():.3f} in one step"
     assert drops.max() <= 2 / total, "the density never climbs back"
@@ -138,3 +141,17 @@ def test_importance_ranks_each_output_unit_by_weight_times_input_norm(tiny_lm, t
         assert float(offsets[p.name].abs().max()) <= 3.0
     vectors = [p for p in tiny_lm.params if len(p.shape) == 1]
     assert all(bool((offsets[p.name] == 3.0).all()) for p in vectors), "norm weights and biases rank first"
+
+
+def test_circuit_info_json_shows_the_snapshots_faithfulness_and_completeness(tiny_lm, tiny_data, tmp_path: Path,
+                                                                               capsys) -> None:
+    from circuitlib import circuits
+    from circuitlib.cli import main
+
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(densities=(0.5,)), progress=False)
+    path = circuits.save(result.circuits[0], tmp_path / "c.safetensors")
+    assert main(["info", "--json", str(path)]) == 0
+    info = json.loads(capsys.readouterr().out)
+    provenance = result.circuits[0].provenance
+    for key in ("faithfulness", "faithfulness_low", "faithfulness_high", "complement_accuracy", "kl"):
+        assert info["provenance"][key] == pytest.approx(provenance[key])

@@ -1,0 +1,94 @@
+"""Does a preset's discovery generalise? Its discovery settings on every dataset of ../shared/data, one table.
+
+    python benchmarks/bench_faithful.py [--preset smollm2-cpu] [--datasets csv:A.csv,csv:B.csv] [--out DIR]
+
+For each dataset: the preset's model, row limit, held-out share and discovery config (mask seed derived as in a
+sweep, seed 0), then per target density the snapshot's actual density, held-out faithfulness with its 95% interval,
+circuit, complement and full-model accuracy, the snapshot's step and the seconds the whole discovery took. Writes
+`faithful_<preset>_<date>.json` and `.md` (the table the README quotes) after every dataset, so a cut run keeps
+what it measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import datetime
+import os
+import platform
+import time
+from pathlib import Path
+
+import torch
+
+from circuitlib import data, seeds
+from circuitlib.cli import write_json
+from circuitlib.discovery import discover
+from circuitlib.models import load_model
+from sweeps.config import load_preset
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def shared_datasets() -> list[str]:
+    return [f"csv:{p}" for p in sorted(SHARED.glob("*.csv"))]
+
+
+def table(rows: list[dict]) -> str:
+    """The markdown table of the measured snapshots."""
+    lines = ["| dataset | target | density | faithfulness (95% CI) | circuit acc. | complement acc. | full acc. "
+             "| eval rows | step | seconds |", "|" + " --- |" * 10]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['target']:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
+                     f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {r['circuit_accuracy']:.3f} "
+                     f"| {r['complement_accuracy']:.3f} | {r['full_accuracy']:.3f} | {r['eval_rows']} | {r['step']} "
+                     f"| {r['seconds']:.0f} |")
+    return "\n".join(lines)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="smollm2-cpu")
+    parser.add_argument("--datasets", default=None, help="comma-separated specs (default: every CSV in shared/data)")
+    parser.add_argument("--out", default=str(RESULTS))
+    args = parser.parse_args()
+    preset = load_preset(args.preset)
+    specs = args.datasets.split(",") if args.datasets else shared_datasets()
+    stamp = datetime.date.today().isoformat()
+    out = Path(args.out)
+    out.mkdir(parents=True, exist_ok=True)
+    report = {
+        "benchmark": "bench_faithful", "preset": args.preset, "model": preset.model, "date": stamp,
+        "command": f"python benchmarks/bench_faithful.py --preset {args.preset}",
+        "data_limit": preset.data_limit, "eval_fraction": preset.eval_fraction,
+        "discovery": dataclasses.asdict(preset.discovery), "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": [],
+    }
+    lm = load_model(preset.model)
+    for spec in specs:
+        name = data.dataset_name(spec)
+        seed = seeds.sweep_seeds(name, 0)
+        train, held_out = data.split(data.load_classification(spec, limit=preset.data_limit, seed=seed.split_seed),
+                                     preset.eval_fraction, seed.split_seed)
+        config = dataclasses.replace(preset.discovery, mask_seed=seed.mask_seed)
+        start = time.perf_counter()
+        result = discover(lm, train, held_out, config, progress=False)
+        seconds = time.perf_counter() - start
+        for circuit in result.circuits:
+            p = circuit.provenance
+            report["rows"].append({
+                "dataset": name, "target": circuit.target_density, "density": circuit.density, "step": p["step"],
+                "seconds": seconds, "train_rows": len(train), **{k: p[k] for k in (
+                    "faithfulness", "faithfulness_low", "faithfulness_high", "kl", "circuit_accuracy",
+                    "complement_accuracy", "full_accuracy", "eval_rows")},
+            })
+        report.setdefault("unreached", {})[name] = result.unreached
+        report.setdefault("history", {})[name] = result.history
+        write_json(out / f"faithful_{args.preset}_{stamp}.json", report)  # NaN (no loss at step 0) as null
+        (out / f"faithful_{args.preset}_{stamp}.md").write_text(table(report["rows"]) + "\n")
+        print(table([r for r in report["rows"] if r["dataset"] == name]).splitlines()[-1], flush=True)
+
+
+if __name__ == "__main__":
+    main()
