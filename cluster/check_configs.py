@@ -264,7 +264,9 @@ def schema_errors(doc: dict) -> list[str]:
         return ["not a Kubernetes object: apiVersion and kind are required"]
     if doc["apiVersion"].startswith("ray.io/"):
         if doc["apiVersion"] != "ray.io/v1" or doc["kind"] not in CRD_FILES:
-            return [f"no KubeRay schema kept for {doc['apiVersion']} {doc['kind']} (have ray.io/v1 {sorted(CRD_FILES)})"]
+            return [
+                f"no KubeRay schema kept for {doc['apiVersion']} {doc['kind']} (have ray.io/v1 {sorted(CRD_FILES)})"
+            ]
         validator = crd_validator(doc["kind"])
     else:
         try:
@@ -316,9 +318,16 @@ def structure_errors(doc: dict) -> list[str]:
             for p in c.get("ports") or []:
                 number, pname = p.get("containerPort"), p.get("name")
                 if not isinstance(number, int) or not 1 <= number <= 65535:
-                    errors.append(f"{where} container {c.get('name')}: containerPort {number!r} is not an integer in 1..65535")
-                if pname is not None and (len(pname) > 15 or not re.fullmatch(r"(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?", pname)):
-                    errors.append(f"{where} container {c.get('name')}: port name {pname!r} is not an IANA service name (<=15 chars, a-z0-9-)")
+                    errors.append(
+                        f"{where} container {c.get('name')}: containerPort {number!r} is not an integer in 1..65535"
+                    )
+                if pname is not None and (
+                    len(pname) > 15 or not re.fullmatch(r"(?=.*[a-z])[a-z0-9]([-a-z0-9]*[a-z0-9])?", pname)
+                ):
+                    errors.append(
+                        f"{where} container {c.get('name')}: port name {pname!r} is not an IANA service name "
+                        "(<=15 chars, a-z0-9-)"
+                    )
                 if pname in seen_names or number in seen_numbers:
                     errors.append(f"{where} container {c.get('name')}: port {pname or number} declared twice")
                 seen_names.add(pname)
@@ -387,7 +396,9 @@ def exposure_findings(docs: list[dict]) -> list[str]:
         for spec in cluster_specs:
             head = spec.get("headGroupSpec") or {}
             if head.get("serviceType", "ClusterIP") != "ClusterIP":
-                findings.append(f"{kind} {name}: head serviceType {head['serviceType']} is reachable from outside the cluster")
+                findings.append(
+                    f"{kind} {name}: head serviceType {head['serviceType']} is reachable from outside the cluster"
+                )
             if head.get("enableIngress"):
                 findings.append(f"{kind} {name}: enableIngress exposes the dashboard")
             if ((head.get("headService") or {}).get("spec") or {}).get("type", "ClusterIP") != "ClusterIP":
@@ -411,7 +422,8 @@ def exposure_findings(docs: list[dict]) -> list[str]:
                 )
                 if not annotated:
                     findings.append(
-                        f"{kind} {name} {where}: binds all interfaces without the {EXPOSURE_ANNOTATION} annotation saying how it stays private"
+                        f"{kind} {name} {where}: binds all interfaces without the {EXPOSURE_ANNOTATION} "
+                        "annotation saying how it stays private"
                     )
     return findings
 

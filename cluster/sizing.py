@@ -36,7 +36,8 @@ TOTAL = MASKED + VOCAB * D_MODEL + N_POS * D_MODEL + 2 * D_MODEL  # + wte, wpe, 
 BATCH = 128
 DISCOVERY_STEPS = 5000  # max_steps: the budget, used as the upper bound
 _PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "presets" / "paper.yaml").read_text())
-EVAL_EVERY, CHECKPOINT_EVERY = _PAPER["eval_every"], _PAPER["checkpoint_every"]  # paper preset
+# paper preset (its discovery: section)
+EVAL_EVERY, CHECKPOINT_EVERY = _PAPER["discovery"]["eval_every"], _PAPER["discovery"]["checkpoint_every"]
 N_EVAL = 400  # examples scored per evaluation (circuit and complement), an assumption
 EDIT_STEPS = 25  # edit_steps, worst case (early stop at loss < 1e-2 only helps)
 REQUESTS = 149  # the preset's `hierarchy` edit requests
@@ -87,7 +88,8 @@ def discovery_memory_gib(weight_bytes: int, seq: int) -> dict[str, float]:
 def edit_memory_gib() -> float:
     """One edit trial in fp32 (a 5e-4 step on bf16 weights of magnitude ~0.1 rounds away)."""
     fp32 = 4
-    return (fp32 * TOTAL + (fp32 + fp32 + fp32 + 1) * MASKED) / GIB  # model, zeroed-out copy, base copy, grads, bool mask
+    # model, zeroed-out copy, base copy, grads, bool mask
+    return (fp32 * TOTAL + (fp32 + fp32 + fp32 + 1) * MASKED) / GIB
 
 
 def checkpoint_gib() -> float:
@@ -97,7 +99,8 @@ def checkpoint_gib() -> float:
 def discovery_step_s(gpu: Gpu, seq: int) -> float:
     tokens = BATCH * seq
     flops = 6 * MASKED * tokens + 3 * N_LAYER * 4 * BATCH * seq * seq * D_MODEL
-    bytes_moved = (88 + 7 * 2) * MASKED  # mask fwd/bwd, grad split/concat, AdamW, keep-probability, count (bf16)
+    # mask fwd/bwd, grad split/concat, AdamW, keep-probability, count (bf16)
+    bytes_moved = (88 + 7 * 2) * MASKED
     return flops / (gpu.bf16_flops * MFU) + bytes_moved / (gpu.hbm_bytes_per_s * BW_EFF)
 
 
@@ -127,7 +130,9 @@ def edit_trials(shard_size: int = SHARD_SIZE) -> int:
     return (DATASETS * DENSITIES * MASKED_VARIANTS + 1) * shards  # + the full model's shards
 
 
-def sweep_gpu_hours(gpu: Gpu, seq: int, checkpoint_every: int = CHECKPOINT_EVERY, shard_size: int = SHARD_SIZE) -> dict[str, float]:
+def sweep_gpu_hours(
+    gpu: Gpu, seq: int, checkpoint_every: int = CHECKPOINT_EVERY, shard_size: int = SHARD_SIZE
+) -> dict[str, float]:
     passes = DATASETS * DENSITIES * MASKED_VARIANTS + 1
     hours = {
         "discovery": DATASETS * discovery_trial_h(gpu, seq),
@@ -150,7 +155,8 @@ def table() -> str:
         b, f = discovery_memory_gib(2, seq), discovery_memory_gib(4, seq)
         lines.append(
             f"| discovery peak GPU memory, {seq}-token batches | {b['peak']:.1f} GiB "
-            f"(model {b['model']:.1f} + mask state {b['mask state']:.1f} + backward {b['backward']:.1f} + activations {b['activations']:.1f}) "
+            f"(model {b['model']:.1f} + mask state {b['mask state']:.1f} + backward {b['backward']:.1f} "
+            f"+ activations {b['activations']:.1f}) "
             f"| {f['peak']:.1f} GiB (activations {f['activations']:.1f}) |"
         )
     lines += [
@@ -160,21 +166,35 @@ def table() -> str:
         "| per 80 GB GPU node | A100 80GB | H100 80GB |",
         "| --- | --- | --- |",
         "| discovery trials per node | 1 | 1 |",
-        f"| edit trials per node (each asks for 1 GPU; memory would allow) | 1 ({int(A100.memory_gib // edit_memory_gib())}) | 1 ({int(H100.memory_gib // edit_memory_gib())}) |",
+        "| edit trials per node (each asks for 1 GPU; memory would allow) "
+        f"| 1 ({int(A100.memory_gib // edit_memory_gib())}) | 1 ({int(H100.memory_gib // edit_memory_gib())}) |",
     ]
     for seq in SEQ_LENS:
         lines.append(
-            f"| discovery step, {seq}-token batches, bf16 | {discovery_step_s(A100, seq):.2f} s | {discovery_step_s(H100, seq):.2f} s |"
+            f"| discovery step, {seq}-token batches, bf16 "
+            f"| {discovery_step_s(A100, seq):.2f} s | {discovery_step_s(H100, seq):.2f} s |"
         )
-    lines.append(f"| edit request ({EDIT_STEPS} steps + scoring, fp32) | {edit_request_s(A100):.2f} s | {edit_request_s(H100):.2f} s |")
+    lines.append(
+        f"| edit request ({EDIT_STEPS} steps + scoring, fp32) "
+        f"| {edit_request_s(A100):.2f} s | {edit_request_s(H100):.2f} s |"
+    )
     seq = SEQ_LENS[0]
     a, h = sweep_gpu_hours(A100, seq), sweep_gpu_hours(H100, seq)
     for key in ("discovery", "checkpoints", "edits", "edit setup", "total"):
         label = {
             "discovery": f"sweep: discovery, {DATASETS} datasets x 1 seed, {DISCOVERY_STEPS} steps, 32-token batches",
-            "checkpoints": f"sweep: discovery checkpoint uploads, every {CHECKPOINT_EVERY} steps at {CHECKPOINT_UPLOAD_BYTES_PER_S / 1e9:g} GB/s",
-            "edits": f"sweep: edits, {DATASETS * DENSITIES} circuits x {MASKED_VARIANTS} variants + full, {REQUESTS} requests each",
-            "edit setup": f"sweep: edit-trial setup, {edit_trials()} trials of {SHARD_SIZE} requests, {EDIT_TRIAL_SETUP_H * 60:g} min each",
+            "checkpoints": (
+                f"sweep: discovery checkpoint uploads, every {CHECKPOINT_EVERY} steps "
+                f"at {CHECKPOINT_UPLOAD_BYTES_PER_S / 1e9:g} GB/s"
+            ),
+            "edits": (
+                f"sweep: edits, {DATASETS * DENSITIES} circuits x {MASKED_VARIANTS} variants + full, "
+                f"{REQUESTS} requests each"
+            ),
+            "edit setup": (
+                f"sweep: edit-trial setup, {edit_trials()} trials of {SHARD_SIZE} requests, "
+                f"{EDIT_TRIAL_SETUP_H * 60:g} min each"
+            ),
             "total": f"**sweep total ({DENSITIES} densities, {DATASETS} datasets), GPU-hours**",
         }[key]
         lines.append(f"| {label} | {a[key]:.1f} GPU-h | {h[key]:.1f} GPU-h |")

@@ -91,11 +91,13 @@ def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) 
         client.log_batch(run_id, params=items[start : start + 100])
 
 
-def log_metrics(client: MlflowClient, run_id: str, rows: Iterable[Mapping[str, float]], step_key: str | None = None) -> None:
+def log_metrics(
+    client: MlflowClient, run_id: str, rows: Iterable[Mapping[str, float]], step_key: str | None = None
+) -> None:
     """Log rows of metrics in batches; with `step_key`, each row is one step (its value of that key)."""
     now = int(time.time() * 1000)
     metrics = []
-    for i, row in enumerate(rows):
+    for row in rows:
         step = int(row[step_key]) if step_key else 0
         for k, v in row.items():
             if k != step_key and isinstance(v, (int, float)) and math.isfinite(v):

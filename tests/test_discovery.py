@@ -102,7 +102,7 @@ def test_same_seed_same_bits_different_seed_different_bits(run, helpers) -> None
     assert helpers.same_rows(a.history, b.history)
     assert [x.digest for x in a.circuits] == [x.digest for x in b.circuits]
     assert len(c.circuits) == len(a.circuits)
-    assert all(not np.array_equal(x, y) for x, y in zip(bits(a), bits(c)))
+    assert all(not np.array_equal(x, y) for x, y in zip(bits(a), bits(c), strict=True))
 
 
 def test_step_budget_leaves_targets_unreached(run) -> None:
@@ -205,7 +205,7 @@ def test_features_take_each_rows_last_real_token_whatever_the_padding(tiny_lm) -
     texts = ["a", "a much longer sentence here", "mid length"]
     tok = tokenize(tiny_lm.tokenizer, texts)
     batched = cached_features(tiny_lm, tok, batch_size=3)
-    for i, text in enumerate(texts):
+    for i in range(len(texts)):
         ids = torch.tensor([tok.ids[i]])
         alone = tiny_lm.model.base_model(input_ids=ids).last_hidden_state[0, -1]
         torch.testing.assert_close(batched[i], alone, rtol=1e-5, atol=1e-5)

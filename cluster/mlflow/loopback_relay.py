@@ -56,7 +56,11 @@ async def main(listen_port: int, target: str) -> None:
 if __name__ == "__main__":
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--listen-port", type=int, default=5000)
-    parser.add_argument("--target", default=None, help="HOST:PORT of the MLflow server (default: this node's private address, port 5000)")
+    parser.add_argument(
+        "--target",
+        default=None,
+        help="HOST:PORT of the MLflow server (default: this node's private address, port 5000)",
+    )
     args = parser.parse_args()
     try:
         asyncio.run(main(args.listen_port, args.target or f"{private_address()}:5000"))
