@@ -5,9 +5,11 @@ from __future__ import annotations
 import math
 from collections.abc import Hashable, Iterable, Mapping
 from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import numpy as np
 
+K = TypeVar("K", bound=Hashable)  # what observations are keyed by (a request)
 _CELLS = 1 << 22  # resample cells drawn per step: the index matrix stays at ~32 MiB whatever the sample size
 
 
@@ -70,8 +72,8 @@ def bootstrap_mean(values, rng: np.random.Generator, n_boot: int = 2000, confide
 
 
 def bootstrap_gap(
-    a: Mapping[Hashable, float],
-    b: Mapping[Hashable, float],
+    a: Mapping[K, float],
+    b: Mapping[K, float],
     rng: np.random.Generator,
     n_boot: int = 2000,
     confidence: float = 0.95,

@@ -148,6 +148,11 @@ def _source(tags: dict[str, str]) -> Source | None:
     return None if dataset is None else Source(dataset, int(tags.get(layout.TAG_SEED, 0)))
 
 
+def _run_name(run: Run) -> str:
+    """The run's name; MLflow gives every run one, its id stands in where a store left it unset."""
+    return run.info.run_name or run.info.run_id
+
+
 def _status_note(run: Run, what: str) -> str | None:
     """A note for a run that did not finish."""
     status = run.info.status
@@ -173,7 +178,7 @@ def _read_discovery(client: MlflowClient, run: Run, cache: Path, notes: list[str
     note = _status_note(run, f"{len(circuits)} circuit(s) kept")
     if note:
         notes.append(note)
-    return Discovery(run_id, run.info.run_name, run.info.status, source, circuits, unreached, history)
+    return Discovery(run_id, _run_name(run), run.info.status, source, circuits, unreached, history)
 
 
 def _read_rows(path: Path) -> list[dict]:
@@ -184,7 +189,7 @@ def _read_rows(path: Path) -> list[dict]:
 
 def _read_edit(client: MlflowClient, run: Run, cache: Path, notes: list[str]) -> EditRun | None:
     """An edit run with its per-request rows, or None (with a note) where its tags do not say what it edited."""
-    run_id, tags, name = run.info.run_id, run.data.tags, run.info.run_name
+    run_id, tags, name = run.info.run_id, run.data.tags, _run_name(run)
     variant = tags.get(layout.TAG_VARIANT)
     source, target = _source(tags), tags.get(layout.TAG_TARGET)
     if variant is None or (variant != layout.FULL and (source is None or target is None)):
@@ -200,6 +205,7 @@ def _read_edit(client: MlflowClient, run: Run, cache: Path, notes: list[str]) ->
         notes.append(f"{name}: finished without {layout.EDITS_ARTIFACT}")
     if variant == layout.FULL:
         return EditRun(run_id, name, run.info.status, variant, None, None, rows)
+    assert source is not None and target is not None  # a masked variant's tags were checked above
     return EditRun(run_id, name, run.info.status, variant, source, normalize_density(target), rows)
 
 
@@ -252,5 +258,5 @@ def read_sweep(experiment: str, run_id: str | None, cache: Path, tracking_uri: s
     model = parent.data.tags.get(layout.TAG_MODEL) or next(
         (r.data.tags[layout.TAG_MODEL] for r in children if layout.TAG_MODEL in r.data.tags), None
     )
-    name = parent.data.tags.get(layout.TAG_SWEEP, parent.info.run_name)
+    name = parent.data.tags.get(layout.TAG_SWEEP, _run_name(parent))
     return Sweep(uri, experiment, experiment_id, parent_id, name, model, discoveries, edits, notes)

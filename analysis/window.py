@@ -79,6 +79,7 @@ def _index(edits: Sequence[EditRun]) -> dict[tuple[Source, float, str], dict[Key
     cells: dict[tuple[Source, float, str], dict[Key, dict]] = defaultdict(dict)
     for e in edits:
         if e.variant in MASKED:
+            assert e.source is not None and e.target is not None, "a masked variant's edit names its circuit"
             for row in e.rows:
                 cells[e.source, e.target, e.variant][e.source, int(row["case_id"])] = row
     return cells

@@ -54,5 +54,6 @@ def edit_run_name(dataset: str | None, target: float | None, variant: str, shard
     or `edit/full/shard{k}` for the unmasked model."""
     if variant == FULL:
         return f"edit/{FULL}/shard{shard}"
+    assert target is not None, "a masked variant's edit has a circuit, so a target density"
     circuit = dataset if seed == 0 else f"{dataset}/seed{seed}"
     return f"edit/{circuit}/{density_label(target)}/{variant}/shard{shard}"

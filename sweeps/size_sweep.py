@@ -21,7 +21,7 @@ import dataclasses
 import json
 import os
 import sys
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,7 +83,7 @@ def freeze_params(config: SweepConfig) -> None:
     path.write_text(json.dumps(current, indent=2))
 
 
-def connect_ray(config: SweepConfig) -> dict[str, float]:
+def connect_ray(config: SweepConfig) -> Mapping[str, float]:
     """Join the cluster this job runs on (or start a local one) and check it can serve the sweep."""
     import ray
 
@@ -96,7 +96,7 @@ def connect_ray(config: SweepConfig) -> dict[str, float]:
     return ray.cluster_resources()
 
 
-def trial_resources(config: SweepConfig, cluster: dict[str, float], can_grow: bool = False) -> dict[str, float]:
+def trial_resources(config: SweepConfig, cluster: Mapping[str, float], can_grow: bool = False) -> dict[str, float]:
     """One GPU per trial where the cluster has GPUs (unless configured otherwise), CPUs otherwise.
 
     Rejects a sweep the cluster cannot serve, before any trial starts; a cluster that `can_grow`
@@ -127,6 +127,7 @@ def run_phase(
     """Run (or resume) one phase as a Ray Tune experiment with one trial per entry of `trials`."""
     from ray import tune
 
+    assert config.storage_path is not None, "a sweep runs on its resolved config"
     name = f"{config.name}-{phase}"
     path = f"{config.storage_path.rstrip('/')}/{name}"
     wrapped = tune.with_resources(trainable, resources)
@@ -192,6 +193,7 @@ def run_sweep(config: SweepConfig) -> int:
 
     cluster = connect_ray(config)
     resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
+    assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
     client = tracking.client_for(config.tracking_uri)
     embedded = config.tracking_uri.startswith("sqlite:")
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own

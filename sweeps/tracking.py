@@ -113,7 +113,9 @@ def last_logged_step(client: MlflowClient, run_id: str, key: str) -> int:
 
 
 def log_json(client: MlflowClient, run_id: str, payload: object, artifact_file: str) -> None:
-    client.log_dict(run_id, payload, artifact_file)
+    # MLflow annotates `dictionary` as a dict, but logs any JSON-serializable object (its docstring); edits.json
+    # is a list of rows.
+    client.log_dict(run_id, payload, artifact_file)  # pyright: ignore[reportArgumentType]
 
 
 def log_file(client: MlflowClient, run_id: str, path: Path, artifact_dir: str | None = None) -> None:

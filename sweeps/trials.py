@@ -17,6 +17,7 @@ from typing import Any
 
 import ray
 import torch
+from mlflow.tracking import MlflowClient
 from ray import tune
 
 from circuitlib import circuits, data, provenance
@@ -56,6 +57,17 @@ def trainable(run: Callable[[Spec], None], spec_type: type[Spec]) -> Callable[[d
     return tune_run
 
 
+def _client(cfg: SweepConfig) -> MlflowClient:
+    assert cfg.tracking_uri is not None, "trials get the sweep's resolved config"
+    return tracking.client_for(cfg.tracking_uri)
+
+
+def _target(circuit: circuits.Circuit) -> float:
+    """The target density of a circuit discovery snapshotted (every snapshot has one)."""
+    assert circuit.target_density is not None, "discovery's snapshots carry their target density"
+    return circuit.target_density
+
+
 def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
 
@@ -83,7 +95,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
     """Phase 1: learn masks on one dataset with one seed; log its history and a circuit per reached density."""
     cfg = trial.sweep.config
     split, config = discovery_inputs(trial)
-    client = tracking.client_for(cfg.tracking_uri)
+    client = _client(cfg)
     tags = {
         layout.TAG_KIND: "discover", layout.TAG_SWEEP: cfg.name, layout.TAG_DATASET: trial.name,
         layout.TAG_SEED: str(trial.seed), layout.TAG_MODEL: cfg.model, layout.TAG_NODE: _node_id(),
@@ -116,7 +128,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
             pending.clear()
 
         def on_snapshot(circuit: circuits.Circuit) -> None:
-            name = Path(layout.circuit_artifact(circuit.target_density)).name
+            name = Path(layout.circuit_artifact(_target(circuit))).name
             path = circuits.save(provenance.stamp(circuit, split, lm), work / "circuits" / name)
             tracking.log_file(client, run_id, path, layout.CIRCUITS_DIR)
 
@@ -130,7 +142,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
             on_snapshot=on_snapshot, on_eval=on_eval, on_checkpoint=on_checkpoint, progress=False,
         )
         flush()
-        reached = ",".join(density_key(c.target_density) for c in outcome.circuits)
+        reached = ",".join(density_key(_target(c)) for c in outcome.circuits)
         unreached = ",".join(density_key(t) for t in outcome.unreached)
         tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached, layout.TAG_UNREACHED: unreached})
         tracking.log_json(client, run_id, {"full_accuracy": outcome.full_accuracy, "history": outcome.history},
@@ -154,7 +166,7 @@ def edit_trial(trial: EditTrial) -> None:
     """Phase 2: edit one shard of the requests on one variant of one circuit (or the full model)."""
     cfg = trial.sweep.config
     ref = trial.circuit
-    client = tracking.client_for(cfg.tracking_uri)
+    client = _client(cfg)
     tags = {
         layout.TAG_KIND: "edit", layout.TAG_SWEEP: cfg.name, layout.TAG_VARIANT: trial.variant,
         layout.TAG_SHARD: str(trial.shard), layout.TAG_SEED: str(ref.seed if ref else 0), layout.TAG_MODEL: cfg.model,

@@ -12,6 +12,7 @@ import csv
 import math
 from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 from zlib import crc32
 
 import numpy as np
@@ -28,18 +29,24 @@ from analysis.sweep_data import Discovery, EditRun, Source, Sweep
 from analysis.window import ALL
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
-from circuitlib.types import MaskedParam
+from circuitlib.types import MaskedParam, ModuleType
 
-PARAMS = [
-    MaskedParam(f"h.{layer}.{name}", shape, module_type, layer)
-    for layer in range(2)
-    for name, shape, module_type in (("ln.weight", (8,), "norm"), ("attn.w", (8, 16), "attention"),
-                                     ("mlp.w", (16, 24), "mlp"))
-]
+LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
+    ("ln.weight", (8,), "norm"), ("attn.w", (8, 16), "attention"), ("mlp.w", (16, 24), "mlp"),
+)
+PARAMS = [MaskedParam(f"h.{layer}.{name}", shape, module_type, layer) for layer in range(2)
+          for name, shape, module_type in LAYER]
 TOTAL = sum(p.numel for p in PARAMS)
 DENSITIES = (0.5, 0.35, 0.15)
 REQUESTS = 30
 Key = tuple[str, int, float]  # (dataset, seed, target)
+T = TypeVar("T")
+
+
+def known(value: T | None) -> T:
+    """A value the test expects the analysis to have computed."""
+    assert value is not None
+    return value
 
 
 def score(dataset: str, seed: int, dataset_weight: float) -> np.ndarray:
@@ -126,7 +133,7 @@ def test_unfaithful_circuits_are_left_out_of_every_claim(mixed: Analysis):
     assert not [r for r in a.overlaps if r.module != WHOLE_MODEL]
     assert {(e.source, e.density) for e in a.composition} == {("alpha", 0.5), ("alpha", 0.35)}
     pooled = {r.density: r for r in a.window_rows if r.scope == ALL}
-    assert pooled[0.5].gap_complement.n == REQUESTS and pooled[0.5].circuits == 1  # alpha's requests alone
+    assert known(pooled[0.5].gap_complement).n == REQUESTS and pooled[0.5].circuits == 1  # alpha's requests alone
     assert pooled[0.15].gap_complement is None and not pooled[0.15].in_window
     beta = {r.density: r for r in a.window_rows if r.scope == "beta"}
     assert all(r.drop_circuit is None and r.circuits == 0 for r in beta.values())
@@ -168,16 +175,16 @@ def test_stability_baseline_decides_moderate(tmp_path: Path):
     rows = {b.scope: b for b in a.baselines}
     assert list(rows) == ["0.5", "0.35", "0.15", POOLED]
     for d in ("0.5", "0.35", "0.15"):
-        assert rows[d].cross_dataset.n == 4 and rows[d].stability.n == 2  # 2 datasets x 2 seeds
+        assert known(rows[d].cross_dataset).n == 4 and known(rows[d].stability).n == 2  # 2 datasets x 2 seeds
     pooled = rows[POOLED]
-    assert pooled.stability.mean > pooled.cross_dataset.mean > pooled.chance.mean
-    assert pooled.above_chance.above_zero and pooled.below_stability.above_zero
+    assert known(pooled.stability).mean > known(pooled.cross_dataset).mean > known(pooled.chance).mean
+    assert known(pooled.above_chance).above_zero and known(pooled.below_stability).above_zero
     overlap = findings(headline(a), 0.9)[2]
     assert overlap.verdict == CONSISTENT and "below stability" in overlap.result and overlap.circuits_used == 12
 
     same = _overlap_analysis(tmp_path / "same", (0, 1), dataset_weight=0.0)  # other seeds differ like other datasets
     pooled = next(b for b in same.baselines if b.scope == POOLED)
-    assert pooled.above_chance.above_zero and not pooled.below_stability.above_zero
+    assert known(pooled.above_chance).above_zero and not known(pooled.below_stability).above_zero
     overlap = findings(headline(same), 0.9)[2]
     assert overlap.verdict == PARTLY and "not significantly below stability" in overlap.result
 
@@ -185,8 +192,9 @@ def test_stability_baseline_decides_moderate(tmp_path: Path):
 def test_one_seed_cannot_call_overlap_moderate(tmp_path: Path):
     a = _overlap_analysis(tmp_path, (0,), dataset_weight=2.0)
     h = headline(a)
-    assert h.mean_jaccard_ratio > 1 and h.overlap.above_chance.above_zero  # enough for the old rule
-    assert h.overlap.stability is None and h.overlap.below_stability is None
+    overlap_row = known(h.overlap)
+    assert h.mean_jaccard_ratio > 1 and known(overlap_row.above_chance).above_zero  # enough for the old rule
+    assert overlap_row.stability is None and overlap_row.below_stability is None
     overlap = findings(h, 0.9)[2]
     assert overlap.verdict == NOT_ASSESSABLE and "stability baseline" in overlap.result
 

@@ -33,7 +33,7 @@ from analysis.window import ALL
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.editing import RequestResult
-from circuitlib.types import MaskedParam
+from circuitlib.types import MaskedParam, ModuleType
 from sweeps import layout
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -46,17 +46,15 @@ GAP = {0.5: -0.5, 0.25: 1.0, 0.15: 1.0, 0.05: 1.0}  # planted complement - circu
 RANDOM_GAP = 0.4
 REQUESTS = 40
 FAILED = layout.edit_run_name("alpha", 0.25, "random", 0)
-PARAMS = [
-    MaskedParam(f"h.{layer}.{name}", shape, module_type, layer)
-    for layer in range(3)
-    for name, shape, module_type in (
-        ("ln_1.weight", (6,), "norm"),
-        ("attn.c_attn.weight", (6, 9), "attention"),
-        ("attn.c_attn.bias", (9,), "attention"),
-        ("mlp.c_fc.weight", (6, 13), "mlp"),
-        ("mlp.c_proj.bias", (5,), "mlp"),
-    )
-]
+LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
+    ("ln_1.weight", (6,), "norm"),
+    ("attn.c_attn.weight", (6, 9), "attention"),
+    ("attn.c_attn.bias", (9,), "attention"),
+    ("mlp.c_fc.weight", (6, 13), "mlp"),
+    ("mlp.c_proj.bias", (5,), "mlp"),
+)
+PARAMS = [MaskedParam(f"h.{layer}.{name}", shape, module_type, layer) for layer in range(3)
+          for name, shape, module_type in LAYER]
 TOTAL = sum(p.numel for p in PARAMS)
 
 
@@ -351,7 +349,9 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, monkeypatch, args, messa
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # what main() sets, undone after the test
     uri, _, _ = store
     client = MlflowClient(uri)
-    discovery = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id],
+    experiment = client.get_experiment_by_name(EXPERIMENT)
+    assert experiment is not None
+    discovery = client.search_runs([experiment.experiment_id],
                                    f"tags.`{layout.TAG_KIND}` = 'discover'")[0].info.run_id
     args = [discovery if x == "DISCOVERY" else x for x in args]
     if "--tracking-uri" not in args:

@@ -109,7 +109,7 @@ def test_bootstrap_interval_covers_a_known_paired_gap():
         complement = {i: v for i, v in enumerate(base + true_gap + rng.normal(0, 0.5, 30))}
         circuit_ = {i: v for i, v in enumerate(base)}
         e = bootstrap_gap(complement, circuit_, rng, n_boot=1000)
-        assert e.paired and e.n == 30
+        assert e is not None and e.paired and e.n == 30
         covered += e.low <= true_gap <= e.high
     assert 0.90 <= covered / reps <= 0.99
 
@@ -121,7 +121,7 @@ def test_bootstrap_interval_covers_a_known_unpaired_gap():
         a = {("a", i): v for i, v in enumerate(rng.normal(1.3, 1.0, 40))}
         b = {("b", i): v for i, v in enumerate(rng.normal(1.0, 1.0, 50))}
         e = bootstrap_gap(a, b, rng, n_boot=1000)
-        assert not e.paired
+        assert e is not None and not e.paired
         covered += e.low <= 0.3 <= e.high
     assert 0.90 <= covered / reps <= 0.99
 
@@ -132,11 +132,13 @@ def test_bootstrap_pairs_shared_requests_and_skips_missing_values():
     a = {i: base[i] + 1.0 + rng.normal(0, 0.1) for i in range(50)}
     b = {i: base[i] for i in range(10, 50)} | {100: 7.0}
     paired = bootstrap_gap(a, b, rng)
-    assert paired.paired and paired.n == 40
+    assert paired is not None and paired.paired and paired.n == 40
     assert paired.mean == pytest.approx(np.mean([a[i] - b[i] for i in range(10, 50)]))
     unpaired = bootstrap_gap(dict(enumerate(a.values())), {-1 - k: v for k, v in b.items()}, rng)
+    assert unpaired is not None
     assert not unpaired.paired and (unpaired.high - unpaired.low) > 5 * (paired.high - paired.low)
-    assert bootstrap_mean([1.0, math.nan, 3.0], rng).mean == 2.0 and bootstrap_mean([1.0, math.nan, 3.0], rng).n == 2
+    mean = bootstrap_mean([1.0, math.nan, 3.0], rng)
+    assert mean is not None and mean.mean == 2.0 and mean.n == 2
     assert bootstrap_mean([], rng) is None and bootstrap_mean([math.nan], rng) is None
     assert bootstrap_gap({}, b, rng) is None and bootstrap_gap(a, {}, rng) is None
 
@@ -176,7 +178,12 @@ def test_overlap_and_composition_never_unpack(monkeypatch):
 
 def _row(density: float, in_window: bool, scope: str = "all") -> WindowRow:
     """A row with nothing but its density and window flag."""
-    return WindowRow(scope, density, math.nan, *[None] * 6, *[math.nan] * 6, in_window=in_window)
+    return WindowRow(
+        scope, density, math.nan, drop_circuit=None, drop_complement=None, drop_random=None, drop_full=None,
+        gap_complement=None, gap_random=None, success_circuit=math.nan, success_complement=math.nan,
+        success_random=math.nan, success_full=math.nan, knowledge_circuit=math.nan, knowledge_complement=math.nan,
+        in_window=in_window,
+    )
 
 
 def test_window_estimate_reports_range_and_contiguity():
@@ -209,13 +216,15 @@ def test_window_needs_a_significant_gap_and_faithfulness():
     assert rows["d", 0.25].in_window and not rows["d", 0.5].in_window
     assert not rows["e", 0.25].in_window and math.isnan(rows["e", 0.25].faithfulness)
     assert rows["e", 0.25].gap_complement is None and rows["e", 0.25].circuits == 0  # unknown: left out
-    assert rows["all", 0.25].faithfulness == 0.95 and rows["all", 0.25].gap_complement.n == 30  # d's requests only
+    gap = rows["all", 0.25].gap_complement
+    assert rows["all", 0.25].faithfulness == 0.95 and gap is not None and gap.n == 30  # d's requests only
     assert rows["all", 0.25].circuits == 1
     assert rows["all", 0.25].drop_random is None and rows["all", 0.25].drop_full is None
     assert math.isnan(rows["all", 0.25].success_random)
     with_e = window_rows(edits, faith | {(t, 0.25): 0.91}, labels, [0.25], threshold=0.9, n_boot=300,
                          actual={(s, 0.25): 0.2, (t, 0.25): 0.3})
-    assert with_e[0].gap_complement.n == 60 and with_e[0].circuits == 2
+    gap = with_e[0].gap_complement
+    assert gap is not None and gap.n == 60 and with_e[0].circuits == 2
     assert with_e[0].actual_density == pytest.approx(0.25) and with_e[0].faithfulness == pytest.approx(0.93)
     strict = window_rows(edits, faith, labels, [0.25], threshold=0.96, n_boot=300)
     assert not any(r.in_window for r in strict) and all(r.gap_complement is None for r in strict)
@@ -228,13 +237,14 @@ def test_stratified_gap_compares_within_strata():
     strata = [(rng.normal(10.1, 0.05, 20), rng.normal(10.0, 0.05, 5)),
               (rng.normal(1.1, 0.05, 5), rng.normal(1.0, 0.05, 20))]
     e = stratified_gap(strata, rng, n_boot=1000)
+    assert e is not None
     assert e.mean == pytest.approx(0.1, abs=0.05) and e.low > 0 and e.high < 0.3 and e.n == 25
     pooled = bootstrap_gap(dict(enumerate(np.concatenate([a for a, _ in strata]))),
                            {-1 - i: v for i, v in enumerate(np.concatenate([b for _, b in strata]))}, rng)
-    assert pooled.mean > 3  # what the stratification protects against
+    assert pooled is not None and pooled.mean > 3  # what the stratification protects against
     assert stratified_gap([([1.0], [])], rng) is None and stratified_gap([], rng) is None
     one_sided = stratified_gap([([1.0, 2.0], [])] + strata, rng, n_boot=200)
-    assert one_sided.mean == pytest.approx(e.mean)  # a stratum lacking b is skipped
+    assert one_sided is not None and one_sided.mean == pytest.approx(e.mean)  # a stratum lacking b is skipped
 
 
 def test_tables_show_gaps_not_zeros(tmp_path):

@@ -46,6 +46,7 @@ def test_report_on_the_tiny_sweep(tmp_path):
 
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tiny")
+    assert exp is not None
     runs = client.search_runs([exp.experiment_id], f"tags.`{layout.TAG_KIND}` = 'analysis'")
     parent = client.search_runs([exp.experiment_id], f"tags.`{layout.TAG_KIND}` = 'sweep'")[0]
     assert len(runs) == 1 and runs[0].data.tags[layout.PARENT_TAG] == parent.info.run_id

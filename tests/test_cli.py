@@ -91,7 +91,7 @@ def test_discover_on_csv_and_edit_json_requests(tmp_path: Path) -> None:
     ok(cli("discover", *DISCOVER, "--dataset", f"csv:{data}", "--out", str(out), cwd=tmp_path))
     circuit = out / "circuit_d0.6.safetensors"
     stored = circuits.load(circuit)
-    assert stored.density <= stored.target_density == 0.6 and stored.provenance["dataset"] == "toy"
+    assert stored.target_density == 0.6 and stored.density <= 0.6 and stored.provenance["dataset"] == "toy"
     requests = tmp_path / "requests.json"
     requests.write_text(json.dumps([
         {"case_id": 7, "requested_rewrite": {"prompt": "{} is a kind of", "subject": "A cat",

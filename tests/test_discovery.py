@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -21,7 +22,7 @@ TARGETS = (0.8, 0.5, 0.2)
 
 def config(**overrides) -> DiscoveryConfig:
     """A fast discovery on the toy task: logits spread (std 0.5) so the three targets are reached at distinct steps."""
-    values = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
+    values: dict[str, Any] = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
                   head_epochs=20, eval_every=5, checkpoint_every=5, mask_seed=0)
     return DiscoveryConfig(**(values | overrides))
 
@@ -62,7 +63,8 @@ def test_config_rejects_densities_outside_the_open_unit_interval(densities) -> N
 @pytest.mark.parametrize("field", ["max_steps", "batch_size"])
 def test_config_rejects_non_positive_budgets(field: str) -> None:
     with pytest.raises(InputError, match="must be an integer of at least 1"):
-        DiscoveryConfig(**{field: 0})
+        values: dict[str, Any] = {field: 0}
+        DiscoveryConfig(**values)
 
 
 def test_snapshots_at_or_below_their_targets(tiny_lm, tiny_data, helpers) -> None:
@@ -75,7 +77,7 @@ def test_snapshots_at_or_below_their_targets(tiny_lm, tiny_data, helpers) -> Non
     steps = [c.provenance["step"] for c in result.circuits]
     assert steps == sorted(set(steps)), "targets should be reached at distinct steps"
     for circuit in result.circuits:
-        assert circuit.density <= circuit.target_density
+        assert circuit.target_density is not None and circuit.density <= circuit.target_density
         assert circuit.provenance["density"] == circuit.density
         assert circuit.model_id == "tiny-gpt2" and circuit.provenance["dataset"] == "toy"
         assert [p.name for p in circuit.params] == [p.name for p in tiny_lm.params]
@@ -153,6 +155,7 @@ def test_evaluate_runs_the_circuit_and_exactly_the_dropped_weights(tiny_lm, tiny
     real = discovery.cached_features
 
     def spy(lm, data, batch_size=64, weights=None):
+        assert weights is not None
         calls.append({k: v.clone() for k, v in weights.items()})
         return real(lm, data, batch_size, weights)
 
@@ -279,7 +282,8 @@ def test_discovery_runs_in_the_models_own_dtype(tiny_data) -> None:
 
     lm = load_model("tiny-gpt2", device="cpu", dtype=torch.bfloat16)
     result = discover(lm, tiny_data, tiny_data, config(max_steps=40), progress=False)
-    assert result.circuits and all(c.density <= c.target_density for c in result.circuits)
+    assert result.circuits
+    assert all(c.target_density is not None and c.density <= c.target_density for c in result.circuits)
     assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
 
 

@@ -56,13 +56,15 @@ def test_controlled_schedule_tracks_its_plan_and_has_no_cliff(tiny_lm, tiny_data
     assert drops.min() >= -steepest - 2 / total, f"a density cliff: {drops.min():.3f} in one step"
     assert drops.max() <= 2 / total, "the density never climbs back"
     for circuit in result.circuits:
-        assert circuit.target_density - 2 / total <= circuit.density <= circuit.target_density
+        target = circuit.target_density
+        assert target is not None and target - 2 / total <= circuit.density <= target
 
 
 def test_controlled_schedule_holds_each_target_and_keeps_its_most_faithful_mask(tiny_lm, tiny_data) -> None:
     result = discover(tiny_lm, tiny_data, tiny_data, controlled(), progress=False)
     candidates = windows(result, HOLD)
     for circuit in result.circuits:
+        assert circuit.target_density is not None
         rows = candidates[circuit.target_density]
         assert len(rows) == HOLD + 1, "held for the whole hold budget, one evaluation a step"
         best = max(r["faithfulness"] for r in rows)
@@ -82,7 +84,9 @@ def test_patience_ends_a_hold_early(tiny_lm, tiny_data) -> None:
 def test_paper_schedule_snapshots_the_first_mask_below_each_target_by_default(tiny_lm, tiny_data) -> None:
     result = discover(tiny_lm, tiny_data, tiny_data, paper(), progress=False)
     for circuit in result.circuits:
-        first = min(r["step"] for r in result.history if r["density"] <= circuit.target_density)
+        target = circuit.target_density
+        assert target is not None
+        first = min(r["step"] for r in result.history if r["density"] <= target)
         assert circuit.provenance["step"] == first
         assert all(r["lambda"] == 10.0 + r["epoch"] for r in result.history)
 

@@ -51,6 +51,7 @@ def test_sweep_circuit_is_recomputed_bit_for_bit_by_the_cli(dataset: str, tmp_pa
     assert stored.provenance["split"]["split_seed"] == trial.seeds.split_seed
     out = tmp_path / "cli"
     assert circuitlib_main(["discover", *provenance.discover_args(stored), "--out", str(out)]) == 0
+    assert circuit.target_density is not None
     again = circuits.load(out / f"circuit_d{density_key(circuit.target_density)}.safetensors")
     assert again.digest == circuit.digest
     assert again.provenance["split"] == stored.provenance["split"]

@@ -203,8 +203,9 @@ def test_one_spelling_of_a_target_density():
 
 def test_phase_two_edits_the_circuits_mlflow_records(tmp_path):
     """Only finished discovery runs count, and only the targets their `reached` tag names."""
-    config = dataclasses.replace(load_preset("tiny"), tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    client = tracking.client_for(config.tracking_uri)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    config = dataclasses.replace(load_preset("tiny"), tracking_uri=uri)
+    client = tracking.client_for(uri)
     exp = tracking.experiment_id(client, "t", (tmp_path / "artifacts").as_uri())
     parent = tracking.open_sweep_run(client, exp, "t", {})
     run = SweepRun(config, exp, parent)

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 import pytest
+from mlflow.entities import Run
 from mlflow.tracking import MlflowClient
 
 from circuitlib import circuits, provenance
@@ -35,9 +36,16 @@ def run_sweep(work: Path, *extra: str, timeout: int = 600) -> subprocess.Complet
                           timeout=timeout, env=sweep_env())
 
 
+def run_name(run: Run) -> str:
+    """A run's name (the sweep names every run it creates)."""
+    assert run.info.run_name is not None
+    return run.info.run_name
+
+
 def child_runs(work: Path, name: str = "tiny"):
     client = MlflowClient(f"sqlite:///{work / 'mlflow.db'}")
     exp = client.get_experiment_by_name(name)
+    assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
     parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
     children = [r for r in runs if r.data.tags.get(layout.PARENT_TAG)]
@@ -73,7 +81,7 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
     assert len(names) == len(set(names))
     discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
     edits = [r for r in children if r.data.tags[layout.TAG_KIND] == "edit"]
-    assert sorted(r.info.run_name for r in discover) == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
+    assert sorted(run_name(r) for r in discover) == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
     assert all(r.info.status == "FINISHED" for r in children)
     reached = {r.info.run_name: r.data.tags[layout.TAG_REACHED].split(",") for r in discover}
     n_circuits = sum(len([t for t in v if t]) for v in reached.values())
@@ -87,7 +95,7 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {layout.EDITS_ARTIFACT}
         if run.data.tags[layout.TAG_VARIANT] != "full":
             source = client.get_run(run.data.tags[layout.TAG_CIRCUIT_RUN])
-            assert source.info.run_name.startswith(f"discover/{run.data.tags[layout.TAG_DATASET]}/")
+            assert run_name(source).startswith(f"discover/{run.data.tags[layout.TAG_DATASET]}/")
             assert run.data.tags[layout.TAG_TARGET] in reached[source.info.run_name]
 
     # `circuitlib discover` recomputes a sweep circuit bit for bit from what its file records.
@@ -98,6 +106,7 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
                           "--out", str(out)], capture_output=True, text=True, timeout=600,
                          env=sweep_env() | {"OMP_NUM_THREADS": "1"})
     assert cli.returncode == 0, cli.stderr[-3000:]
+    assert circuit.target_density is not None
     recomputed = circuits.load(out / f"circuit_d{density_key(circuit.target_density)}.safetensors")
     assert recomputed.digest == circuit.digest
 
@@ -140,7 +149,7 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     _, parents, children = child_runs(work)
     _, _, reference_children = child_runs(reference)
     assert len(parents) == 1
-    assert sorted(r.info.run_name for r in children) == sorted(r.info.run_name for r in reference_children)
+    assert sorted(run_name(r) for r in children) == sorted(run_name(r) for r in reference_children)
     digests, summaries, histories = outcome(work)
     ref_digests, ref_summaries, ref_histories = outcome(reference)
     assert digests == ref_digests
