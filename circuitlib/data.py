@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 from collections.abc import Callable
@@ -223,9 +224,12 @@ def _balanced_subsample(data: ClassificationData, limit: int, seed: int) -> Clas
 
 
 def split(
-    data: ClassificationData, eval_fraction: float = 0.2, seed: int = 0
+    data: ClassificationData, eval_fraction: float = 0.2, seed: int = 0, min_eval_rows: int = 0
 ) -> tuple[ClassificationData, ClassificationData]:
-    """A seeded (train, eval) split, stratified by label so both keep the class balance and at least one row of each."""
+    """A seeded (train, eval) split, stratified by label so both keep the class balance and at least one row of each.
+
+    At least `min_eval_rows` rows are held out where the data allows, never more than half of each label.
+    """
     if not 0.0 < eval_fraction < 1.0:
         raise InputError(f"dataset {data.name}: eval_fraction must be between 0 and 1, got {eval_fraction}")
     train: list[int] = []
@@ -233,7 +237,8 @@ def split(
     for label, indices in _indices_by_label(data, random.Random(seed)).items():
         if len(indices) < 2:
             raise InputError(f"dataset {data.name}: label {label} has {len(indices)} rows; a split needs at least 2")
-        n_eval = min(len(indices) - 1, max(1, round(len(indices) * eval_fraction)))
+        wanted = max(round(len(indices) * eval_fraction), min(math.ceil(min_eval_rows / 2), len(indices) // 2))
+        n_eval = min(len(indices) - 1, max(1, wanted))
         held_out += indices[:n_eval]
         train += indices[n_eval:]
     return _subset(data, train), _subset(data, held_out)
@@ -250,11 +255,13 @@ class SplitSpec:
     limit: int | None = setting(None, "use a label-balanced subsample of this many rows (none: every row)")
     eval_fraction: float = setting(0.2, "share of the rows held out for evaluation")
     split_seed: int = setting(0, "seed of the subsample and of the train/eval split")
+    min_eval_rows: int = setting(100, "hold out at least this many rows where the data allows (at most half of "
+                                 "each label)")
 
     def load(self) -> tuple[ClassificationData, ClassificationData]:
         """The (train, eval) rows."""
         rows = load_classification(self.dataset, limit=self.limit, seed=self.split_seed)
-        return split(rows, self.eval_fraction, self.split_seed)
+        return split(rows, self.eval_fraction, self.split_seed, self.min_eval_rows)
 
 
 def _field(spec: str, index: int, record: Any, path: str) -> Any:

@@ -1,8 +1,9 @@
 """Circuit discovery: learn a binary weight mask that keeps the model's task behaviour while shrinking.
 
-The method of Ge, Rudzicz and Zhu (2024), DESIGN.md section 1.1: a frozen LM plus a linear head,
-one logit per masked weight, Gumbel-sigmoid straight-through masks, loss = CE(masked logits,
-full-model predictions) + lambda * mean(sigmoid(logits)), with lambda growing per epoch.
+The method of Ge, Rudzicz and Zhu (2024), docs/design.md §3: a frozen LM plus a linear head, one logit per
+masked weight, Gumbel-sigmoid straight-through masks, loss = CE(masked logits, full-model predictions)
++ lambda * mean(sigmoid(logits)), with lambda growing per epoch (`schedule: paper`). Beside it, a schedule that
+controls the density exactly and holds each target while faithfulness improves (`schedule: controlled`, §3.2).
 """
 
 from __future__ import annotations
@@ -45,6 +46,11 @@ INITS = ("uniform", "importance")
 LOSSES = ("ce", "kl", "mse")
 
 
+def _folds(value: object) -> str | None:
+    ok = isinstance(value, int) and not isinstance(value, bool) and (value == 0 or value >= 2)
+    return None if ok else "must be 0 (off) or a number of folds of at least 2"
+
+
 @dataclass
 class DiscoveryConfig:
     """Every hyperparameter of discovery; the defaults are the paper's (docs/design.md §3)."""
@@ -82,6 +88,9 @@ class DiscoveryConfig:
     init: str = setting("uniform", "uniform: logits from N(init_mean, init_std) (the paper's); importance: "
                         "init_mean +- init_spread by each weight's task importance", choices=INITS)
     init_spread: float = setting(5.0, "importance init: half the range of the initial logits", check=settings.positive)
+    cross_fit: int = setting(0, "training targets from this many folds of out-of-fold heads, so they carry the "
+                             "full model's own errors (0: the head's in-sample predictions, the paper's)",
+                             check=_folds)
     loss: str = setting("ce", "ce: cross-entropy against the full model's predicted labels (the paper's); kl: "
                         "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
                         "(scaled by their variance), which keeps its margins and its errors", choices=LOSSES)
@@ -157,8 +166,29 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
     with torch.no_grad():
         train_full_logits = head(train_features)
         eval_full_logits = head(eval_features)
+    if config.cross_fit:
+        train_full_logits = out_of_fold_logits(train_features, labels, config)
     return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_full_logits,
                  eval_full_logits)
+
+
+def out_of_fold_logits(features: torch.Tensor, labels: torch.Tensor, config: DiscoveryConfig) -> torch.Tensor:
+    """The full model's head logits on each training row from a head that never saw that row's label.
+
+    A head fitted on fewer rows than hidden dimensions separates its training rows perfectly, so its in-sample
+    predictions are the true labels, and a mask trained on them learns the task rather than the model: it then
+    disagrees with the full model exactly where the model errs. Out-of-fold predictions carry those errors.
+    """
+    fold = torch.arange(len(features), device=features.device) % config.cross_fit
+    fold = fold[torch.randperm(len(features), generator=torch.Generator().manual_seed(config.mask_seed))]
+    logits = torch.empty(len(features), 2, device=features.device)
+    for k in range(config.cross_fit):
+        held = fold == k
+        head = train_head(features[~held], labels[~held], config.head_epochs, config.head_lr, config.batch_size,
+                          config.mask_seed + k + 1)
+        with torch.no_grad():
+            logits[held] = head(features[held])
+    return logits
 
 
 def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, float]:

@@ -47,6 +47,8 @@ class SweepConfig:
     data_limit: int | None = setting(None, "rows per dataset, a label-balanced subsample (none: every row)",
                                      check=settings.optional(settings.at_least(2)))
     eval_fraction: float = setting(0.2, "share of each dataset held out for evaluation", check=settings.fraction)
+    min_eval_rows: int = setting(100, "hold out at least this many rows where the data allows (at most half of "
+                                 "each label)", check=settings.at_least(0))
     discovery: DiscoveryConfig = setting(doc="circuit discovery; its mask_seed comes from seeds",
                                          factory=DiscoveryConfig)
     requests: str = setting("hierarchy", "edit requests: json:PATH, builtin:hierarchy or hierarchy",

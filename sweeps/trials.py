@@ -38,7 +38,7 @@ def discovery_inputs(trial: DiscoveryTrial) -> tuple[data.SplitSpec, DiscoveryCo
     """The rows and the config a discovery trial runs on: the sweep's settings with this dataset's seeds."""
     cfg = trial.sweep.config
     seeds = trial.seeds
-    split = data.SplitSpec(trial.dataset, cfg.data_limit, cfg.eval_fraction, seeds.split_seed)
+    split = data.SplitSpec(trial.dataset, cfg.data_limit, cfg.eval_fraction, seeds.split_seed, cfg.min_eval_rows)
     return split, dataclasses.replace(cfg.discovery, mask_seed=seeds.mask_seed)
 
 

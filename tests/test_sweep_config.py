@@ -47,8 +47,6 @@ def test_presets_exist_and_validate():
 FLAT_PRESETS = {
     "paper": (dict(densities=(0.5, 0.35, 0.25, 0.15, 0.05), max_steps=5000, batch_size=128, lr=0.01, head_epochs=400,
                    eval_every=50, checkpoint_every=500), dict(max_steps=25, lr=0.0005, max_change=0.0005)),
-    "smollm2-cpu": (dict(densities=(0.5, 0.35), max_steps=400, batch_size=32, lr=0.2, lambda_step=50, head_epochs=100,
-                         eval_every=10, checkpoint_every=10), dict(max_steps=10)),
     "tiny": (dict(densities=(0.5, 0.2), max_steps=200, batch_size=16, lr=0.1, head_epochs=20, eval_every=5,
                   checkpoint_every=5), dict(max_steps=3, lr=0.01, max_change=0.01)),
 }
@@ -60,6 +58,14 @@ def test_presets_ask_for_the_same_settings_as_before_the_nesting(name):
     config = load_preset(name)
     assert config.discovery == DiscoveryConfig(**discovery)
     assert config.edit == EditConfig(**edit)
+
+
+def test_the_demo_discovers_with_the_density_controlled_schedule_and_the_paper_keeps_its_own():
+    demo, paper = load_preset("smollm2-cpu"), load_preset("paper")
+    assert (demo.discovery.schedule, demo.discovery.init, demo.discovery.loss) == ("controlled", "importance", "kl")
+    assert demo.discovery.hold_steps > 0 and demo.min_eval_rows >= 100
+    assert paper.discovery.schedule == "paper" and paper.discovery.init == "uniform" and paper.discovery.loss == "ce"
+    assert paper.discovery.hold_steps == 0 and paper.discovery.noise
 
 
 def test_overrides_parse_lists_numbers_bools_and_strings(tmp_path):
