@@ -395,3 +395,14 @@ def test_missing_or_unknown_request_source(tmp_path: Path) -> None:
 def test_dataset_name(spec: str, name: str) -> None:
     assert dataset_name(spec) == name
     assert re.fullmatch(r"[A-Za-z0-9_.-]+", dataset_name(spec))
+
+
+def test_split_holds_out_at_least_min_eval_rows_where_the_data_allows() -> None:
+    rows = ClassificationData("d", [f"t{i}" for i in range(300)], [i % 2 for i in range(300)])
+    assert len(split(rows, 0.1, 0)[1]) == 30
+    train, held_out = split(rows, 0.1, 0, min_eval_rows=100)
+    assert len(held_out) == 100 and len(train) == 200
+    assert sum(held_out.labels) == 50  # still stratified
+    small = ClassificationData("s", [f"t{i}" for i in range(40)], [i % 2 for i in range(40)])
+    train, held_out = split(small, 0.1, 0, min_eval_rows=100)
+    assert len(held_out) == 20 and len(train) == 20  # never more than half of each label

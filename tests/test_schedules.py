@@ -159,3 +159,17 @@ def test_circuit_info_json_shows_the_snapshots_faithfulness_and_completeness(tin
     provenance = result.circuits[0].provenance
     for key in ("faithfulness", "faithfulness_low", "faithfulness_high", "complement_accuracy", "kl"):
         assert info["provenance"][key] == pytest.approx(provenance[key])
+
+
+def test_out_of_fold_targets_carry_generalisation_not_memorised_labels() -> None:
+    from circuitlib.classifier import train_head
+    from circuitlib.discovery import out_of_fold_logits
+
+    gen = torch.Generator().manual_seed(0)
+    features = torch.randn(60, 200, generator=gen)  # more dimensions than rows: any labelling is separable
+    labels = torch.randint(0, 2, (60,), generator=gen)
+    config = DiscoveryConfig(cross_fit=5, head_epochs=200, batch_size=16)
+    in_sample = train_head(features, labels, 200, 1e-3, 16, 0)(features).argmax(dim=1)
+    out_of_fold = out_of_fold_logits(features, labels, config).argmax(dim=1)
+    assert (in_sample == labels).float().mean() == 1.0  # memorised
+    assert (out_of_fold == labels).float().mean() < 0.75  # random labels cannot be predicted from other rows
