@@ -1,1 +1,1 @@
-"""Analysis of a sweep read from MLflow: overlap, size window, composition, plots and a report (DESIGN.md 1.3)."""
+"""Analysis of a sweep read from MLflow: overlap, size window, composition, plots and a report (docs/design.md §5)."""

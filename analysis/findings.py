@@ -1,4 +1,4 @@
-"""Headline findings: each of the paper's claims (DESIGN.md section 1) beside what the sweep measured.
+"""Headline findings: each of the paper's claims (docs/design.md §1.2, §5.5) beside what the sweep measured.
 
 Every claim is judged from the faithful circuits alone (pipeline.py leaves the others out of overlap, composition
 and the window). Verdicts follow fixed rules, stated with each claim below, so two sweeps are judged alike:

@@ -1,6 +1,6 @@
 """Constrained fine-tune knowledge edits of a circuit, its complement, a random mask or the full model.
 
-DESIGN.md section 1.2: for each request independently, SGD on the NLL of " " + target_new after the
+docs/design.md §4: for each request independently, SGD on the NLL of " " + target_new after the
 prompt, gradients multiplied by the variant's mask, every weight kept within `max_change` of its
 pre-edit value; a masked variant runs on the model with the weights outside its mask zeroed.
 The model returns exactly to its pre-edit weights after every request.

@@ -32,7 +32,7 @@ def gpt2_block_params(d: int = D_MODEL) -> int:
 MASKED = N_LAYER * gpt2_block_params()  # every parameter under transformer.h.
 TOTAL = MASKED + VOCAB * D_MODEL + N_POS * D_MODEL + 2 * D_MODEL  # + wte, wpe, ln_f (lm_head tied)
 
-# --- the sweep (DESIGN.md 1.1/1.2, sweeps/presets/paper.yaml, circuitlib defaults)
+# --- the sweep (docs/design.md §3 and §4, sweeps/presets/paper.yaml, circuitlib defaults)
 BATCH = 128
 DISCOVERY_STEPS = 5000  # max_steps: the budget, used as the upper bound
 _PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "presets" / "paper.yaml").read_text())
