@@ -52,10 +52,12 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2-cpu")
     parser.add_argument("--datasets", default=None, help="comma-separated specs (default: every CSV in shared/data)")
     parser.add_argument("--out", default=str(RESULTS))
+    parser.add_argument("--name", default=None, help="file name stem (default: faithful_<preset>_<date>)")
     args = parser.parse_args()
     preset = load_preset(args.preset)
     specs = args.datasets.split(",") if args.datasets else shared_datasets()
     stamp = datetime.date.today().isoformat()
+    stem = args.name or f"faithful_{args.preset}_{stamp}"
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
@@ -85,8 +87,8 @@ def main() -> None:
             })
         report.setdefault("unreached", {})[name] = result.unreached
         report.setdefault("history", {})[name] = result.history
-        write_json(out / f"faithful_{args.preset}_{stamp}.json", report)  # NaN (no loss at step 0) as null
-        (out / f"faithful_{args.preset}_{stamp}.md").write_text(table(report["rows"]) + "\n")
+        write_json(out / f"{stem}.json", report)  # NaN (no loss at step 0) as null
+        (out / f"{stem}.md").write_text(table(report["rows"]) + "\n")
         print(table([r for r in report["rows"] if r["dataset"] == name]).splitlines()[-1], flush=True)
 
 
