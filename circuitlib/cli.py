@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from circuitlib import options, settings
-from circuitlib.data import SplitSpec
+from circuitlib.data import SPLIT_BEFORE_RECORDED, SplitSpec
 from circuitlib.dtypes import DTYPES
 from circuitlib.errors import InputError
 from circuitlib.types import VARIANTS, density_key
@@ -91,14 +91,16 @@ def cmd_discover(args: argparse.Namespace) -> None:
     })
 
 
-# Settings that change speed or the step budget but not what a resumed run computes.
-_RESUMABLE_CHANGES = {"max_steps", "compile_model", "eval_every"}
+# Settings that change speed or the step budget but not what a resumed run computes. Not eval_every: snapshots keep
+# the most faithful evaluated mask (hold_steps, patience), so when masks are evaluated changes which one is kept.
+_RESUMABLE_CHANGES = {"max_steps", "compile_model"}
 
 
 def _claim_checkpoint(folder: Path, run: dict) -> None:
     """Freeze this run's settings beside its checkpoint; refuse to resume a checkpoint of a different run.
 
-    A config setting the frozen run predates counts as unchanged at its default.
+    A config setting the frozen run predates counts as unchanged at its default; a split setting, at the value
+    that draws the rows the run was drawn from (data.SPLIT_BEFORE_RECORDED).
     """
     params = folder / "params.json"
     if params.is_file():
@@ -106,7 +108,8 @@ def _claim_checkpoint(folder: Path, run: dict) -> None:
 
         frozen = json.loads(params.read_text())
         defaults = _as_json(asdict(DiscoveryConfig()))
-        before = frozen | {"config": defaults | frozen.get("config", {})}
+        before = frozen | {"config": defaults | frozen.get("config", {}),
+                           "split": SPLIT_BEFORE_RECORDED | frozen.get("split", {})}
         resumable = {f"config.{name}" for name in _RESUMABLE_CHANGES}
         changed = [k for k in settings.changed(before, _as_json(run)) if k not in resumable]
         if changed:

@@ -223,6 +223,12 @@ def _balanced_subsample(data: ClassificationData, limit: int, seed: int) -> Clas
     return _subset(data, groups[0][:n0] + groups[1][: limit - n0])
 
 
+# Split settings added since circuits, checkpoints and sweeps first recorded their split, at the value that draws
+# the rows a record without them was drawn from (before min_eval_rows, no minimum was held out). Unlike other new
+# settings, their defaults change the split, so a record that lacks them reads them here, not at their defaults.
+SPLIT_BEFORE_RECORDED: dict[str, Any] = {"min_eval_rows": 0}
+
+
 def split(
     data: ClassificationData, eval_fraction: float = 0.2, seed: int = 0, min_eval_rows: int = 0
 ) -> tuple[ClassificationData, ClassificationData]:

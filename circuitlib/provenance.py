@@ -11,7 +11,7 @@ import dataclasses
 
 from circuitlib import options
 from circuitlib.circuits import Circuit
-from circuitlib.data import SplitSpec
+from circuitlib.data import SPLIT_BEFORE_RECORDED, SplitSpec
 from circuitlib.dtypes import dtype_name
 from circuitlib.errors import InputError
 from circuitlib.models import LoadedModel
@@ -34,7 +34,7 @@ def discover_args(circuit: Circuit) -> list[str]:
     if missing:
         raise InputError(f"circuit of {circuit.model_id}: its provenance lacks {', '.join(missing)}, "
                          "so it does not say how to recompute it")
-    split = options.build(SplitSpec, found["split"], lambda key: f"provenance split.{key}")
+    split = options.build(SplitSpec, {**SPLIT_BEFORE_RECORDED, **found["split"]}, lambda key: f"provenance split.{key}")
     config = options.build(DiscoveryConfig, found["config"], lambda key: f"provenance config.{key}")
     revision = ["--revision", circuit.model_revision] if circuit.model_revision else []
     return ["--model", circuit.model_id, *revision, "--dtype", found["model_dtype"], *options.as_args(split),

@@ -25,7 +25,7 @@ from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from circuitlib import options, settings
+from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
 from sweeps import layout, tracking
@@ -53,7 +53,8 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
 
 
 def _frozen(path: Path) -> SweepConfig:
-    """The settings a sweep was frozen with (settings added since then at their defaults)."""
+    """The settings a sweep was frozen with (settings added since then at their defaults; the split's, at the value
+    that draws the rows its trials were drawn from: SweepConfig names them as SplitSpec does)."""
     frozen = json.loads(path.read_text())
     if "discovery" not in frozen:
         raise InputError(
@@ -61,7 +62,7 @@ def _frozen(path: Path) -> SweepConfig:
             f"{path.name}); finish it with that version, or start it anew under another --name"
         )
     try:
-        return options.build(SweepConfig, frozen)
+        return options.build(SweepConfig, data.SPLIT_BEFORE_RECORDED | frozen)
     except InputError as exc:
         raise InputError(f"{path}: not the settings of this circuitlib ({exc}); resume it with the circuitlib that "
                          "started it, or start it anew under another --name") from None

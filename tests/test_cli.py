@@ -7,15 +7,18 @@ import os
 import subprocess
 import sys
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import asdict
 from pathlib import Path
 
 import pytest
 
 from circuitlib import circuits
 from circuitlib.builtin_data import hierarchy_facts
-from circuitlib.cli import build_parser, config_from_args
+from circuitlib.cli import _claim_checkpoint, build_parser, config_from_args, write_json
+from circuitlib.data import SplitSpec
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
+from circuitlib.errors import InputError
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -196,6 +199,30 @@ def test_discover_refuses_to_resume_a_checkpoint_of_another_run(tmp_path: Path) 
     assert "config.lr" in line and "config.mask_seed" in line and "split.split_seed" in line
     assert json.loads((out / "checkpoint" / "params.json").read_text()) == json.loads(json.dumps(params)) | {
         "config": params["config"] | {"max_steps": 6}}
+
+
+def test_a_checkpoint_resumes_after_a_budget_or_compile_change_only(tmp_path: Path) -> None:
+    """max_steps and compile_model leave what a resumed run computes alone; eval_every does not (a hold keeps the
+    most faithful evaluated mask, so which masks are evaluated decides the snapshot)."""
+    folder = tmp_path / "checkpoint"
+
+    def run(split: dict | None = None, **config) -> dict:
+        spec = SplitSpec("builtin:hierarchy", **(split or {}))
+        return {"model": "tiny-gpt2", "revision": None, "dtype": "float32", "split": asdict(spec),
+                "config": asdict(DiscoveryConfig(**config))}
+
+    _claim_checkpoint(folder, run())
+    _claim_checkpoint(folder, run(max_steps=7, compile_model=True))
+    with pytest.raises(InputError, match=r"\(config\.eval_every differ\)"):
+        _claim_checkpoint(folder, run(max_steps=7, compile_model=True, eval_every=10))
+
+    # A checkpoint frozen before min_eval_rows existed drew its rows without a minimum.
+    frozen = run(split={"min_eval_rows": 0})
+    del frozen["split"]["min_eval_rows"]
+    write_json(folder / "params.json", frozen)
+    with pytest.raises(InputError, match=r"split\.min_eval_rows"):
+        _claim_checkpoint(folder, run())
+    _claim_checkpoint(folder, run(split={"min_eval_rows": 0}))
 
 
 def test_config_options_come_from_the_dataclasses() -> None:

@@ -5,12 +5,13 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from circuitlib import circuits, provenance
 from circuitlib.cli import main as circuitlib_main
 from circuitlib.discovery import discover
 from circuitlib.seeds import mask_seed, sweep_seeds
-from circuitlib.types import density_key
+from circuitlib.types import MaskedParam, density_key
 from sweeps.config import load_preset
 from sweeps.specs import DiscoveryTrial, SweepRun
 from sweeps.trials import discovery_inputs, discovery_model
@@ -56,3 +57,13 @@ def test_sweep_circuit_is_recomputed_bit_for_bit_by_the_cli(dataset: str, tmp_pa
     assert again.digest == circuit.digest
     assert again.provenance["split"] == stored.provenance["split"]
     assert again.provenance["config"] == stored.provenance["config"]
+
+
+def test_a_circuit_stamped_before_min_eval_rows_is_recomputed_without_a_minimum() -> None:
+    """min_eval_rows's default (100) changes the split, so a provenance without it reads the old split (0)."""
+    recorded = {"split": {"dataset": "builtin:hierarchy", "limit": 64, "eval_fraction": 0.2, "split_seed": 0},
+                "model_dtype": "float32", "config": {}}
+    old = circuits.Circuit.from_masks([MaskedParam("w", (4,), "mlp", 0)], {"w": torch.ones(4, dtype=torch.bool)},
+                                      "tiny-gpt2", None, target_density=0.5, provenance=recorded)
+    args = provenance.discover_args(old)
+    assert args[args.index("--min-eval-rows") + 1] == "0"

@@ -243,6 +243,19 @@ def test_a_setting_added_since_the_sweep_was_frozen_resumes_at_its_default(tmp_p
     freeze_params(config)
 
 
+def test_a_sweep_frozen_before_min_eval_rows_drew_its_splits_without_a_minimum(tmp_path):
+    """min_eval_rows's default changes the split, so a params.json without it reads 0, not the default."""
+    config = SweepConfig(name="s", work_dir=str(tmp_path), min_eval_rows=0).resolved()
+    freeze_params(config)
+    path = tmp_path / "s" / "params.json"
+    frozen = json.loads(path.read_text())
+    del frozen["min_eval_rows"]
+    path.write_text(json.dumps(frozen))
+    freeze_params(config)  # resumes with the splits its finished trials drew
+    with pytest.raises(InputError, match="min_eval_rows"):
+        freeze_params(SweepConfig(name="s", work_dir=str(tmp_path)).resolved())
+
+
 def old_flat_params(work: Path, name: str) -> Path:
     """A params.json as sweeps froze it before the discovery and edit settings were nested."""
     flat = {"name": name, "model": "tiny-gpt2", "datasets": ["determiner_noun", "hierarchy"], "seeds": [0],
