@@ -20,6 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from circuitlib.errors import InputError
+from circuitlib.types import density_key
 from sweeps import layout
 
 CURVES = ("density", "faithfulness")  # discovery metrics drawn against step
@@ -95,8 +96,9 @@ class Sweep:
 
 
 def normalize_density(value: float | str) -> float:
-    """A target density as a float rounded to 6 digits, so tags, artifact names and metadata compare equal."""
-    return round(float(value), 6)
+    """A target density as the float its key spells (circuitlib.types.density_key, as tags and artifact names
+    write it), so tags, artifact names and metadata compare equal."""
+    return float(density_key(float(value)))
 
 
 def find_sweep_run(client: MlflowClient, experiment: str, run_id: str | None) -> tuple[str, Run]:

@@ -19,10 +19,11 @@ import numpy as np
 from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, finite_mean
 from analysis.snapshots import is_faithful
 from analysis.sweep_data import EditRun, Source
+from circuitlib.types import MASKED_VARIANTS
 from sweeps.layout import FULL
 
 ALL = "all"  # the pooled scope
-MASKED = ("circuit", "complement", "random")
+MASKED = MASKED_VARIANTS  # the variants edited under a circuit's mask, declared in circuitlib.types
 Key = tuple[Source, int]  # (circuit source, case_id)
 
 

@@ -12,11 +12,11 @@ import pytest
 from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, stratified_gap
 from analysis.composition import ALL_LAYERS, circuit_composition, over_represented
 from analysis.overlap import ALL, density_overlaps, pair_overlap
-from analysis.sweep_data import EditRun, Source
+from analysis.sweep_data import EditRun, Source, normalize_density
 from analysis.tables import GAP, estimate, number, write_csv
 from analysis.window import WindowRow, estimate_window, window_rows
 from circuitlib.circuits import Circuit
-from circuitlib.types import MaskedParam
+from circuitlib.types import MaskedParam, density_key
 
 # Odd sizes, so most parameters end in pad bits.
 PARAMS = [
@@ -257,3 +257,11 @@ def test_tables_show_gaps_not_zeros(tmp_path):
     assert all(len(line.split(",")) == len(header) for line in lines)
     assert lines[1].split(",")[header.index("gap_complement_mean")] == ""
     assert lines[1].split(",")[header.index("faithfulness")] == ""
+
+
+def test_densities_are_keyed_as_density_key_spells_them():
+    assert normalize_density("0.05") == normalize_density(0.05) == 0.05
+    assert normalize_density(0.1 + 0.2) == normalize_density("0.3") == 0.3
+    assert normalize_density("1e-07") != normalize_density("2e-07")  # small targets keep apart
+    for d in (0.5, 0.35, 0.25, 0.15, 0.05, 1 / 3):
+        assert density_key(normalize_density(density_key(d))) == density_key(d)
