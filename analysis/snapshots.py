@@ -12,8 +12,9 @@ from typing import Any
 
 from analysis.sweep_data import Source
 from circuitlib.circuits import Circuit
+from sweeps.layout import WELL_BELOW as WELL_BELOW  # re-exported: the report states the rule
+from sweeps.layout import well_below
 
-WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target
 UNKNOWN = "faithfulness unknown"
 
 
@@ -86,7 +87,7 @@ def snapshot(
         total=c.total, step=step, faithfulness=faithfulness, faithfulness_low=_number(p, "faithfulness_low"),
         faithfulness_high=_number(p, "faithfulness_high"), complement_accuracy=_number(p, "complement_accuracy"),
         kl=_number(p, "kl"), digest=c.digest, excluded=exclusion(faithfulness, threshold),
-        below_target=density < WELL_BELOW * target,
+        below_target=well_below(density, target),
     )
 
 

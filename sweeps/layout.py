@@ -2,8 +2,10 @@
 
 One parent run per sweep (tag kind=sweep); every trial is a nested child run (tag mlflow.parentRunId):
 
-- discovery  `discover/{dataset}/seed{seed}`: metrics = the discovery history by step; artifacts
-  `circuits/d{target}.safetensors` (one per reached target density); tag `unreached` lists missed targets.
+- discovery  `discover/{dataset}/seed{seed}`: metrics = the discovery history by step, and each snapshot's held-out
+  figures (`circuit.{target}.faithfulness`, ...); artifacts `circuits/d{target}.safetensors` (one per reached target
+  density); tags `reached` and `unreached` list the targets, `circuit.{target}.density` and `.faithfulness` each
+  snapshot's actual figures, `snapshot_flags` the snapshots that do not honestly stand for their target.
 - edits      `edit/{dataset}/d{target}/{variant}/shard{k}` (the `full` model: `edit/full/shard{k}`):
   metrics = the edit summary; artifact `edits.json` = the per-request table; tags link the circuit
   (`circuit_run_id`, `circuit_artifact`).
@@ -29,7 +31,11 @@ TAG_CIRCUIT_RUN = "circuitlib.circuit_run_id"
 TAG_CIRCUIT_ARTIFACT = "circuitlib.circuit_artifact"
 TAG_REACHED = "circuitlib.reached"  # comma-separated density keys of the targets a discovery reached
 TAG_UNREACHED = "circuitlib.unreached"  # comma-separated density keys of the targets a discovery never reached
+TAG_SNAPSHOT_FLAGS = "circuitlib.snapshot_flags"  # a discovery's dishonest snapshots, in words; empty when none
 PARENT_TAG = "mlflow.parentRunId"
+
+WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target
+SNAPSHOT_METRICS = ("density", "faithfulness", "faithfulness_low", "faithfulness_high", "complement_accuracy", "kl")
 
 CIRCUITS_DIR = "circuits"
 EDITS_ARTIFACT = "edits.json"
@@ -38,6 +44,21 @@ EDITS_ARTIFACT = "edits.json"
 def density_label(target: float) -> str:
     """`d0.05` for a target density of 0.05."""
     return f"d{density_key(target)}"
+
+
+def well_below(density: float, target: float) -> bool:
+    """Whether a snapshot of actual `density` falls well below its `target` (and so does not stand for it)."""
+    return density < WELL_BELOW * target
+
+
+def circuit_tag(target: float, figure: str) -> str:
+    """`circuitlib.circuit.0.05.density`: the tag of one figure of a discovery's snapshot at `target`."""
+    return f"circuitlib.circuit.{density_key(target)}.{figure}"
+
+
+def circuit_metric(target: float, figure: str) -> str:
+    """`circuit.0.05.faithfulness`: the metric of one held-out figure of a discovery's snapshot at `target`."""
+    return f"circuit.{density_key(target)}.{figure}"
 
 
 def circuit_artifact(target: float) -> str:

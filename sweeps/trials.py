@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import tempfile
-from collections.abc import Callable, Iterator
+from collections import defaultdict
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict
 from pathlib import Path
@@ -66,6 +68,36 @@ def _target(circuit: circuits.Circuit) -> float:
     """The target density of a circuit discovery snapshotted (every snapshot has one)."""
     assert circuit.target_density is not None, "discovery's snapshots carry their target density"
     return circuit.target_density
+
+
+def _number(value: object) -> float:
+    """A recorded figure as a float; NaN where it is missing or not a number."""
+    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
+
+
+def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str], dict[str, float]]:
+    """The tags and metrics that say how honestly a discovery's snapshots stand for their targets: each one's actual
+    density and held-out figures, and flags (`snapshot_flags`, empty when honest) for a snapshot well below its
+    target and for targets that share one snapshot (the same circuit)."""
+    tags: dict[str, str] = {}
+    metrics: dict[str, float] = {}
+    flags: list[str] = []
+    shared: dict[str, list[float]] = defaultdict(list)
+    for circuit in found:
+        target, density = _target(circuit), circuit.density
+        figures = {k: _number(circuit.provenance.get(k)) for k in layout.SNAPSHOT_METRICS} | {"density": density}
+        tags[layout.circuit_tag(target, "density")] = f"{density:.6g}"
+        tags[layout.circuit_tag(target, "faithfulness")] = f"{figures['faithfulness']:.4g}"
+        metrics |= {layout.circuit_metric(target, k): v for k, v in figures.items() if math.isfinite(v)}
+        if layout.well_below(density, target):
+            flags.append(f"{layout.density_label(target)} at density {density:.3g}: well below its target "
+                         f"(< {layout.WELL_BELOW:g} x {density_key(target)})")
+        shared[circuit.digest].append(target)
+    for targets in shared.values():
+        if len(targets) > 1:
+            flags.append(f"{', '.join(layout.density_label(t) for t in targets)}: one snapshot")
+    tags[layout.TAG_SNAPSHOT_FLAGS] = "; ".join(flags)
+    return tags, metrics
 
 
 def _node_id() -> str:
@@ -144,7 +176,10 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         flush()
         reached = ",".join(density_key(_target(c)) for c in outcome.circuits)
         unreached = ",".join(density_key(t) for t in outcome.unreached)
-        tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached, layout.TAG_UNREACHED: unreached})
+        honesty_tags, honesty_metrics = snapshot_honesty(outcome.circuits)
+        tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached, layout.TAG_UNREACHED: unreached,
+                                           **honesty_tags})
+        tracking.log_metrics(client, run_id, [honesty_metrics])
         tracking.log_json(client, run_id, {"full_accuracy": outcome.full_accuracy, "history": outcome.history},
                           "history.json")
     tune.report({"run_id": run_id, "skipped": False})

@@ -9,10 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
 
+from circuitlib.circuits import Circuit
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
+from circuitlib.types import MaskedParam
 from sweeps import config as sweep_config
 from sweeps import layout, tracking
 from sweeps.config import SweepConfig, load_preset, preset_names
@@ -27,6 +30,7 @@ from sweeps.specs import (
     from_tune,
     tune_config,
 )
+from sweeps.trials import snapshot_honesty
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -287,3 +291,32 @@ def test_progress_estimates():
     assert estimate_left([10.0, 20.0], remaining=4, running=2) == pytest.approx(30.0)
     assert estimate_left([], remaining=3, running=1) is None
     assert estimate_left([5.0], remaining=0, running=0) == 0.0
+
+
+def _snapshot(kept: int, target: float, **figures: float) -> Circuit:
+    """A 10-weight circuit keeping its first `kept` weights, snapshotted at `target` with held-out `figures`."""
+    keep = torch.arange(10) < kept
+    return Circuit.from_masks([MaskedParam("w", (10,), "mlp", 0)], {"w": keep}, "tiny-gpt2", None,
+                              target_density=target, provenance={"step": 5, **figures})
+
+
+def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
+    honest = [_snapshot(5, 0.5, faithfulness=0.95, complement_accuracy=0.55), _snapshot(2, 0.2, faithfulness=0.9)]
+    tags, metrics = snapshot_honesty(honest)
+    assert tags[layout.circuit_tag(0.5, "density")] == "0.5" and tags[layout.circuit_tag(0.2, "density")] == "0.2"
+    assert tags[layout.circuit_tag(0.5, "faithfulness")] == "0.95"
+    assert tags[layout.TAG_SNAPSHOT_FLAGS] == ""
+    assert metrics[layout.circuit_metric(0.5, "faithfulness")] == 0.95
+    assert metrics[layout.circuit_metric(0.5, "complement_accuracy")] == 0.55
+    assert metrics[layout.circuit_metric(0.2, "density")] == 0.2
+    assert layout.circuit_metric(0.2, "complement_accuracy") not in metrics  # not recorded: not logged
+
+    # A cliff: both targets get one mask at density 0.1, under 0.8 x each target.
+    cliff = [_snapshot(1, 0.5), _snapshot(1, 0.2)]
+    tags, _ = snapshot_honesty(cliff)
+    assert tags[layout.circuit_tag(0.5, "faithfulness")] == "nan"
+    assert tags[layout.TAG_SNAPSHOT_FLAGS] == (
+        "d0.5 at density 0.1: well below its target (< 0.8 x 0.5); "
+        "d0.2 at density 0.1: well below its target (< 0.8 x 0.2); d0.5, d0.2: one snapshot"
+    )
+    assert not layout.well_below(0.4, 0.5) and layout.well_below(0.39, 0.5)

@@ -90,6 +90,22 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
         arts = {a.path for a in client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR)}
         assert arts == {layout.circuit_artifact(float(t)) for t in reached[run.info.run_name]}
         assert client.get_metric_history(run.info.run_id, "faithfulness")
+        # Snapshot honesty: each snapshot's actual figures, and flags that agree with the circuit files.
+        tags, metrics = run.data.tags, run.data.metrics
+        snapshots = {float(t): circuits.load(client.download_artifacts(
+            run.info.run_id, layout.circuit_artifact(float(t)), str(tmp_path / "snapshots" / run.info.run_id)))
+            for t in reached[run.info.run_name]}
+        flags = tags[layout.TAG_SNAPSHOT_FLAGS]
+        for target, snap in snapshots.items():
+            assert tags[layout.circuit_tag(target, "density")] == f"{snap.density:.6g}"
+            assert tags[layout.circuit_tag(target, "faithfulness")] == f"{snap.provenance['faithfulness']:.4g}"
+            assert metrics[layout.circuit_metric(target, "faithfulness")] == snap.provenance["faithfulness"]
+            assert metrics[layout.circuit_metric(target, "complement_accuracy")] == snap.provenance[
+                "complement_accuracy"]
+            below = f"{layout.density_label(target)} at density {snap.density:.3g}: well below"
+            assert (below in flags) == layout.well_below(snap.density, target), flags
+        shares = len({snap.digest for snap in snapshots.values()}) < len(snapshots)
+        assert ("one snapshot" in flags) == shares, flags
     for run in edits:
         assert "efficacy_score" in run.data.metrics and "nll_new_drop" in run.data.metrics
         assert {a.path for a in client.list_artifacts(run.info.run_id)} == {layout.EDITS_ARTIFACT}
