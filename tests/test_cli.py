@@ -65,7 +65,7 @@ def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
         assert info["masked_weights"] == 25408 and info["model_id"] == "tiny-gpt2"
         assert info["provenance"]["dataset"] == "hierarchy" and info["provenance"]["mask_seed"] == 1
         assert info["provenance"]["split"] == {"dataset": "builtin:hierarchy", "limit": 40, "eval_fraction": 0.2,
-                                               "split_seed": 1}
+                                               "split_seed": 1, "min_eval_rows": 100}
         assert info["provenance"]["model_dtype"] == "float32"
     text = ok(cli("info", str(files[0]), cwd=tmp_path)).stdout
     assert "density" in text and "masked weights  25,408" in text
