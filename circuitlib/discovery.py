@@ -362,9 +362,10 @@ def mask_step(
     """
     index = state.next_batch(config.batch_size)
     inputs = task.train.batch(index.tolist(), lm.device, width)
-    lam = _lambda(config, state.epoch) if config.schedule == "paper" else 0.0
-    # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value.
-    penalty = lam * mean_keep_probability(state.logits, fused)
+    lam = _lambda(config, state.epoch)
+    # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value (a pass
+    # over every logit, skipped where there is no penalty).
+    penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
     masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
                                    fused, lam, out=buffers.masked, noise=config.noise)
     classifier = classifier or masked_classifier(lm, task.head, state.layout, config.precision)
@@ -403,14 +404,15 @@ def discover(
     task = prepare_task(lm, train, eval_data, config)
     state = DiscoveryState(lm, config, len(train))
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None
-    if config.init == "importance":
-        with torch.no_grad():
-            state.logits.add_(importance_offsets(lm, task.train, state.layout, config.init_spread,
-                                                 config.feature_batch_size))
-    if config.schedule == "controlled":  # the plan starts from the whole model
-        shift_to_density(state.logits, 1.0)
     if ckpt is not None and (ckpt / "state.pt").is_file():
         state.load(ckpt)
+    else:
+        if config.init == "importance":
+            with torch.no_grad():
+                state.logits.add_(importance_offsets(lm, task.train, state.layout, config.init_spread,
+                                                     config.feature_batch_size))
+        if config.schedule == "controlled":  # the plan starts from the whole model
+            shift_to_density(state.logits, 1.0)
     provenance = {"dataset": train.name, "mask_seed": config.mask_seed, "config": asdict(config)}
 
     def record(loss: float = float("nan")) -> dict[str, float]:
@@ -418,7 +420,7 @@ def discover(
         row = {
             "step": state.step,
             "epoch": state.epoch,
-            "lambda": _lambda(config, state.epoch) if config.schedule == "paper" else 0.0,
+            "lambda": _lambda(config, state.epoch),
             "loss": loss,
             "density": kept / total,
             **evaluate(lm, task, hard_masks(state.logits, state.layout), config.feature_batch_size),
@@ -506,4 +508,7 @@ def _checkpoint(state: DiscoveryState, directory: Path, on_checkpoint: Callable[
 
 
 def _lambda(config: DiscoveryConfig, epoch: int) -> float:
+    """The sparsity weight at an epoch: the paper's growing lambda; none under the controlled schedule."""
+    if config.schedule != "paper":
+        return 0.0
     return min(config.lambda_init + config.lambda_step * epoch, config.lambda_max)
