@@ -57,7 +57,7 @@ from circuitlib.discovery import (
     StepBuffers,
     _lambda,
     mask_step,
-    masked_classifier,
+    masked_features,
     prepare_task,
 )
 from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
@@ -269,8 +269,8 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision)
         state = DiscoveryState(lm, config, len(dataset))
         buffers = StepBuffers.for_run(lm, state.layout, config)
-        classifier = masked_classifier(lm, task.head, state.layout, precision, compiled)
-        step = functools.partial(mask_step, lm, task, state, config, buffers, fused, classifier, width)
+        forward = masked_features(lm, state.layout, precision, compiled)
+        step = functools.partial(mask_step, lm, task, state, config, buffers, fused, forward, width)
         start = time.perf_counter()
         step()
         sync()
@@ -278,7 +278,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         ours = timed(step, args.repeats)
         result[f"ours_{precision}"] = ours | {"steps_per_s": round(1 / ours["median_s"], 3)}
         result[f"ours_{precision}_top_ops_ms"] = top_ops(step)
-        del step, buffers, state, classifier
+        del step, buffers, state, forward
     config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
     naive_trainer = NaiveMaskTrainer(lm, task.head, config)
     batch = task.train.batch(list(range(args.batch_size)), lm.device)

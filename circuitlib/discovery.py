@@ -43,7 +43,7 @@ FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs mo
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("paper", "controlled")
 INITS = ("uniform", "importance")
-LOSSES = ("ce", "kl", "mse")
+LOSSES = ("ce", "kl", "mse", "features")
 
 
 def _folds(value: object) -> str | None:
@@ -93,7 +93,10 @@ class DiscoveryConfig:
                              check=_folds)
     loss: str = setting("ce", "ce: cross-entropy against the full model's predicted labels (the paper's); kl: "
                         "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
-                        "(scaled by their variance), which keeps its margins and its errors", choices=LOSSES)
+                        "(scaled by their variance), which keeps its margins and its errors; features: squared error "
+                        "to the full model's last-token features (each dimension scaled by its spread), so the circuit "
+                        "keeps the representation the head reads, not only its verdicts on the training rows",
+                        choices=LOSSES)
     noise: bool = setting(True, "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself")
     ramp_steps: int = setting(100, "controlled: steps over which density moves from one target to the next",
                               check=settings.at_least(1))
@@ -143,6 +146,8 @@ class _Task:
     head: torch.nn.Linear
     train_full_logits: torch.Tensor
     eval_full_logits: torch.Tensor
+    train_full_features: torch.Tensor
+    feature_scale: torch.Tensor
 
     @property
     def train_targets(self) -> torch.Tensor:
@@ -169,7 +174,7 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
     if config.cross_fit:
         train_full_logits = out_of_fold_logits(train_features, labels, config)
     return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_full_logits,
-                 eval_full_logits)
+                 eval_full_logits, train_features, train_features.std(dim=0).clamp_min(1e-6))
 
 
 def out_of_fold_logits(features: torch.Tensor, labels: torch.Tensor, config: DiscoveryConfig) -> torch.Tensor:
@@ -306,12 +311,12 @@ class DiscoveryState:
         self.ramp_start = (int(state["ramp_start"][0]), float(state["ramp_start"][1]))
 
 
-MaskedClassifier = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+MaskedFeatures = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
-def masked_classifier(lm: LoadedModel, head: torch.nn.Linear, layout: FlatLayout, precision: str = "fp32",
-                      compile_model: bool = False) -> MaskedClassifier:
-    """(flat masked weights, batch) -> head logits [batch, 2] of the model with those weights swapped in.
+def masked_features(lm: LoadedModel, layout: FlatLayout, precision: str = "fp32",
+                    compile_model: bool = False) -> MaskedFeatures:
+    """(flat masked weights, batch) -> last-token features [batch, d_model] (float32) with those weights swapped in.
 
     With `compile_model`, the whole forward (and so its backward) is one torch.compile'd graph: far fewer kernel
     launches and Python calls per step, which is what bounds a mask step on a GPU.
@@ -323,7 +328,7 @@ def masked_classifier(lm: LoadedModel, head: torch.nn.Linear, layout: FlatLayout
             # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs it.
             weights = {name: w if w.dim() > 1 else w.float() for name, w in weights.items()}
         with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return head(last_token_features(lm, inputs, weights)).float()
+            return last_token_features(lm, inputs, weights).float()
 
     return torch.compile(forward) if compile_model else forward
 
@@ -353,12 +358,12 @@ def mask_step(
     config: DiscoveryConfig,
     buffers: StepBuffers,
     fused: bool,
-    classifier: MaskedClassifier | None = None,
+    forward: MaskedFeatures | None = None,
     width: int | None = None,
 ) -> torch.Tensor:
     """One AdamW step of the mask logits on the next training batch; returns the (detached) loss.
 
-    `classifier` is a `masked_classifier` (default: an eager one), `width` a fixed width to pad batches to.
+    `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
     """
     index = state.next_batch(config.batch_size)
     inputs = task.train.batch(index.tolist(), lm.device, width)
@@ -368,10 +373,14 @@ def mask_step(
     penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
     masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
                                    fused, lam, out=buffers.masked, noise=config.noise)
-    classifier = classifier or masked_classifier(lm, task.head, state.layout, config.precision)
-    logits = classifier(masked, inputs)
-    full = task.train_full_logits[index.to(lm.device)]
-    if config.loss == "kl":
+    forward = forward or masked_features(lm, state.layout, config.precision)
+    features = forward(masked, inputs)
+    index = index.to(lm.device)
+    logits = task.head(features)
+    full = task.train_full_logits[index]
+    if config.loss == "features":
+        task_loss = ((features - task.train_full_features[index]) / task.feature_scale).square().mean()
+    elif config.loss == "kl":
         task_loss = F.kl_div(logits.log_softmax(dim=1), full.log_softmax(dim=1), log_target=True, reduction="batchmean")
     elif config.loss == "mse":
         task_loss = F.mse_loss(logits, full) / task.train_full_logits.var()
@@ -438,7 +447,7 @@ def discover(
         record()
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
-    classifier = masked_classifier(lm, task.head, state.layout, config.precision, config.compile_model)
+    forward = masked_features(lm, state.layout, config.precision, config.compile_model)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     sample = density_sample(state.layout.total, lm.device)
 
@@ -452,7 +461,7 @@ def discover(
 
     bar = tqdm(total=config.max_steps, initial=state.step, desc=f"discover {train.name}", disable=not progress)
     while (remaining or state.windows) and state.step < config.max_steps:
-        loss = mask_step(lm, task, state, config, buffers, fused, classifier, width)
+        loss = mask_step(lm, task, state, config, buffers, fused, forward, width)
         if config.schedule == "controlled":
             aim = planned_density(state, config, remaining)
             shift_to_density(state.logits, aim - density_margin(aim, sample), sample)

@@ -14,7 +14,7 @@ from circuitlib.classifier import cached_features, last_token_features, tokenize
 from circuitlib.discovery import DiscoveryConfig, discover, evaluate, prepare_task
 from circuitlib.editing import masked_weights
 from circuitlib.errors import InputError
-from circuitlib.masks import FlatLayout, hard_masks
+from circuitlib.masks import FlatLayout, hard_masks, shift_to_density
 from circuitlib.types import PAPER_DENSITIES
 
 TARGETS = (0.8, 0.5, 0.2)
@@ -248,6 +248,28 @@ def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
     assert cosine > 0.99, cosine
 
 
+def test_features_loss_is_the_scaled_distance_to_the_full_models_features(tiny_lm, tiny_data) -> None:
+    """loss=features: 0 for the whole model; for a mask, the mean squared feature gap over each dimension's spread."""
+    cfg = config(loss="features", schedule="controlled", noise=False, temperature=1.0,
+                 batch_size=len(tiny_data))  # no penalty in the loss; one batch: every row
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
+    full = cached_features(tiny_lm, task.train, 8)
+    assert torch.equal(task.train_full_features, full)
+    torch.testing.assert_close(task.feature_scale, full.std(dim=0).clamp_min(1e-6))
+    for density in (1.0, 0.5):
+        state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+        with torch.no_grad():
+            shift_to_density(state.logits, density)
+        masks = hard_masks(state.logits, state.layout)
+        with masked_weights(tiny_lm, masks):
+            circuit = cached_features(tiny_lm, task.train, 8)
+        expected = ((circuit - full) / task.feature_scale).square().mean()
+        buffers = discovery.StepBuffers.for_run(tiny_lm, state.layout, cfg)
+        loss = discovery.mask_step(tiny_lm, task, state, cfg, buffers, fused=False)
+        torch.testing.assert_close(loss, expected, rtol=1e-4, atol=1e-6)
+        assert (loss == 0) == (density == 1.0), (density, loss)
+
+
 def test_config_rejects_an_unknown_precision() -> None:
     with pytest.raises(InputError, match="precision 'fp16'"):
         DiscoveryConfig(precision="fp16")
@@ -256,7 +278,7 @@ def test_config_rejects_an_unknown_precision() -> None:
 
 @pytest.mark.slow
 def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_lm, tiny_data) -> None:
-    """compile_model's torch.compile'd classifier, on batches padded to the set's longest row, equals the eager one."""
+    """compile_model's torch.compile'd forward, on batches padded to the set's longest row, equals the eager one."""
     cfg = config()
     task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
     state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
@@ -265,8 +287,8 @@ def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_
     width = task.train.max_width
     results = []
     for compiled, pad_to in ((False, None), (False, width), (True, width)):
-        classifier = discovery.masked_classifier(tiny_lm, task.head, state.layout, compile_model=compiled)
-        logits = classifier(flat, task.train.batch(index, tiny_lm.device, pad_to))
+        forward = discovery.masked_features(tiny_lm, state.layout, compile_model=compiled)
+        logits = task.head(forward(flat, task.train.batch(index, tiny_lm.device, pad_to)))
         (grad,) = torch.autograd.grad(logits[:, 1].sum(), flat)
         results.append((logits.detach(), grad))
     assert task.train.batch(index, tiny_lm.device, width)["input_ids"].shape[1] == width > min(map(len, task.train.ids))
