@@ -63,7 +63,7 @@ def main() -> None:
     report = {
         "benchmark": "bench_faithful", "preset": args.preset, "model": preset.model, "date": stamp,
         "command": f"python benchmarks/bench_faithful.py --preset {args.preset}",
-        "data_limit": preset.data_limit, "eval_fraction": preset.eval_fraction,
+        "data_limit": preset.data_limit, "eval_fraction": preset.eval_fraction, "min_eval_rows": preset.min_eval_rows,
         "discovery": dataclasses.asdict(preset.discovery), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": [],
     }
@@ -71,8 +71,8 @@ def main() -> None:
     for spec in specs:
         name = data.dataset_name(spec)
         seed = seeds.sweep_seeds(name, 0)
-        train, held_out = data.split(data.load_classification(spec, limit=preset.data_limit, seed=seed.split_seed),
-                                     preset.eval_fraction, seed.split_seed)
+        train, held_out = data.SplitSpec(spec, preset.data_limit, preset.eval_fraction, seed.split_seed,
+                                         preset.min_eval_rows).load()  # the rows a sweep's trial uses
         config = dataclasses.replace(preset.discovery, mask_seed=seed.mask_seed)
         start = time.perf_counter()
         result = discover(lm, train, held_out, config, progress=False)
