@@ -27,6 +27,10 @@ class SweepRun:
     experiment_id: str
     parent_run_id: str
 
+    @property
+    def settings_hash(self) -> str:
+        return self.config.settings_hash()
+
 
 @dataclass(frozen=True)
 class DiscoveryTrial:

@@ -217,11 +217,12 @@ def test_phase_two_edits_the_circuits_mlflow_records(tmp_path):
     config = dataclasses.replace(load_preset("tiny"), tracking_uri=uri)
     client = tracking.client_for(uri)
     exp = tracking.experiment_id(client, "t", (tmp_path / "artifacts").as_uri())
-    parent = tracking.open_sweep_run(client, exp, "t", {})
+    parent = tracking.open_sweep_run(client, exp, "t", {}, config.settings_hash())
     run = SweepRun(config, exp, parent)
     trials = discovery_trials(run)
     for trial, status, reached in zip(trials, ("FINISHED", "FAILED"), ("0.5,0.2", "0.5"), strict=True):
-        run_id, _ = tracking.open_trial_run(client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {})
+        run_id, _ = tracking.open_trial_run(client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {},
+                                            run.settings_hash)
         tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached})
         client.set_terminated(run_id, status)
     found = found_circuits(client, run, trials)
