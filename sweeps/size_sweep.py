@@ -21,6 +21,7 @@ import dataclasses
 import fcntl
 import hashlib
 import json
+import logging
 import os
 import sys
 import tempfile
@@ -72,21 +73,28 @@ def _frozen(path: Path) -> SweepConfig:
                          "started it, or start it anew under another --name") from None
 
 
-def freeze_params(config: SweepConfig) -> None:
-    """Write the sweep's params.json once; a rerun under the same name must ask for the same results (where and how it
+def check_params(config: SweepConfig) -> bool:
+    """Whether the sweep's params.json exists; one that asks for other results is refused (where and how the sweep
     runs may change)."""
     path = Path(config.work_dir) / config.name / "params.json"
-    current = dataclasses.asdict(config)
-    if path.is_file():
-        changed = settings.changed(_frozen(path).shaping(), config.shaping())
-        if changed:
-            raise InputError(
-                f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
-                "rerun it unchanged to resume, or pick a new --name"
-            )
+    if not path.is_file():
+        return False
+    changed = settings.changed(_frozen(path).shaping(), config.shaping())
+    if changed:
+        raise InputError(
+            f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
+            "rerun it unchanged to resume, or pick a new --name"
+        )
+    return True
+
+
+def freeze_params(config: SweepConfig) -> None:
+    """Write the sweep's params.json once; a rerun under the same name must ask for the same results."""
+    if check_params(config):
         return
+    path = Path(config.work_dir) / config.name / "params.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2))
+    path.write_text(json.dumps(dataclasses.asdict(config), indent=2))
 
 
 def sweep_folder(config: SweepConfig) -> Path:
@@ -126,15 +134,18 @@ def local_resources() -> dict[str, float]:
     return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
 
 
-def preflight(config: SweepConfig) -> Path:
-    """What can be checked before Ray starts and params.json is frozen: the work dir, the resources of a local
-    cluster and the tracking server; the sweep's folder."""
-    folder = sweep_folder(config)
+def preflight(config: SweepConfig) -> None:
+    """What can be checked before Ray starts and params.json is frozen: the resources of a local cluster, the
+    tracking server, and that its sweep of this name has these settings."""
     if "RAY_ADDRESS" not in os.environ:
         trial_resources(config, local_resources())
-    assert config.tracking_uri is not None, "a sweep runs on its resolved config"
+    assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
     tracking.probe(config.tracking_uri)
-    return folder
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # a new SQLite store's notices
+    client = tracking.client_for(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        tracking.sweep_run(client, experiment.experiment_id, config.name, config.settings_hash())
 
 
 def connect_ray(config: SweepConfig) -> Mapping[str, float]:
@@ -253,7 +264,9 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             print(f"{len(config.datasets) * len(config.seeds)} discovery trials; "
                   f"{config.shards()} edit shards per circuit variant")
             return 0
-        with driver_lock(preflight(config)):
+        with driver_lock(sweep_folder(config)):  # first: two drivers must not even initialise MLflow's store at once
+            check_params(config)
+            preflight(config)
             freeze_params(config)
             return run_sweep(config)
     except InputError as exc:

@@ -84,23 +84,31 @@ def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str, set
             return runs
 
 
+def sweep_run(client: MlflowClient, exp_id: str, sweep: str, settings_hash: str):
+    """The parent run of sweep `sweep` in the experiment, or None; one run with other settings is refused, so a sweep
+    never returns another configuration's results, whatever work dir or machine it runs from."""
+    found = find_run(client, exp_id, {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep})
+    theirs = found.data.tags.get(layout.TAG_SETTINGS, "none") if found is not None else settings_hash
+    if theirs != settings_hash:
+        assert found is not None
+        raise InputError(
+            f"sweep {sweep!r}: MLflow run {found.info.run_id} of that name has other settings (hash {theirs}, these "
+            f"{settings_hash}); rerun it with its own settings (its params), or pick a new --name"
+        )
+    return found
+
+
 def open_sweep_run(
     client: MlflowClient, exp_id: str, sweep: str, params: Mapping[str, object], settings_hash: str
 ) -> str:
     """The sweep's parent run: reused when the sweep is run again with the same settings, created (with its params)
-    otherwise; a sweep of that name run with other settings is refused, so it never returns their results."""
-    tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep}
-    found = find_run(client, exp_id, tags)
+    otherwise."""
+    found = sweep_run(client, exp_id, sweep, settings_hash)
     if found is not None:
-        theirs = found.data.tags.get(layout.TAG_SETTINGS, "none")
-        if theirs != settings_hash:
-            raise InputError(
-                f"sweep {sweep!r}: MLflow run {found.info.run_id} of that name has other settings (hash {theirs}, "
-                f"these {settings_hash}); rerun it with its own settings (its params), or pick a new --name"
-            )
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
-    run = client.create_run(exp_id, run_name=sweep, tags={**tags, layout.TAG_SETTINGS: settings_hash})
+    tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep, layout.TAG_SETTINGS: settings_hash}
+    run = client.create_run(exp_id, run_name=sweep, tags=tags)
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 
