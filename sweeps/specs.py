@@ -29,6 +29,7 @@ class SweepRun:
 
     @property
     def settings_hash(self) -> str:
+        """What the sweep's parent and child runs are tagged with: they are reused only under the same settings."""
         return self.config.settings_hash()
 
 

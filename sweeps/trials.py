@@ -196,9 +196,14 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
 
 
 def _edit_rows(checkpoint_dir: Path | None) -> list[dict[str, Any]]:
-    if checkpoint_dir is None or not (checkpoint_dir / ROWS_FILE).is_file():
+    path = None if checkpoint_dir is None else checkpoint_dir / ROWS_FILE
+    if path is None or not path.is_file():
         return []
-    return json.loads((checkpoint_dir / ROWS_FILE).read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a corrupt checkpoint: edit the shard over
+        log.warning("checkpoint %s: cannot be read (%s); starting the trial over", path, exc)
+        return []
 
 
 def _save_rows(directory: Path, rows: list[dict[str, Any]], report: Callable[..., None]) -> None:

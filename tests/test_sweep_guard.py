@@ -16,6 +16,7 @@ from circuitlib.errors import CorruptCheckpoint, InputError
 from sweeps import layout, tracking
 from sweeps.config import load_preset
 from sweeps.size_sweep import driver_lock, main
+from sweeps.trials import ROWS_FILE, _edit_rows
 
 MLFLOW_LOG = "20"  # MLflow's own log lines (a timestamp) when it creates its SQLite tables
 
@@ -154,3 +155,10 @@ def test_state_files_written_by_torch_still_load(tiny_lm, tiny_data, tmp_path):
     state = DiscoveryState(tiny_lm, config, len(tiny_data.texts))
     state.load(tmp_path)
     assert state.step == 4 and torch.equal(state.logits, torch.load(tmp_path / "state.pt")["logits"])
+
+
+def test_an_unreadable_edit_checkpoint_starts_the_shard_over(tmp_path):
+    (tmp_path / ROWS_FILE).write_text('[{"case_id": 0, "effic')
+    assert _edit_rows(tmp_path) == []
+    (tmp_path / ROWS_FILE).write_text('[{"case_id": 0}]')
+    assert _edit_rows(tmp_path) == [{"case_id": 0}]

@@ -238,7 +238,8 @@ def test_trials_killed_without_retries_and_corrupt_checkpoints_resume_to_every_r
             os.killpg(driver.pid, signal.SIGKILL)
     assert killed, f"the sweep ended before it could be interrupted:\n{log.read_text()[-3000:]}"
     text = log.read_text()
-    assert "sweep tiny: 0 circuits from 2 discoveries" in text and "not finished in MLflow: discover/" in text, text[-3000:]
+    assert "sweep tiny: 0 circuits from 2 discoveries" in text, text[-3000:]
+    assert "not finished in MLflow: discover/" in text, text[-3000:]
     _, parents, children = child_runs(tmp_path)
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "RUNNING" not in {r.info.status for r in children}
