@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import os
 import shlex
 import sys
 from collections.abc import Callable
@@ -34,6 +35,18 @@ def _json_safe(value):
     if isinstance(value, (list, tuple)):
         return [_json_safe(v) for v in value]
     return value
+
+
+def writable(path: Path, what: str) -> Path:
+    """`path` once its folder exists and it can be written; else one clear error, before any work is done."""
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(f"{what} {path}: cannot create its folder ({exc.strerror or exc})") from None
+    target = path if path.exists() else path.parent
+    if path.is_dir() or not os.access(target, os.W_OK):
+        raise InputError(f"{what} {path}: not a writable file")
+    return path
 
 
 def write_json(path: Path, payload) -> None:
@@ -69,7 +82,7 @@ def cmd_discover(args: argparse.Namespace) -> None:
     split = config_from_args(SplitSpec, args)
     train, eval_data = split.load()
     dtype = resolve_dtype(args.dtype)
-    out = Path(args.out)
+    out = writable(Path(args.out) / "history.json", "--out").parent
     run = {"model": args.model, "revision": args.revision, "dtype": dtype_name(dtype), "split": asdict(split),
            "config": asdict(config)}
     _claim_checkpoint(out / "checkpoint", run)
@@ -132,6 +145,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
     if args.limit is not None and args.limit < 1:  # requests[:0] would edit all, requests[:-1] all but the last
         raise InputError(f"--limit {args.limit}: must be at least 1")
     requests = data.load_requests(args.requests)  # before loading the model: bad input fails fast
+    out = writable(Path(args.out), "--out")
     circuit = circuits.load(args.circuit) if args.circuit else None
     subset = requests[: args.limit] if args.limit is not None else requests
     lm = load_model(args.model, device=args.device)
@@ -140,7 +154,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
     masks = variant_masks(circuit, args.variant, args.random_mask_seed)
     results = edit_requests(lm, subset, args.variant, masks, config, pool=requests)
     summary = summarize(results)
-    write_json(Path(args.out), {
+    write_json(out, {
         "model": args.model, "variant": args.variant, "circuit": args.circuit, "requests": args.requests,
         "random_mask_seed": args.random_mask_seed, "config": asdict(config), "summary": summary,
         "results": results_as_rows(results),

@@ -41,6 +41,7 @@ _BUILTIN_REQUESTS: dict[str, Callable[[], list[EditRequest]]] = {"hierarchy": bu
 _CLASSIFICATION_FORMS = "csv:PATH, blimp:CONFIG, blimp:PATH.jsonl, persona:NAME, persona:PATH.jsonl, builtin:NAME"
 _REQUEST_FORMS = "json:PATH, builtin:hierarchy"
 _CSV_LABELS = {"0": 0, "1": 1}
+MAX_CSV_ROWS = 200_000  # a CSV dataset holds at most this many rows: discovery keeps every row's features in memory
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]+")
 
 
@@ -120,9 +121,12 @@ def _load_csv(spec: str, value: str) -> tuple[list[Any], list[Any]]:
     """Texts and labels of a CSV with `text` and `label` columns; labels other than "0"/"1" stay raw for the check."""
     path = _existing_file("dataset", spec, value)
     try:
-        frame = pd.read_csv(path, dtype={"text": str, "label": str})
+        frame = pd.read_csv(path, dtype={"text": str, "label": str}, nrows=MAX_CSV_ROWS + 1)  # bounded read
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"dataset {spec}: {path} could not be read as CSV ({_first_line(exc)})") from exc
+    if len(frame) > MAX_CSV_ROWS:
+        raise InputError(f"dataset {spec}: {path} has more than {MAX_CSV_ROWS} rows (circuitlib.data.MAX_CSV_ROWS); "
+                         "subsample it to a smaller file")
     for column in ("text", "label"):
         if column not in frame.columns:
             found = ", ".join(map(str, frame.columns))

@@ -9,6 +9,7 @@ controls the density exactly and holds each target while faithfulness improves (
 from __future__ import annotations
 
 import math
+import pickle
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -20,6 +21,7 @@ from tqdm.auto import tqdm
 from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import Tokenized, cached_features, last_token_features, tokenize, train_head
+from circuitlib.errors import CorruptCheckpoint
 from circuitlib.importance import importance_offsets
 from circuitlib.masks import (
     FlatLayout,
@@ -294,8 +296,23 @@ class DiscoveryState:
         tmp.replace(directory / "state.pt")
 
     def load(self, directory: Path) -> None:
-        """Restore from `save`."""
-        state = torch.load(directory / "state.pt", weights_only=True, map_location="cpu")
+        """Restore from `save`; a file that cannot be read raises CorruptCheckpoint naming it."""
+        path = directory / "state.pt"
+        try:
+            state = torch.load(path, weights_only=True, map_location="cpu")
+            snapshots = []
+            for i in range(state["n_circuits"]):
+                path = directory / f"snapshot{i}.safetensors"
+                snapshots.append(circuits.load(path))
+            windows = [Window(**w) for w in state["windows"]]
+            candidates = {}
+            for i, w in enumerate(windows):
+                path = directory / f"candidate{i}.safetensors"
+                if path.is_file():
+                    candidates[w.target] = circuits.load(path)
+        except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
+            raise CorruptCheckpoint(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+                                    ) from exc
         with torch.no_grad():
             self.logits.copy_(state["logits"])
         self.optimizer.load_state_dict(state["optimizer"])
@@ -304,10 +321,9 @@ class DiscoveryState:
         self.step, self.epoch, self.position = state["step"], state["epoch"], state["position"]
         self.order = state["order"]
         self.history = state["history"]
-        self.circuits = [circuits.load(directory / f"snapshot{i}.safetensors") for i in range(state["n_circuits"])]
-        self.windows = [Window(**w) for w in state["windows"]]
-        self.candidates = {w.target: circuits.load(directory / f"candidate{i}.safetensors")
-                           for i, w in enumerate(self.windows) if (directory / f"candidate{i}.safetensors").is_file()}
+        self.circuits = snapshots
+        self.windows = windows
+        self.candidates = candidates
         self.ramp_start = (int(state["ramp_start"][0]), float(state["ramp_start"][1]))
 
 

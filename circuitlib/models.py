@@ -169,6 +169,14 @@ def _looks_like_path(spec: str) -> bool:
     return spec.startswith((".", "/", "~")) or Path(spec).exists()
 
 
+def check_local_model(spec: str) -> None:
+    """Reject a model given as a local path that is not a Hugging Face model folder (hub ids pass)."""
+    if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
+        raise InputError(f"model {spec}: no such directory")
+    if _looks_like_path(spec) and not (Path(spec).expanduser() / "config.json").is_file():
+        raise InputError(f"model {spec}: the folder has no config.json (not a Hugging Face model folder)")
+
+
 def _from_pretrained(
     spec: str, revision: str | None, dtype: torch.dtype
 ) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
@@ -176,10 +184,7 @@ def _from_pretrained(
         kwargs = {}
         source = str(smollm2_dir())
     else:
-        if _looks_like_path(spec) and not Path(spec).expanduser().is_dir():
-            raise InputError(f"model {spec}: no such directory")
-        if _looks_like_path(spec) and not (Path(spec).expanduser() / "config.json").is_file():
-            raise InputError(f"model {spec}: the folder has no config.json (not a Hugging Face model folder)")
+        check_local_model(spec)
         kwargs = {"revision": revision} if revision else {}
         source = str(Path(spec).expanduser()) if _looks_like_path(spec) else spec
     # GGUF de-quantisation and weight loading print progress bars and warnings a user cannot act on.

@@ -137,3 +137,25 @@ def non_empty(item: Check) -> Check:
 def finite(value: Any) -> str | None:
     """Any finite number."""
     return None if _number(value) else "must be a finite number"
+
+
+_NAME_CHARS = frozenset("ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789_.-")
+
+
+def identifier(value: Any) -> str | None:
+    """A name safe as a folder and in a query: letters, digits, `_`, `.` and `-`, without `..`."""
+    ok = isinstance(value, str) and value != "" and set(value) <= _NAME_CHARS and ".." not in value
+    return None if ok else "must be letters, digits, _ . - only (no .., no /)"
+
+
+def location(schemes: tuple[str, ...]) -> Check:
+    """A local path, or a URI with one of `schemes` (`s3` for s3://...)."""
+
+    def check(value: Any) -> str | None:
+        if not isinstance(value, str) or not value.strip():
+            return "must be a non-empty text"
+        if "://" not in value or value.split("://", 1)[0] in schemes:
+            return None
+        return f"must be a local path or a URI of {', '.join(s + '://' for s in schemes)}"
+
+    return check

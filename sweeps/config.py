@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import hashlib
+import json
 import math
 import os
 from dataclasses import dataclass
@@ -17,7 +19,7 @@ from typing import Any
 
 import yaml
 
-from circuitlib import data, options, settings
+from circuitlib import data, models, options, settings
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.dtypes import DTYPES
 from circuitlib.editing import EditConfig
@@ -26,6 +28,10 @@ from circuitlib.settings import setting
 from circuitlib.types import MASKED_VARIANTS, Variant
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # what Ray Tune's storage (pyarrow) reads
+# Where and how a sweep runs, not what it computes: they may change when a sweep is resumed, and stay out of its hash.
+OPERATIONAL = ("name", "work_dir", "storage_path", "tracking_uri", "experiment", "require_gpu", "gpus_per_trial",
+               "cpus_per_trial", "max_concurrent_trials", "max_failures")
 
 
 @dataclass
@@ -33,7 +39,7 @@ class SweepConfig:
     """Everything a sweep computes and where it runs; a preset fills it, the command line overrides it."""
 
     name: str = setting("paper", "the sweep's name: its folder under work_dir, its Tune experiments and, by default, "
-                        "its MLflow experiment", check=settings.text)
+                        "its MLflow experiment; letters, digits, _ . -", check=settings.identifier)
     model: str = setting("gpt2-xl", "tiny-gpt2, smollm2-135m, a hub id or a local directory", check=settings.text)
     model_revision: str | None = setting(None, "hub revision (commit, tag or branch) of the model")
     dtype: str = setting("auto", "dtype of the model's weights in discovery; auto: bfloat16 on a GPU, float32 on CPU",
@@ -67,10 +73,10 @@ class SweepConfig:
     cpus_per_trial: int = setting(1, "CPUs per trial", check=settings.at_least(1))
     max_concurrent_trials: int = setting(0, "trials at a time; 0: as many as resources allow",
                                          check=settings.at_least(0))
-    max_failures: int = setting(2, "retries of a failed trial; -1: without limit", check=settings.at_least(-1))
+    max_failures: int = setting(2, "retries of a failed trial", check=settings.at_least(0))
     work_dir: str = setting("runs", "local folder of params.json and the default MLflow store", check=settings.text)
     storage_path: str | None = setting(None, "Ray Tune results and checkpoints; none: {work_dir}/ray; s3:// and gs:// "
-                                       "work")
+                                       "work", check=settings.optional(settings.location(STORAGE_SCHEMES)))
     tracking_uri: str | None = setting(None, "MLflow tracking URI; none: $MLFLOW_TRACKING_URI, else SQLite under "
                                        "work_dir")
     experiment: str | None = setting(None, "MLflow experiment; none: the sweep's name")
@@ -92,6 +98,7 @@ class SweepConfig:
     def validate(self) -> None:
         """Reject inputs that cannot be found or combined, before any trial starts (each value is checked on
         construction, by its own field's setting)."""
+        models.check_local_model(self.model)
         for spec in self.datasets:
             data.check_classification_spec(spec)
         names = [data.dataset_name(s) for s in self.datasets]
@@ -103,6 +110,15 @@ class SweepConfig:
         if self.require_gpu and self.gpus_per_trial == 0:
             raise InputError(f"preset {self.name} needs a GPU per trial (model {self.model}), but gpus_per_trial is 0")
         data.load_requests(self.requests, self.edit_limit)
+
+    def shaping(self) -> dict[str, Any]:
+        """The settings that shape a sweep's results (all but the OPERATIONAL ones)."""
+        return {k: v for k, v in dataclasses.asdict(self).items() if k not in OPERATIONAL}
+
+    def settings_hash(self) -> str:
+        """A digest of `shaping()`: a sweep's identity in MLflow (§7.5), the same on every machine."""
+        text = json.dumps(self.shaping(), sort_keys=True, separators=(",", ":"))
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def shards(self) -> int:
         """How many edit trials the requests are split into, per circuit and variant."""

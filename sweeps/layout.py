@@ -32,6 +32,7 @@ TAG_CIRCUIT_ARTIFACT = "circuitlib.circuit_artifact"
 TAG_REACHED = "circuitlib.reached"  # comma-separated density keys of the targets a discovery reached
 TAG_UNREACHED = "circuitlib.unreached"  # comma-separated density keys of the targets a discovery never reached
 TAG_SNAPSHOT_FLAGS = "circuitlib.snapshot_flags"  # a discovery's dishonest snapshots, in words; empty when none
+TAG_SETTINGS = "circuitlib.settings_hash"  # SweepConfig.settings_hash: a run is reused only under the same settings
 PARENT_TAG = "mlflow.parentRunId"
 
 WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target

@@ -18,10 +18,15 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import fcntl
+import hashlib
 import json
+import logging
 import os
 import sys
-from collections.abc import Callable, Mapping, Sequence
+import tempfile
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -68,20 +73,79 @@ def _frozen(path: Path) -> SweepConfig:
                          "started it, or start it anew under another --name") from None
 
 
-def freeze_params(config: SweepConfig) -> None:
-    """Write the sweep's params.json once; a rerun under the same name must ask for the same sweep."""
+def check_params(config: SweepConfig) -> bool:
+    """Whether the sweep's params.json exists; one that asks for other results is refused (where and how the sweep
+    runs may change)."""
     path = Path(config.work_dir) / config.name / "params.json"
-    current = dataclasses.asdict(config)
-    if path.is_file():
-        changed = settings.changed(dataclasses.asdict(_frozen(path)), current)
-        if changed:
-            raise InputError(
-                f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
-                "rerun it unchanged to resume, or pick a new --name"
-            )
+    if not path.is_file():
+        return False
+    changed = settings.changed(_frozen(path).shaping(), config.shaping())
+    if changed:
+        raise InputError(
+            f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
+            "rerun it unchanged to resume, or pick a new --name"
+        )
+    return True
+
+
+def freeze_params(config: SweepConfig) -> None:
+    """Write the sweep's params.json once; a rerun under the same name must ask for the same results."""
+    if check_params(config):
         return
+    path = Path(config.work_dir) / config.name / "params.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(current, indent=2))
+    path.write_text(json.dumps(dataclasses.asdict(config), indent=2))
+
+
+def sweep_folder(config: SweepConfig) -> Path:
+    """The sweep's folder under work_dir, created; an unwritable one is one clear error before anything runs."""
+    folder = Path(config.work_dir) / config.name
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise InputError(f"work_dir {config.work_dir}: cannot write {folder} ({exc.strerror or exc})") from None
+    return folder
+
+
+@contextmanager
+def driver_lock(folder: Path) -> Iterator[None]:
+    """Hold the sweep's lock file while it runs, so two drivers of one sweep (one work dir) never run at once; the
+    system drops the lock when the driver dies, so a killed sweep resumes without clean-up."""
+    path = folder / "driver.lock"
+    with path.open("a+") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            raise InputError(f"sweep {folder.name!r}: another driver runs it ({path} is held by pid "
+                             f"{handle.read().strip() or '?'}); wait for it, or stop it") from None
+        handle.truncate(0)
+        handle.write(str(os.getpid()))
+        handle.flush()
+        yield
+
+
+def local_resources() -> dict[str, float]:
+    """What the private local Ray cluster will have: this machine's CPUs and GPUs."""
+    import torch
+
+    return {"CPU": float(os.cpu_count() or 1), "GPU": float(torch.cuda.device_count())}
+
+
+def preflight(config: SweepConfig) -> None:
+    """What can be checked before Ray starts and params.json is frozen: the resources of a local cluster, the
+    tracking server, and that its sweep of this name has these settings."""
+    if "RAY_ADDRESS" not in os.environ:
+        trial_resources(config, local_resources())
+    assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
+    tracking.probe(config.tracking_uri)
+    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # a new SQLite store's notices
+    client = tracking.client_for(config.tracking_uri)
+    experiment = client.get_experiment_by_name(config.experiment)
+    if experiment is not None:
+        tracking.sweep_run(client, experiment.experiment_id, config.name, config.settings_hash())
 
 
 def connect_ray(config: SweepConfig) -> Mapping[str, float]:
@@ -121,6 +185,13 @@ def trial_resources(config: SweepConfig, cluster: Mapping[str, float], can_grow:
     return {"cpu": config.cpus_per_trial, "gpu": gpus}
 
 
+def experiment_name(config: SweepConfig, phase: str, trials: Sequence[DiscoveryTrial | EditTrial]) -> str:
+    """The Tune experiment of one phase with exactly these trials: a rerun that asks for the same trials restores it,
+    one that asks for others (other discoveries found, other settings) starts its own, never an old trial list."""
+    specs = json.dumps([tune_config(t) for t in trials], sort_keys=True)
+    return f"{config.name}-{phase}-{hashlib.sha256(specs.encode()).hexdigest()[:12]}"
+
+
 def run_phase(
     phase: str, trainable: Callable[[dict[str, Any]], None], trials: Sequence[DiscoveryTrial | EditTrial],
     config: SweepConfig, resources: dict[str, float],
@@ -129,7 +200,7 @@ def run_phase(
     from ray import tune
 
     assert config.storage_path is not None, "a sweep runs on its resolved config"
-    name = f"{config.name}-{phase}"
+    name = experiment_name(config, phase, trials)
     path = f"{config.storage_path.rstrip('/')}/{name}"
     wrapped = tune.with_resources(trainable, resources)
     if tune.Tuner.can_restore(path):
@@ -159,7 +230,7 @@ def run_phase(
 def found_circuits(client, run: SweepRun, trials: Sequence[DiscoveryTrial]) -> list[CircuitRef]:
     """The circuits of every finished discovery of `trials`, as MLflow records them: phase 2's one source."""
     runs: dict[str, Any] = {}
-    for logged in tracking.child_runs(client, run.experiment_id, run.parent_run_id, "discover"):
+    for logged in tracking.child_runs(client, run.experiment_id, run.parent_run_id, "discover", run.settings_hash):
         runs.setdefault(logged.data.tags.get(layout.TAG_TRIAL, ""), logged)  # the newest run of a trial wins
     found = []
     for trial in trials:
@@ -172,6 +243,18 @@ def found_circuits(client, run: SweepRun, trials: Sequence[DiscoveryTrial]) -> l
     return found
 
 
+def unfinished(client, run: SweepRun, trials: Sequence[DiscoveryTrial | EditTrial]) -> list[str]:
+    """The trials without a FINISHED MLflow run of these settings: the sweep's own check of what it logged. Runs left
+    RUNNING by a trial that died with its worker are marked FAILED on the way (no trial runs any more)."""
+    status: dict[str, str] = {}
+    for kind in ("discover", "edit"):
+        runs = tracking.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash)
+        tracking.fail_running(client, runs)
+        for logged in runs:  # newest first: the newest run of a trial wins
+            status.setdefault(logged.data.tags.get(layout.TAG_TRIAL, ""), logged.info.status)
+    return [t.key for t in trials if status.get(t.key) != "FINISHED"]
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
         args = parse_args(argv, prog)
@@ -181,8 +264,11 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             print(f"{len(config.datasets) * len(config.seeds)} discovery trials; "
                   f"{config.shards()} edit shards per circuit variant")
             return 0
-        freeze_params(config)
-        return run_sweep(config)
+        with driver_lock(sweep_folder(config)):  # first: two drivers must not even initialise MLflow's store at once
+            check_params(config)
+            preflight(config)
+            freeze_params(config)
+            return run_sweep(config)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -199,25 +285,28 @@ def run_sweep(config: SweepConfig) -> int:
     embedded = config.tracking_uri.startswith("sqlite:")
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own
     exp_id = tracking.experiment_id(client, config.experiment, artifact_root)
-    parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config))
+    parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(f"trial resources {resources}; results and checkpoints under {config.storage_path}")
     run = SweepRun(config, exp_id, parent)
 
     discoveries = discovery_trials(run)
-    found = run_phase("discover", trainable(discovery_trial, DiscoveryTrial), discoveries, config, resources)
-    failures = len(found.errors)
+    run_phase("discover", trainable(discovery_trial, DiscoveryTrial), discoveries, config, resources)
     circuits = found_circuits(client, run, discoveries)
     edits = edit_trials(run, circuits)
     if edits:
-        edited = run_phase("edit", trainable(edit_trial, EditTrial), edits, config, resources)
-        failures += len(edited.errors)
-    client.set_terminated(parent, "FAILED" if failures else "FINISHED")
+        run_phase("edit", trainable(edit_trial, EditTrial), edits, config, resources)
+    failed = unfinished(client, run, [*discoveries, *edits])
+    client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     print(f"sweep {config.name}: {len(circuits)} circuits from {len(discoveries)} discoveries, "
-          f"{len(edits)} edit trials, {failures} failed")
+          f"{len(edits)} edit trials, {len(failed)} failed")
+    if failed:
+        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
+        print(f"sweep {config.name}: not finished in MLflow: {shown}; rerun the same command to redo them",
+              file=sys.stderr)
     print(f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open http://127.0.0.1:5000")
     print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
-    return 1 if failures else 0
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -27,6 +27,11 @@ class SweepRun:
     experiment_id: str
     parent_run_id: str
 
+    @property
+    def settings_hash(self) -> str:
+        """What the sweep's parent and child runs are tagged with: they are reused only under the same settings."""
+        return self.config.settings_hash()
+
 
 @dataclass(frozen=True)
 class DiscoveryTrial:

@@ -5,12 +5,15 @@ from __future__ import annotations
 import json
 import math
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from circuitlib.errors import InputError
 from sweeps import layout
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
@@ -34,16 +37,43 @@ def flat_params(config: Mapping[str, object]) -> dict[str, str]:
     return {k: (v if isinstance(v, str) else json.dumps(v))[:_MAX_PARAM] for k, v in config.items()}
 
 
+def literal(value: str) -> str:
+    """`value` quoted for an MLflow filter string (which has no escapes: it is quoted with whichever quote it lacks)."""
+    if "'" not in value:
+        return f"'{value}'"
+    if '"' not in value:
+        return f'"{value}"'
+    raise InputError(f"{value!r}: holds both quote characters, which an MLflow search cannot express")
+
+
+def _query(tags: Mapping[str, str]) -> str:
+    return " and ".join(f"tags.`{k}` = {literal(v)}" for k, v in tags.items())
+
+
+def probe(tracking_uri: str, timeout: float = 10.0) -> None:
+    """Fail in one line, within `timeout` seconds, when the tracking server of an http(s) URI does not answer."""
+    if not tracking_uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{tracking_uri.rstrip('/')}/health", timeout=timeout).close()
+    except urllib.error.HTTPError:
+        return  # it answered (an authenticating proxy may refuse the probe itself)
+    except (OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise InputError(f"tracking_uri {tracking_uri}: the MLflow server does not answer ({reason}); start it, "
+                         "or pass another --tracking-uri") from None
+
+
 def find_run(client: MlflowClient, exp_id: str, tags: Mapping[str, str]):
     """The newest run whose tags equal `tags`, or None."""
-    query = " and ".join(f"tags.`{k}` = '{v}'" for k, v in tags.items())
+    query = _query(tags)
     runs = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
     return runs[0] if runs else None
 
 
-def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str) -> list:
-    """Every child run of sweep run `parent_id` of one kind (discover, edit), newest first, all pages."""
-    query = f"tags.`{layout.PARENT_TAG}` = '{parent_id}' and tags.`{layout.TAG_KIND}` = '{kind}'"
+def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str, settings_hash: str) -> list:
+    """Every child run of sweep run `parent_id` of one kind (discover, edit) and settings, newest first, all pages."""
+    query = _query({layout.PARENT_TAG: parent_id, layout.TAG_KIND: kind, layout.TAG_SETTINGS: settings_hash})
     runs, token = [], None
     while True:
         page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token,
@@ -54,23 +84,43 @@ def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str) -> 
             return runs
 
 
-def open_sweep_run(client: MlflowClient, exp_id: str, sweep: str, params: Mapping[str, object]) -> str:
-    """The sweep's parent run: reused when the sweep is run again, created (with its params) otherwise."""
-    tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep}
-    found = find_run(client, exp_id, tags)
+def sweep_run(client: MlflowClient, exp_id: str, sweep: str, settings_hash: str):
+    """The parent run of sweep `sweep` in the experiment, or None; one run with other settings is refused, so a sweep
+    never returns another configuration's results, whatever work dir or machine it runs from."""
+    found = find_run(client, exp_id, {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep})
+    theirs = found.data.tags.get(layout.TAG_SETTINGS, "none") if found is not None else settings_hash
+    if theirs != settings_hash:
+        assert found is not None
+        raise InputError(
+            f"sweep {sweep!r}: MLflow run {found.info.run_id} of that name has other settings (hash {theirs}, these "
+            f"{settings_hash}); rerun it with its own settings (its params), or pick a new --name"
+        )
+    return found
+
+
+def open_sweep_run(
+    client: MlflowClient, exp_id: str, sweep: str, params: Mapping[str, object], settings_hash: str
+) -> str:
+    """The sweep's parent run: reused when the sweep is run again with the same settings, created (with its params)
+    otherwise."""
+    found = sweep_run(client, exp_id, sweep, settings_hash)
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
+    tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep, layout.TAG_SETTINGS: settings_hash}
     run = client.create_run(exp_id, run_name=sweep, tags=tags)
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 
 
 def open_trial_run(
-    client: MlflowClient, exp_id: str, parent_id: str, key: str, tags: Mapping[str, str], params: Mapping[str, object]
+    client: MlflowClient, exp_id: str, parent_id: str, key: str, tags: Mapping[str, str], params: Mapping[str, object],
+    settings_hash: str,
 ) -> tuple[str, bool]:
-    """(run id, finished) of the trial's child run; a rerun of the same trial gets its existing run back."""
-    found = find_run(client, exp_id, {layout.PARENT_TAG: parent_id, layout.TAG_TRIAL: key})
+    """(run id, finished) of the trial's child run; a rerun of the same trial with the same settings gets its existing
+    run back (a run of other settings is never reused)."""
+    identity = {layout.PARENT_TAG: parent_id, layout.TAG_TRIAL: key, layout.TAG_SETTINGS: settings_hash}
+    found = find_run(client, exp_id, identity)
     if found is not None:
         finished = found.info.status == "FINISHED"
         if not finished:
@@ -78,11 +128,17 @@ def open_trial_run(
         for k, v in tags.items():
             client.set_tag(found.info.run_id, k, v)
         return found.info.run_id, finished
-    run = client.create_run(
-        exp_id, run_name=key, tags={layout.PARENT_TAG: parent_id, layout.TAG_TRIAL: key, **tags}
-    )
+    run = client.create_run(exp_id, run_name=key, tags={**identity, **tags})
     log_params(client, run.info.run_id, params)
     return run.info.run_id, False
+
+
+def fail_running(client: MlflowClient, runs: Iterable) -> list[str]:
+    """Mark FAILED those of `runs` still RUNNING (their trial died with its worker); their names."""
+    stale = [r for r in runs if r.info.status == "RUNNING"]
+    for r in stale:
+        client.set_terminated(r.info.run_id, "FAILED")
+    return [r.info.run_name for r in stale]
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:

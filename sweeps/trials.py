@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import logging
 import math
+import shutil
 import tempfile
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
@@ -23,15 +25,17 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from circuitlib import circuits, data, provenance
-from circuitlib.discovery import DiscoveryConfig, discover
+from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, discover
 from circuitlib.dtypes import resolve_dtype
 from circuitlib.editing import RequestResult, edit_requests, results_as_rows, summarize, variant_masks
+from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
 from sweeps import layout, tracking
 from sweeps.config import SweepConfig
 from sweeps.specs import DiscoveryTrial, EditTrial, Spec, from_tune
 
+log = logging.getLogger(__name__)
 ROWS_FILE = "rows.json"
 EDIT_CHECKPOINT_EVERY = 4  # requests between edit-trial checkpoints
 
@@ -135,7 +139,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
     params = {"dataset": trial.dataset, "seed": trial.seed, "split_seed": split.split_seed,
               "mask_seed": config.mask_seed}
     run_id, finished = tracking.open_trial_run(
-        client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags, params
+        client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags, params, trial.sweep.settings_hash
     )
     if finished:
         tune.report({"run_id": run_id, "skipped": True})
@@ -169,10 +173,16 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
             progress = {"step": latest.get("step", 0), "density": latest.get("density", 1.0)}
             tune.report(progress, checkpoint=tune.Checkpoint.from_directory(str(directory)))
 
-        outcome = discover(
-            lm, train, eval_data, config, checkpoint_dir=checkpoint_dir,
-            on_snapshot=on_snapshot, on_eval=on_eval, on_checkpoint=on_checkpoint, progress=False,
-        )
+        def run() -> DiscoveryResult:
+            return discover(lm, train, eval_data, config, checkpoint_dir=checkpoint_dir,
+                            on_snapshot=on_snapshot, on_eval=on_eval, on_checkpoint=on_checkpoint, progress=False)
+
+        try:
+            outcome = run()
+        except CorruptCheckpoint as exc:  # discovery is deterministic: starting over finds the same circuits
+            log.warning("%s: %s; starting the trial over", trial.key, exc)
+            shutil.rmtree(checkpoint_dir)
+            outcome = run()
         flush()
         reached = ",".join(density_key(_target(c)) for c in outcome.circuits)
         unreached = ",".join(density_key(t) for t in outcome.unreached)
@@ -186,9 +196,14 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
 
 
 def _edit_rows(checkpoint_dir: Path | None) -> list[dict[str, Any]]:
-    if checkpoint_dir is None or not (checkpoint_dir / ROWS_FILE).is_file():
+    path = None if checkpoint_dir is None else checkpoint_dir / ROWS_FILE
+    if path is None or not path.is_file():
         return []
-    return json.loads((checkpoint_dir / ROWS_FILE).read_text())
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:  # a corrupt checkpoint: edit the shard over
+        log.warning("checkpoint %s: cannot be read (%s); starting the trial over", path, exc)
+        return []
 
 
 def _save_rows(directory: Path, rows: list[dict[str, Any]], report: Callable[..., None]) -> None:
@@ -216,6 +231,7 @@ def edit_trial(trial: EditTrial) -> None:
         client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags,
         {"variant": trial.variant, "shard": trial.shard, "random_mask_seed": trial.random_mask_seed,
          "edit_config": asdict(cfg.edit)},
+        trial.sweep.settings_hash,
     )
     result = {"run_id": run_id, "variant": trial.variant, "shard": trial.shard}
     if finished:

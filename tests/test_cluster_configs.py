@@ -592,3 +592,51 @@ def test_readme_walks_each_target_to_a_running_sweep_and_the_mlflow_ui():
     assert "kubectl -n circuits port-forward svc/circuits-head-svc 8265:8265" in readme
     assert "kubectl apply -f cluster/kuberay/rayjob.yaml" in readme
     assert "same\n   `--name` and `--storage-path`" in readme or "same `--name` and `--storage-path`" in readme
+
+
+# ============================================================== closed by default (issue 11 item 5)
+
+
+@pytest.mark.parametrize("name", sorted(LAUNCHERS))
+def test_launcher_starts_ray_with_token_auth_and_mlflow_credentials_on_every_node(name):
+    config = launcher(name)
+    assert config["file_mounts"]["~/.ray/auth_token"] == "~/.ray/auth_token"  # Ray's default token path
+    assert "~/.circuits/mlflow_password" in config["file_mounts"]
+    for key in ("head_start_ray_commands", "worker_start_ray_commands"):
+        (start,) = [c for c in config[key] if "ray start" in c]
+        for export in ("export RAY_AUTH_MODE=token;", "MLFLOW_TRACKING_PASSWORD=$(cat ~/.circuits/mlflow_password)"):
+            assert export in start and start.index(export) < start.index("ray start"), (key, export)
+    mlflow_cmd = next(c for c in config["head_start_ray_commands"] if "start-mlflow.sh" in c)
+    assert "MLFLOW_TRACKING_PASSWORD=$(cat ~/.circuits/mlflow_password)" in mlflow_cmd
+
+
+def test_start_mlflow_refuses_to_run_without_a_password_and_serves_basic_auth():
+    result = _run_start_mlflow({"MLFLOW_HOST": "10.0.0.5", "MLFLOW_ARTIFACTS_DESTINATION": "s3://bucket/prefix"})
+    assert result.returncode == 2 and "set MLFLOW_TRACKING_PASSWORD" in result.stderr
+    script = (CLUSTER / "mlflow" / "start-mlflow.sh").read_text()
+    assert "--app-name basic-auth" in script and "admin_password" not in script
+
+
+def test_kuberay_clusters_use_token_auth_and_a_network_policy():
+    for spec in ray_cluster_specs().values():
+        assert spec["authOptions"] == {"mode": "token"}
+    policy = one(all_manifest_docs(), "NetworkPolicy", "circuits-ingress")
+    assert policy["metadata"]["namespace"] == "circuits"
+    assert policy["spec"]["podSelector"] == {} and policy["spec"]["policyTypes"] == ["Ingress"]
+    sources = [peer for rule in policy["spec"]["ingress"] for peer in rule["from"]]
+    assert sources and all(peer.get("podSelector", {}).get("matchLabels") for peer in sources)  # never "anyone"
+
+
+def test_kuberay_mlflow_requires_authentication_and_ray_pods_send_credentials():
+    deployment = one(manifest_docs("mlflow.yaml"), "Deployment", "mlflow")
+    (server,) = containers(deployment["spec"]["template"])
+    assert server["args"][server["args"].index("--app-name") + 1] == "basic-auth"
+    admin = next(e for e in server["env"] if e["name"] == "MLFLOW_AUTH_ADMIN_PASSWORD")
+    assert admin["valueFrom"]["secretKeyRef"]["name"] == "mlflow-admin"
+    config = one(manifest_docs("mlflow.yaml"), "ConfigMap", "mlflow-config")["data"]["basic_auth.ini"]
+    assert "admin_password" not in config and "default_permission = NO_PERMISSIONS" in config
+    for spec in ray_cluster_specs().values():
+        for template in [spec["headGroupSpec"]["template"], *(g["template"] for g in spec["workerGroupSpecs"])]:
+            for container in containers(template):
+                password = next(e for e in container["env"] if e["name"] == "MLFLOW_TRACKING_PASSWORD")
+                assert password["valueFrom"]["secretKeyRef"]["name"] == "mlflow-admin"

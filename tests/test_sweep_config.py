@@ -114,6 +114,19 @@ def test_every_library_setting_is_a_sweep_option():
         (["--requests", "json:/no/such.json"], "/no/such.json"),
         (["--require-gpu", "true", "--gpus-per-trial", "0"], "GPU"),
         (["--dtype", "int8"], "dtype 'int8'"),
+        (["--name", "it's"], "name \"it's\": must be letters, digits, _ . - only"),
+        (["--name", "../escape"], "name '../escape': must be letters"),
+        (["--name", "/tmp/x"], "name '/tmp/x': must be letters"),
+        (["--storage-path", "ftp://host/x"], "storage_path 'ftp://host/x': must be a local path or a URI of s3://"),
+        (["--model", "/nonexistent"], "model /nonexistent: no such directory"),
+        (["--max-failures", "-5"], "max_failures '-5': must be an integer of at least 0"),
+        (["--max-failures", "-1"], "max_failures '-1': must be an integer of at least 0"),
+        (["--seeds", "x"], "seeds 'x': expected an integer"),
+        (["--discovery.lr", "nan"], "discovery.lr 'nan': must be a finite number above 0"),
+        (["--discovery.eval_every", "0"], "discovery.eval_every '0': must be an integer of at least 1"),
+        (["--discovery.checkpoint_every", "-1"], "discovery.checkpoint_every '-1': must be an integer of at least 1"),
+        (["--discovery.max_steps", "abc"], "discovery.max_steps 'abc': expected an integer"),
+        (["--discovery.densities", "abc"], "discovery.densities 'abc': expected a number"),
     ],
 )
 def test_bad_configs_are_rejected_before_any_trial(flags, message):
@@ -217,11 +230,12 @@ def test_phase_two_edits_the_circuits_mlflow_records(tmp_path):
     config = dataclasses.replace(load_preset("tiny"), tracking_uri=uri)
     client = tracking.client_for(uri)
     exp = tracking.experiment_id(client, "t", (tmp_path / "artifacts").as_uri())
-    parent = tracking.open_sweep_run(client, exp, "t", {})
+    parent = tracking.open_sweep_run(client, exp, "t", {}, config.settings_hash())
     run = SweepRun(config, exp, parent)
     trials = discovery_trials(run)
     for trial, status, reached in zip(trials, ("FINISHED", "FAILED"), ("0.5,0.2", "0.5"), strict=True):
-        run_id, _ = tracking.open_trial_run(client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {})
+        run_id, _ = tracking.open_trial_run(client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {},
+                                            run.settings_hash)
         tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached})
         client.set_terminated(run_id, status)
     found = found_circuits(client, run, trials)

@@ -185,3 +185,78 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     assert digests == ref_digests
     assert summaries == ref_summaries
     assert histories == ref_histories
+
+
+def descendants(pid: int) -> list[int]:
+    """Every process below `pid` (from /proc: Linux, as CI)."""
+    children: dict[int, list[int]] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        with suppress(OSError):
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+            children.setdefault(int(fields[1]), []).append(int(stat.parent.name))
+    found, todo = [], [pid]
+    while todo:
+        below = children.get(todo.pop(), [])
+        found += below
+        todo += below
+    return found
+
+
+def trial_workers(driver: int) -> list[int]:
+    """The Ray worker processes of the sweep `driver` started (its own local cluster): where its trials run."""
+    workers = []
+    for pid in set(descendants(driver)):
+        with suppress(OSError):
+            title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0]
+            if title.startswith(b"ray::") and not title.endswith(b"Agent"):
+                workers.append(pid)
+    return workers
+
+
+def test_trials_killed_without_retries_and_corrupt_checkpoints_resume_to_every_run(tmp_path):
+    """Workers killed mid-discovery with --max-failures 0: the sweep exits 1 naming the lost trials, their runs FAILED
+    (not RUNNING) and the parent not FINISHED; with every checkpoint then truncated, the rerun still ends with every
+    run the discoveries call for (edits recomputed, not restored from the first run's short list)."""
+    flags = ["--max-failures", "0"]
+    log = tmp_path / "killed.log"
+    with log.open("w") as out:
+        driver = subprocess.Popen([*SWEEP, "--work-dir", str(tmp_path), *flags], stdout=out, stderr=subprocess.STDOUT,
+                                  env=sweep_env(), start_new_session=True)
+    killed: list[int] = []
+    deadline = time.time() + 300
+    try:
+        while time.time() < deadline and driver.poll() is None and not killed:
+            time.sleep(0.5)
+            if discovery_in_progress(tmp_path / "mlflow.db") and list((tmp_path / "ray").rglob("state.pt")):
+                killed = trial_workers(driver.pid)
+                for pid in killed:
+                    with suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGKILL)
+        assert driver.wait(timeout=300) == 1, log.read_text()[-3000:]
+    finally:
+        with suppress(ProcessLookupError):
+            os.killpg(driver.pid, signal.SIGKILL)
+    assert killed, f"the sweep ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+    text = log.read_text()
+    assert "sweep tiny: 0 circuits from 2 discoveries" in text, text[-3000:]
+    assert "not finished in MLflow: discover/" in text, text[-3000:]
+    _, parents, children = child_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["FAILED"]
+    assert "RUNNING" not in {r.info.status for r in children}
+    assert "FAILED" in {r.info.status for r in children if r.data.tags[layout.TAG_KIND] == "discover"}
+
+    states = list((tmp_path / "ray").rglob("state.pt"))
+    assert states
+    for state in states:
+        state.write_bytes(state.read_bytes()[:64])
+    rerun = run_sweep(tmp_path, *flags)
+    assert rerun.returncode == 0, rerun.stdout[-2000:] + rerun.stderr[-3000:]
+    _, parents, children = child_runs(tmp_path)
+    assert [p.info.status for p in parents] == ["FINISHED"]
+    assert all(r.info.status == "FINISHED" for r in children)
+    names = [run_name(r) for r in children]
+    assert len(names) == len(set(names))
+    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
+    assert len(discover) == 2
+    n_circuits = sum(len([t for t in r.data.tags[layout.TAG_REACHED].split(",") if t]) for r in discover)
+    assert n_circuits and len(children) - len(discover) == n_circuits * 3 * 2 + 2

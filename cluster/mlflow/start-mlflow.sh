@@ -11,6 +11,9 @@
 #   MLFLOW_HOST                   default: the node's first private address (hostname -I)
 #   MLFLOW_PORT                   default 5000
 #   MLFLOW_STATE_DIR              default ~/mlflow (mounted from the host by the launcher)
+#   MLFLOW_TRACKING_PASSWORD      required: the password of the server's admin user (MLflow's
+#   MLFLOW_TRACKING_USERNAME      basic-auth app; user default admin), which every client sends.
+#                                 Nothing is shipped: generate it (cluster/README.md).
 set -euo pipefail
 
 HOST="${MLFLOW_HOST:-$(hostname -I | awk '{print $1}')}"
@@ -30,7 +33,24 @@ case "$ARTIFACTS" in
     exit 2 ;;
 esac
 
+if [ -z "${MLFLOW_TRACKING_PASSWORD:-}" ]; then
+  echo "start-mlflow: set MLFLOW_TRACKING_PASSWORD (the admin password; see cluster/README.md); MLflow never runs without authentication here" >&2
+  exit 2
+fi
+
 mkdir -p "$STATE"
+# MLflow's basic-auth app: users in their own store; the admin is created on first start
+# from MLFLOW_AUTH_ADMIN_* (never written to a file). Anyone else gets nothing.
+umask 077
+cat >"$STATE/basic_auth.ini" <<INI
+[mlflow]
+default_permission = NO_PERMISSIONS
+database_uri = sqlite:///$STATE/basic_auth.db
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+INI
+export MLFLOW_AUTH_CONFIG_PATH="$STATE/basic_auth.ini"
+export MLFLOW_AUTH_ADMIN_USERNAME="${MLFLOW_TRACKING_USERNAME:-admin}"
+export MLFLOW_AUTH_ADMIN_PASSWORD="$MLFLOW_TRACKING_PASSWORD"
 if [ -f "$STATE/server.pid" ] && kill -0 "$(cat "$STATE/server.pid")" 2>/dev/null; then
   kill "$(cat "$STATE/server.pid")" || true
   sleep 3
@@ -39,6 +59,7 @@ fi
 # --serve-artifacts (the default) proxies artifacts; the default --allowed-hosts admits
 # localhost and private addresses, which covers workers (head's private IP) and the tunnel.
 nohup mlflow server \
+  --app-name basic-auth \
   --host "$HOST" --port "$PORT" \
   --backend-store-uri "$BACKEND" \
   --artifacts-destination "$ARTIFACTS" \
