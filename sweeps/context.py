@@ -61,6 +61,8 @@ def describe_sweep(client: MlflowClient, experiment_id: str, parent_id: str, con
     for key, value in tags.items():
         client.set_tag(parent_id, key, value)
     experiment = client.get_experiment(experiment_id)
+    if not experiment.tags.get(layout.EXPERIMENT_KIND_TAG):  # the UI then opens on runs, not on GenAI traces
+        client.set_experiment_tag(experiment_id, layout.EXPERIMENT_KIND_TAG, layout.EXPERIMENT_KIND)
     if not experiment.tags.get(layout.NOTE_TAG):
         client.set_experiment_tag(experiment_id, layout.NOTE_TAG, (
             f"Circuit discovery and knowledge edits (Ge, Rudzicz and Zhu 2024, *What Do the Circuits Mean? A "

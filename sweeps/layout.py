@@ -40,6 +40,7 @@ TAG_UNREACHED = "circuitlib.unreached"  # comma-separated density keys of the ta
 TAG_SNAPSHOT_FLAGS = "circuitlib.snapshot_flags"  # a discovery's dishonest snapshots, in words; empty when none
 PARENT_TAG = "mlflow.parentRunId"
 NOTE_TAG = "mlflow.note.content"  # a run's (or experiment's) markdown description in the MLflow UI
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # model training, for the UI
 GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the commit the sweep ran from, on the sweep's run and every trial's
 
 # On edit runs, the edited circuit's actual figures as metrics (the full model: 1 and 1), so the UI plots any edit
