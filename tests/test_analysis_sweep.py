@@ -45,11 +45,12 @@ def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
     assert "Headline findings" in parent.data.tags[layout.NOTE_TAG] and "window_found" in parent.data.metrics
     commit = parent.data.tags.get(layout.GIT_COMMIT_TAG)  # the sweep ran from this checkout
     trials = [r for r in runs if r.data.tags.get(layout.TAG_KIND) in ("discover", "edit")]
-    assert commit and len(trials) == 20 and all(r.data.tags.get(layout.GIT_COMMIT_TAG) == commit for r in trials)
+    assert commit and len(trials) == 28 and all(r.data.tags.get(layout.GIT_COMMIT_TAG) == commit for r in trials)
 
     discovery = next(r for r in runs if r.info.run_name == layout.discover_run_name("hierarchy", 0))
     assert {f"discovery.{k}" for k in DiscoveryConfig.__dataclass_fields__} <= set(discovery.data.params)
     assert discovery.data.params["discovery.lr"] == "0.1"  # the preset's, not the default
+    assert discovery.inputs is not None
     assert {d.dataset.name for d in discovery.inputs.dataset_inputs} == {"hierarchy/train", "hierarchy/eval"}
     history = client.download_artifacts(discovery.info.run_id, "history.json", str(tmp_path))
     json.loads(open(history).read(), parse_constant=lambda c: pytest.fail(f"history.json holds {c}"))
@@ -60,7 +61,7 @@ def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
     circuit = discovery.data.metrics[layout.circuit_metric(0.5, "density")]
     assert edit.data.metrics[layout.EDIT_DENSITY] == pytest.approx(circuit)
     assert f"/runs/{discovery.info.run_id})" in edit.data.tags[layout.NOTE_TAG]  # links its circuit's discovery
-    assert [d.dataset.name for d in edit.inputs.dataset_inputs] == ["hierarchy/shard0"]
+    assert edit.inputs is not None and [d.dataset.name for d in edit.inputs.dataset_inputs] == ["hierarchy/shard0"]
     table = json.loads(open(client.download_artifacts(edit.info.run_id, layout.EDITS_ARTIFACT, str(tmp_path))).read(),
                        parse_constant=lambda c: pytest.fail(f"{layout.EDITS_ARTIFACT} holds {c}"))
     assert table["columns"][:5] == ["case_id", "prompt", "subject", "target_true", "target_new"]

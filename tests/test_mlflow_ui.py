@@ -90,7 +90,7 @@ def page(tmp_path: Path):
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
             str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
-            viewport={"width": 1600, "height": 1000},
+            viewport={"width": 1600, "height": 1500},  # the whole run tree of the tiny sweep, unscrolled
         )
         context.set_default_timeout(STEP_MS)
         try:
@@ -119,17 +119,26 @@ def _runs_page(page, base: str, experiment_id: str, query: str = "") -> None:
 
 
 def _expand(page, parent_id: str) -> None:
-    """Open the sweep's run in the runs table, showing its children."""
-    page.locator(f".ag-row[row-id='{parent_id}'] button").first.click()
+    """Open the sweep's run in the runs table, showing its children (the UI remembers an open one between pages)."""
+    toggle = page.locator(f".ag-row[row-id='{parent_id}'] button[data-component-id$='runnamecellrenderer.tsx_46']")
+    toggle.wait_for()
+    time.sleep(2)  # the table draws remembered open runs after the runs themselves
+    child = page.locator(".ag-row", has_text=layout.edit_run_name(None, None, layout.FULL, 0)).first
+    if not child.count():
+        toggle.click()
+    child.wait_for(state="attached")
 
 
 def _choose(page, dialog, index: int, value: str) -> None:
     """Pick `value` in the dialog's `index`-th searchable select (X axis 0, Y axis 1)."""
-    dialog.locator("[class*=select-selection-item]").nth(index).click()
+    from playwright.sync_api import expect
+
+    select = dialog.locator("[class*=select-selection-item]").nth(index)
+    select.click()
     page.keyboard.type(value)
     time.sleep(1)
     page.keyboard.press("Enter")
-    dialog.locator(f"[class*=select-selection-item][title='{value}']").wait_for()
+    expect(select).to_have_attribute("title", value, timeout=STEP_MS)
 
 
 def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path):
@@ -143,16 +152,17 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     # The run tree: the sweep's run opens onto its discovery, edit and analysis runs.
     _runs_page(page, mlflow_ui, exp.experiment_id)
     _expand(page, parent)
-    for name in (layout.discover_run_name("hierarchy", 0), "analysis", layout.edit_run_name(None, None, "full", 0)):
-        page.locator(f"a:text-is('{name}')").wait_for()
+    page.locator(".ag-row a", has_text=layout.discover_run_name("hierarchy", 0)).first.wait_for(state="attached")
+    shown = page.locator(".ag-row a").all_inner_texts()  # every run of the tree is in the table, scrolled or not
+    assert {r.info.run_name for r in runs} <= set(shown), sorted(shown)
     _shoot(page, tmp_path, "run_tree")
 
     # An edit metric charted against the circuit's actual density, over every edit run.
     _runs_page(page, mlflow_ui, exp.experiment_id,
                f"&compareRunsMode=CHART&searchFilter={quote(f'tags.`{layout.TAG_KIND}` = ' + repr('edit'))}")
-    _expand(page, parent)
     page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
-    page.get_by_role("menuitem", name="Show all runs").click()
+    page.get_by_role("menuitemradio", name="Show all runs").click()
+    _expand(page, parent)
     page.get_by_role("button", name="Add chart").first.click()
     page.get_by_role("menuitem", name="Scatter chart").click()
     dialog = page.get_by_role("dialog")
@@ -161,7 +171,7 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     points = dialog.locator(".scatterlayer .point")
     points.first.wait_for()
     assert points.count() >= 8  # the 16 masked-variant shards and 2 full ones, several at one density
-    assert dialog.locator(".xtitle").inner_text() == layout.EDIT_DENSITY
+    assert dialog.locator(".xtitle").text_content() == layout.EDIT_DENSITY
     _shoot(page, tmp_path, "scatter_nll_new_drop_vs_density")
     dialog.get_by_role("button", name="Add chart").click()
 
