@@ -6,14 +6,15 @@ Each function writes one file and returns its path.
 from __future__ import annotations
 
 import math
-from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import matplotlib
 import numpy as np
 from matplotlib.axes import Axes
+from matplotlib.colors import TwoSlopeNorm
 from matplotlib.figure import Figure
+from matplotlib.patches import Rectangle
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from analysis.bootstrap import Estimate
@@ -23,9 +24,10 @@ from analysis.overlap import OverlapRow
 from analysis.snapshots import Snapshot, flags
 from analysis.sweep_data import Discovery, Source
 from analysis.window import MASKED, Window, WindowRow
+from circuitlib.types import MODULE_TYPES
 
 DPI = 110
-HEATMAP = matplotlib.colormaps["viridis"].with_extremes(bad="lightgray")  # grey: a missing circuit
+RATIO = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgray")  # white at chance; grey: a missing circuit
 
 
 def _save(fig: Figure, path: Path) -> Path:
@@ -94,8 +96,11 @@ def size_window_figure(
     if full:
         learn.axhline(full.mean, color="black", linestyle="--", label="full")
         learn.axhspan(full.low, full.high, color="black", alpha=0.08)
+    targets: dict[float, list[str]] = {}  # targets whose circuits share one actual density share one label
     for r in placed:
-        learn.annotate(f"t={r.density:g}", (r.actual_density, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
+        targets.setdefault(r.actual_density, []).append(f"{r.density:g}")
+    for at, names in targets.items():
+        learn.annotate(f"t={', '.join(names)}", (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
                        ha="center", va="bottom")
     learn.set_ylabel("drop in NLL of new target")
     learn.set_title("Learning of the new target (mean, 95% CI over requests; t = target density)", pad=14)
@@ -128,74 +133,105 @@ def size_window(
 
 
 def _matrix(rows: Sequence[OverlapRow], labels: Sequence[str], value: str) -> np.ndarray:
-    """A symmetric label x label matrix of one overlap field, 1 on the diagonal and NaN where missing."""
+    """A symmetric label x label matrix of one overlap field, NaN on the diagonal (a circuit with itself says nothing
+    about overlap) and where a pair is missing."""
     index = {label: i for i, label in enumerate(labels)}
     m = np.full((len(labels), len(labels)), np.nan)
-    np.fill_diagonal(m, 1.0)
     for r in rows:
         m[index[r.a], index[r.b]] = m[index[r.b], index[r.a]] = getattr(r, value)
     return m
 
 
-def overlap_heatmaps(rows: Sequence[OverlapRow], labels: Sequence[str], densities: Sequence[float], path: Path) -> Path:
-    """Jaccard and overlap coefficient between every pair of circuits, one column per density; cells show the
-    value and its ratio to chance, grey cells a missing circuit or one left out for faithfulness."""
+def _ratio_norm(rows: Sequence[OverlapRow]) -> TwoSlopeNorm:
+    """One colour scale for every panel: ratio to chance, white at 1 (chance), its range the pairs' own ratios."""
+    ratios = [v for r in rows for v in (r.jaccard_ratio, r.overlap_ratio) if math.isfinite(v)]
+    return TwoSlopeNorm(1.0, vmin=min([*ratios, 0.99]), vmax=max([*ratios, 1.01]))
+
+
+def overlap_figure(rows: Sequence[OverlapRow], labels: Sequence[str], densities: Sequence[float]) -> Figure:
+    """Jaccard and overlap coefficient between every pair of circuits, one column per density. The colour is the
+    ratio to chance (independent masks of the same densities), so the scale is spent on the pairs themselves; the
+    diagonal is masked (hatched); cells show the value and the ratio; grey cells a missing circuit or one left out
+    for faithfulness."""
     whole = [r for r in rows if r.module == WHOLE_MODEL]
     n = max(len(densities), 1)
     side = 1.2 + 0.6 * len(labels)
-    fig = Figure(figsize=(side * n + 1, 2 * side + 1), layout="constrained")
+    fig = Figure(figsize=(side * n + 1.5, 2 * side + 1.2), layout="constrained")
     axes = np.asarray(fig.subplots(2, n, squeeze=False))
+    norm = _ratio_norm(whole)
+    image = None
     for col, d in enumerate(densities):
         at = [r for r in whole if r.density == d]
         for ax, (value, ratio, title) in zip(axes[:, col], (("jaccard", "jaccard_ratio", "Jaccard"),
                                                             ("overlap_coefficient", "overlap_ratio", "overlap coef.")),
                                              strict=True):
             m, r = _matrix(at, labels, value), _matrix(at, labels, ratio)
-            image = ax.imshow(np.ma.masked_invalid(m), vmin=0, vmax=1, cmap=HEATMAP)
+            image = ax.imshow(np.ma.masked_invalid(r), norm=norm, cmap=RATIO)
             for i in range(len(labels)):
+                ax.add_patch(Rectangle((i - 0.5, i - 0.5), 1, 1, facecolor="white", hatch="//", edgecolor="0.8"))
                 for j in range(len(labels)):
-                    text = "n/a" if math.isnan(m[i, j]) else ("" if i == j else f"{m[i, j]:.2f}\n×{r[i, j]:.2g}")
-                    color = "white" if m[i, j] < 0.5 else "black"
-                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color=color)
+                    text = "" if i == j else ("n/a" if math.isnan(m[i, j]) else f"{m[i, j]:.2f}\n×{r[i, j]:.3g}")
+                    dark = not math.isnan(r[i, j]) and abs(float(norm(r[i, j])) - 0.5) > 0.35
+                    ax.text(j, i, text, ha="center", va="center", fontsize=7, color="white" if dark else "black")
             ax.set_xticks(range(len(labels)), labels, rotation=45, ha="right", fontsize=8)
             ax.set_yticks(range(len(labels)), labels, fontsize=8)
             ax.set_title(f"{title}, density {d:g}", fontsize=9)
-    if not densities:
+    fig.suptitle("Overlap of circuits (cell: value and ×ratio to chance)", fontsize=10)
+    if image is None:
         axes[0, 0].text(0.5, 0.5, "no circuits", ha="center")
     else:
-        fig.colorbar(image, ax=axes, shrink=0.6, label="value (×: ratio to chance)")
-    return _save(fig, path)
+        fig.colorbar(image, ax=axes, shrink=0.6,
+                     label="colour: ratio to chance (1 = independent masks)\ndiagonal masked (hatched), grey: missing")
+    return fig
 
 
-def composition_by_layer(entries: Sequence[CompositionEntry], densities: Sequence[float], path: Path) -> Path:
-    """Per density, each module type's share of the circuit and fraction of its own weights kept, by layer
-    (mean over the circuits of that density)."""
-    n = max(len(densities), 1)
-    fig = Figure(figsize=(3.6 * n + 1, 6), layout="constrained")
-    axes = np.asarray(fig.subplots(2, n, squeeze=False, sharey="row"))
+def overlap_heatmaps(rows: Sequence[OverlapRow], labels: Sequence[str], densities: Sequence[float], path: Path) -> Path:
+    """The overlap figure (see overlap_figure) as a PNG."""
+    return _save(overlap_figure(rows, labels, densities), path)
+
+
+def composition_figure(entries: Sequence[CompositionEntry], densities: Sequence[float]) -> Figure:
+    """Each module type's share of the circuit by layer (a row per module type, a column per density), one line per
+    circuit (dataset), beside the module type's share of the model: what a uniformly random circuit would keep."""
+    by_layer = [e for e in entries if e.layer != ALL_LAYERS]
+    modules = [m for m in MODULE_TYPES if any(e.module_type == m for e in by_layer)]
+    sources = sorted({e.source for e in by_layer})
+    n, rows = max(len(densities), 1), max(len(modules), 1)
+    fig = Figure(figsize=(3.6 * n + 1.5, 2.4 * rows + 1), layout="constrained")
+    axes = np.asarray(fig.subplots(rows, n, squeeze=False, sharex=True, sharey="row"))
     for col, d in enumerate(densities):
-        groups: dict[str, dict[int, list[CompositionEntry]]] = defaultdict(lambda: defaultdict(list))
-        for e in entries:
-            if e.density == d and e.layer != ALL_LAYERS:
-                groups[e.module_type][e.layer].append(e)
-        for row, (field, label) in enumerate((("share_of_circuit", "share of circuit"),
-                                              ("fraction_kept", "fraction of own weights kept"))):
+        for row, module in enumerate(modules):
             ax = axes[row, col]
-            for module, by_layer in groups.items():
-                layers = sorted(by_layer)
-                ax.plot(layers, [np.mean([getattr(e, field) for e in by_layer[k]]) for k in layers], marker=".",
-                        label=module)
-            if not groups:
-                ax.text(0.5, 0.5, "no circuits", ha="center", transform=ax.transAxes)
-            ax.set_title(f"density {d:g}", fontsize=9)
-            ax.set_xlabel("layer")
+            cell = [e for e in by_layer if e.density == d and e.module_type == module]
+            model = {e.layer: e.share_of_model for e in cell}
+            layers = sorted(model)
+            for source in sources:
+                line = sorted((e.layer, e.share_of_circuit) for e in cell if e.source == source)
+                if line:
+                    ax.plot([k for k, _ in line], [v for _, v in line], marker=".", label=source)
+            ax.plot(layers, [model[k] for k in layers], color="black", linestyle="--", label="share of model")
+            ax.set_title(f"{module}, density {d:g}", fontsize=9)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if col == 0:
-                ax.set_ylabel(label)
-        if groups:
-            axes[0, col].legend(fontsize=7)
-    return _save(fig, path)
+                ax.set_ylabel("share of circuit")
+            if row == len(modules) - 1:
+                ax.set_xlabel("layer")
+            if not cell:
+                ax.text(0.5, 0.5, "no circuits", ha="center", transform=ax.transAxes)
+    if not modules or not densities:
+        axes[0, 0].text(0.5, 0.5, "no circuits", ha="center", transform=axes[0, 0].transAxes)
+    handles, names = axes[0, 0].get_legend_handles_labels()
+    if handles:
+        fig.legend(handles, names, loc="outside right upper", fontsize=8)
+    fig.suptitle("Composition: each module type's share of the circuit, by layer, per dataset\n"
+                 "(dashed: its share of the model, what a random circuit of any density keeps)", fontsize=10)
+    return fig
+
+
+def composition_by_layer(entries: Sequence[CompositionEntry], densities: Sequence[float], path: Path) -> Path:
+    """The composition figure (see composition_figure) as a PNG."""
+    return _save(composition_figure(entries, densities), path)
 
 
 def discovery_curves(

@@ -1,9 +1,12 @@
 """The report of a sweep: report.md and report.html with the circuits judged (and those left out) first, then the
-headline findings, the tables and plots, plus the tables as CSV; plots are embedded by relative path (plots/*.png),
-so the folder moves as a whole."""
+headline findings, the tables and plots, plus the tables as CSV. report.md links its plots by relative path
+(plots/*.png); report.html carries them inside itself (data URIs), so it reads the same as a single file anywhere,
+MLflow's artifact viewer included."""
 
 from __future__ import annotations
 
+import base64
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +268,19 @@ def _markdown(a: Analysis, h: Headline, tables: Sequence[Path]) -> str:
     return head + "".join(f"\n## {name}\n\n{body[name]}" for name in SECTIONS)
 
 
+def self_contained(html: str, folder: Path) -> str:
+    """`html` with every image under `folder` inlined as a data URI, and links to its tables as plain names (a page
+    shown on its own, as MLflow's artifact viewer shows it, cannot follow a relative link)."""
+
+    def inline(match: re.Match[str]) -> str:
+        png = base64.b64encode((folder / match[1]).read_bytes()).decode("ascii")
+        return f'src="data:image/png;base64,{png}"'
+
+    html = re.sub(rf'src="({PLOTS}/[^"]+\.png)"', inline, html)
+    return re.sub(rf'<a href="{TABLES}/([^"]+)">[^<]*</a>', rf"<code>{TABLES}/\1</code> (in the analysis run's files)",
+                  html)
+
+
 def write_report(a: Analysis, folder: Path) -> Report:
     """Write the tables, plots, report.md and report.html of an analysis into `folder`."""
     folder.mkdir(parents=True, exist_ok=True)
@@ -291,5 +307,6 @@ def write_report(a: Analysis, folder: Path) -> Report:
     md = folder / "report.md"
     md.write_text(text)
     html = folder / "report.html"
-    html.write_text(HTML.format(title=f"Sweep {a.sweep.name}", body=markdown.markdown(text, extensions=["tables"])))
+    body = self_contained(markdown.markdown(text, extensions=["tables"]), folder)
+    html.write_text(HTML.format(title=f"Sweep {a.sweep.name}", body=body))
     return Report(folder, md, html, figures, tables, h)

@@ -184,9 +184,12 @@ def _read_discovery(client: MlflowClient, run: Run, cache: Path, notes: list[str
 
 
 def _read_rows(path: Path) -> list[dict]:
-    """The per-request rows of an edits.json, nulls read back as NaN."""
-    rows = json.loads(path.read_text())
-    return [{k: (math.nan if v is None else v) for k, v in row.items()} for row in rows]
+    """The per-request rows of an edits.json, nulls read back as NaN: an MLflow table (`columns` and `data`), or a
+    list of rows as sweeps logged it before."""
+    table = json.loads(path.read_text())
+    if isinstance(table, dict):
+        table = [dict(zip(table["columns"], row, strict=True)) for row in table["data"]]
+    return [{k: (math.nan if v is None else v) for k, v in row.items()} for row in table]
 
 
 def _read_edit(client: MlflowClient, run: Run, cache: Path, notes: list[str]) -> EditRun | None:

@@ -2,14 +2,20 @@
 
 One parent run per sweep (tag kind=sweep); every trial is a nested child run (tag mlflow.parentRunId):
 
-- discovery  `discover/{dataset}/seed{seed}`: metrics = the discovery history by step, and each snapshot's held-out
-  figures (`circuit.{target}.faithfulness`, ...); artifacts `circuits/d{target}.safetensors` (one per reached target
-  density); tags `reached` and `unreached` list the targets, `circuit.{target}.density` and `.faithfulness` each
-  snapshot's actual figures, `snapshot_flags` the snapshots that do not honestly stand for their target.
+- discovery  `discover/{dataset}/seed{seed}`: params = the rows and the whole discovery config (`discovery.*`);
+  metrics = the discovery history by step, and each snapshot's held-out figures (`circuit.{target}.faithfulness`,
+  ...); artifacts `circuits/d{target}.safetensors` (one per reached target density) and `history.json`; tags
+  `reached` and `unreached` list the targets, `circuit.{target}.density` and `.faithfulness` each snapshot's actual
+  figures, `snapshot_flags` the snapshots that do not honestly stand for their target; inputs = the train and eval rows.
 - edits      `edit/{dataset}/d{target}/{variant}/shard{k}` (the `full` model: `edit/full/shard{k}`):
-  metrics = the edit summary; artifact `edits.json` = the per-request table; tags link the circuit
-  (`circuit_run_id`, `circuit_artifact`).
-- analysis   `analysis`: the report, tables and plots.
+  params `target_density`, `dataset`, `variant`, `seed` and the edit config; metrics = the edit summary and the
+  circuit's `circuit_density` and `circuit_faithfulness`; artifact `edits.json` = the per-request table (an MLflow
+  table: columns and data); tags link the circuit (`circuit_run_id`, `circuit_artifact`); input = the requests.
+- analysis   `analysis`: the report, tables and plots; the sweep's run gets its headline metrics, `report.html` and
+  a description with the findings.
+
+Every run has a description (`mlflow.note.content`, linking its sweep and, for an edit, its circuit's discovery run)
+and the git commit of the sweep (`mlflow.source.git.commit`). Artifacts are valid JSON (null, never NaN).
 """
 
 from __future__ import annotations
@@ -34,12 +40,25 @@ TAG_UNREACHED = "circuitlib.unreached"  # comma-separated density keys of the ta
 TAG_SNAPSHOT_FLAGS = "circuitlib.snapshot_flags"  # a discovery's dishonest snapshots, in words; empty when none
 TAG_SETTINGS = "circuitlib.settings_hash"  # SweepConfig.settings_hash: a run is reused only under the same settings
 PARENT_TAG = "mlflow.parentRunId"
+NOTE_TAG = "mlflow.note.content"  # a run's (or experiment's) markdown description in the MLflow UI
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"  # model training, for the UI
+GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the commit the sweep ran from, on the sweep's run and every trial's
+
+# On edit runs, the edited circuit's actual figures as metrics (the full model: 1 and 1), so the UI plots any edit
+# metric against density; the params `target_density`, `dataset`, `variant` and `seed` group and colour the points.
+EDIT_DENSITY = "circuit_density"
+EDIT_FAITHFULNESS = "circuit_faithfulness"
 
 WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target
 SNAPSHOT_METRICS = ("density", "faithfulness", "faithfulness_low", "faithfulness_high", "complement_accuracy", "kl")
 
 CIRCUITS_DIR = "circuits"
 EDITS_ARTIFACT = "edits.json"
+
+
+def run_link(experiment_id: str, run_id: str, text: str) -> str:
+    """A markdown link to a run that MLflow's UI follows from a description."""
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
 
 
 def density_label(target: float) -> str:

@@ -33,7 +33,7 @@ from typing import Any
 from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
-from sweeps import layout, tracking
+from sweeps import context, layout, tracking
 from sweeps.config import SweepConfig, add_override_arguments, apply_overrides, load_preset, preset_names
 from sweeps.progress import Progress
 from sweeps.specs import CircuitRef, DiscoveryTrial, EditTrial, SweepRun, discovery_trials, edit_trials, tune_config
@@ -286,6 +286,7 @@ def run_sweep(config: SweepConfig) -> int:
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own
     exp_id = tracking.experiment_id(client, config.experiment, artifact_root)
     parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
+    context.describe_sweep(client, exp_id, parent, config)
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(f"trial resources {resources}; results and checkpoints under {config.storage_path}")
     run = SweepRun(config, exp_id, parent)

@@ -168,10 +168,20 @@ def last_logged_step(client: MlflowClient, run_id: str, key: str) -> int:
     return max((m.step for m in history), default=-1)
 
 
+def json_safe(payload: object) -> object:
+    """`payload` with every non-finite float as None, so it dumps as standard JSON (null, never NaN)."""
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, Mapping):
+        return {k: json_safe(v) for k, v in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [json_safe(v) for v in payload]
+    return payload
+
+
 def log_json(client: MlflowClient, run_id: str, payload: object, artifact_file: str) -> None:
-    # MLflow annotates `dictionary` as a dict, but logs any JSON-serializable object (its docstring); edits.json
-    # is a list of rows.
-    client.log_dict(run_id, payload, artifact_file)  # pyright: ignore[reportArgumentType]
+    """Log `payload` as a standard JSON artifact (NaN and infinities as null)."""
+    client.log_text(run_id, json.dumps(json_safe(payload), indent=1, allow_nan=False), artifact_file)
 
 
 def log_file(client: MlflowClient, run_id: str, path: Path, artifact_dir: str | None = None) -> None:

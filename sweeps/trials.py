@@ -31,7 +31,7 @@ from circuitlib.editing import RequestResult, edit_requests, results_as_rows, su
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
-from sweeps import layout, tracking
+from sweeps import context, layout, tracking
 from sweeps.config import SweepConfig
 from sweeps.specs import DiscoveryTrial, EditTrial, Spec, from_tune
 
@@ -135,9 +135,11 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
     tags = {
         layout.TAG_KIND: "discover", layout.TAG_SWEEP: cfg.name, layout.TAG_DATASET: trial.name,
         layout.TAG_SEED: str(trial.seed), layout.TAG_MODEL: cfg.model, layout.TAG_NODE: _node_id(),
+        layout.NOTE_TAG: context.describe_discovery(trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name,
+                                                    trial.name, trial.seed),
+        **context.inherited_tags(client, trial.sweep.parent_run_id),
     }
-    params = {"dataset": trial.dataset, "seed": trial.seed, "split_seed": split.split_seed,
-              "mask_seed": config.mask_seed}
+    params = {**context.discovery_params(split, config, cfg.model), "seed": trial.seed}
     run_id, finished = tracking.open_trial_run(
         client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags, params, trial.sweep.settings_hash
     )
@@ -149,6 +151,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         work = Path(tmp)
         lm = discovery_model(cfg)
         train, eval_data = split.load()
+        client.log_inputs(run_id, context.classification_inputs(trial.dataset, train, eval_data))
         checkpoint_dir = _restored_checkpoint(work / "checkpoint") or work / "checkpoint"
         logged = tracking.last_logged_step(client, run_id, "density")
         pending: list[dict[str, float]] = []
@@ -221,6 +224,9 @@ def edit_trial(trial: EditTrial) -> None:
         layout.TAG_KIND: "edit", layout.TAG_SWEEP: cfg.name, layout.TAG_VARIANT: trial.variant,
         layout.TAG_SHARD: str(trial.shard), layout.TAG_SEED: str(ref.seed if ref else 0), layout.TAG_MODEL: cfg.model,
         layout.TAG_NODE: _node_id(),
+        layout.NOTE_TAG: context.describe_edit(trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name,
+                                               trial.variant, ref),
+        **context.inherited_tags(client, trial.sweep.parent_run_id),
     }
     if ref is not None:
         tags |= {
@@ -229,8 +235,9 @@ def edit_trial(trial: EditTrial) -> None:
         }
     run_id, finished = tracking.open_trial_run(
         client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags,
-        {"variant": trial.variant, "shard": trial.shard, "random_mask_seed": trial.random_mask_seed,
-         "edit_config": asdict(cfg.edit)},
+        {**context.edit_params(ref.dataset if ref else None, ref.target if ref else None, trial.variant,
+                               ref.seed if ref else 0),
+         "shard": trial.shard, "random_mask_seed": trial.random_mask_seed, "edit_config": asdict(cfg.edit)},
         trial.sweep.settings_hash,
     )
     result = {"run_id": run_id, "variant": trial.variant, "shard": trial.shard}
@@ -242,6 +249,7 @@ def edit_trial(trial: EditTrial) -> None:
         work = Path(tmp)
         pool = data.load_requests(cfg.requests, cfg.edit_limit)
         requests = pool[trial.shard * cfg.shard_size : (trial.shard + 1) * cfg.shard_size]
+        client.log_inputs(run_id, [context.requests_input(cfg.requests, requests, trial.shard)])
         lm = load_model(cfg.model, dtype=torch.float32, revision=cfg.model_revision)
         circuit = None
         if ref is not None:
@@ -256,6 +264,6 @@ def edit_trial(trial: EditTrial) -> None:
             rows += results_as_rows(edit_requests(lm, chunk, trial.variant, masks, cfg.edit, pool=pool, progress=False))
             _save_rows(work / "checkpoint", rows, tune.report)
         summary = summarize([RequestResult(**r) for r in rows])
-        tracking.log_metrics(client, run_id, [summary])
-        tracking.log_json(client, run_id, rows, layout.EDITS_ARTIFACT)
+        tracking.log_metrics(client, run_id, [summary | context.edit_figures(circuit)])
+        context.log_edit_table(client, run_id, context.edit_table(rows, requests))
     tune.report({**result, **summary, "skipped": False})

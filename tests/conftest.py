@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import math
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -13,7 +17,8 @@ from circuitlib.errors import InputError
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import ClassificationData, EditRequest
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
 
 
 @pytest.fixture
@@ -107,3 +112,36 @@ def single_thread_for_small_tests(request: pytest.FixtureRequest):
         yield
     finally:
         torch.set_num_threads(threads)
+
+
+@dataclass(frozen=True)
+class TinySweep:
+    """The `tiny` preset swept into a temporary MLflow store and reported on."""
+
+    work: Path  # the sweep's work dir (params.json, mlflow.db, mlartifacts)
+    uri: str  # its MLflow tracking URI
+    report: Path  # the report folder
+    env: dict[str, str]  # the environment both ran in
+
+
+@pytest.fixture(scope="session")
+def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
+    """The `tiny` preset run through Ray Tune into a temporary MLflow store, then `python -m analysis report` on it:
+    minutes, so every slow test that needs a real sweep shares this one."""
+    root = tmp_path_factory.mktemp("tiny_sweep")
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    env |= {"HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+    work, out = root / "work", root / "report"
+    sweep = subprocess.run(
+        [sys.executable, str(ROOT / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--work-dir", str(work)],
+        capture_output=True, text=True, timeout=900, env=env,
+    )
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    uri = f"sqlite:///{work / 'mlflow.db'}"
+    report = subprocess.run(
+        [sys.executable, "-m", "analysis", "report", "--experiment", "tiny", "--tracking-uri", uri,
+         "--out", str(out), "--cache", str(root / "cache"), "--bootstrap", "500"],
+        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+    )
+    assert report.returncode == 0, report.stderr[-3000:]
+    return TinySweep(work, uri, out, env)

@@ -8,6 +8,7 @@ artifacts), so every table, gap and note is predictable.
 
 from __future__ import annotations
 
+import base64
 import csv
 import json
 import math
@@ -22,6 +23,7 @@ import pytest
 from mlflow.entities import Metric
 from mlflow.tracking import MlflowClient
 
+from analysis import plots
 from analysis.cli import main
 from analysis.composition import ALL_LAYERS
 from analysis.overlap import ALL as WHOLE_MODEL
@@ -298,7 +300,9 @@ def test_report_has_every_section_and_plot(analysed):
                                               "discovery.png"}
     for plot in report.plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
-        assert f"plots/{plot.name}" in text and f'src="plots/{plot.name}"' in html
+        assert f"](plots/{plot.name})" in text  # report.md links its plots; report.html carries them
+        assert f'src="data:image/png;base64,{base64.b64encode(plot.read_bytes()).decode()}"' in html
+    assert 'src="plots/' not in html and 'href="tables/' not in html  # nothing a lone page cannot follow
     assert "| <table>" not in html and "<table>" in html
     with (report.folder / "tables" / "window.csv").open() as f:
         gamma = next(row for row in csv.DictReader(f) if row["scope"] == "gamma" and row["density"] == "0.05")
@@ -322,6 +326,20 @@ def test_analysis_run_is_logged_under_the_sweep(analysed, store):
     top = {f.path for f in client.list_artifacts(run_id)}
     assert {"report.md", "report.html", "plots", "tables"} <= top
     assert len(client.list_artifacts(run_id, "plots")) == 4
+
+
+def test_the_sweep_run_gets_the_headline_metrics_report_and_findings(analysed, store):
+    uri, parent, _ = store
+    _, report, run_id = analysed
+    client = MlflowClient(uri)
+    sweep, analysis = client.get_run(parent), client.get_run(run_id)
+    assert sweep.data.metrics == analysis.data.metrics and sweep.data.metrics["window_low"] == 0.15
+    assert {f.path for f in client.list_artifacts(parent)} == {"report.html"}
+    local = Path(client.download_artifacts(parent, "report.html", str(report.folder.parent / "parent")))
+    assert local.read_text() == report.html.read_text()
+    note = sweep.data.tags[layout.NOTE_TAG]
+    assert "Headline findings" in note and "**[0.15, 0.25]**" in note
+    assert f"/runs/{run_id})" in note and note.count("| **") == 4  # a verdict per claim, and the analysis run linked
 
 
 def test_cli_report(store, tmp_path):
@@ -390,3 +408,35 @@ def test_report_on_a_sweep_with_nothing_but_a_failed_trial(tmp_path):
     assert text.count("**not assessable**") == 4 and a.window.describe() == "none"
     assert "no circuit to judge from" in text
     assert all(p.read_bytes()[:4] == b"\x89PNG" for p in report.plots)
+
+
+def test_overlap_colour_is_spent_on_the_pairs_not_the_diagonal(analysed):
+    a, _, _ = analysed
+    labels = list(a.labels.values())
+    fig = plots.overlap_figure(a.overlaps, labels, a.sweep.densities)
+    whole = [r for r in a.overlaps if r.module == WHOLE_MODEL]
+    ratios = [v for r in whole for v in (r.jaccard_ratio, r.overlap_ratio) if not math.isnan(v)]
+    images = [im for ax in fig.axes for im in ax.get_images()]
+    assert len(images) == 2 * len(DENSITIES)
+    for im in images:
+        cells = im.get_array()
+        assert cells is not None and np.ma.getmaskarray(cells).diagonal().all()  # the diagonal takes no colour
+        # one scale from the pairs' own ratios, with chance (1, white) inside it
+        assert im.norm.vmin == pytest.approx(min(*ratios, 0.99)) and im.norm.vmax == pytest.approx(max(ratios))
+    top = images[0].get_array()
+    assert top is not None and not np.ma.getmaskarray(top)[0, 1]  # alpha-beta at 0.5: a coloured pair
+    legend = fig.axes[-1].get_ylabel()
+    assert "ratio to chance" in legend and "diagonal masked" in legend
+
+
+def test_composition_plot_has_a_title_a_line_per_dataset_and_the_models_share(analysed):
+    a, _, _ = analysed
+    fig = plots.composition_figure(a.composition, a.sweep.densities)
+    suptitle = fig.get_suptitle()
+    assert "Composition" in suptitle and "share of the model" in suptitle
+    attention = fig.axes[0]  # attention at density 0.5
+    lines = {line.get_label(): line for line in attention.get_lines()}
+    assert set(lines) == {*DATASETS, "share of model"}
+    model = sorted((e.layer, e.share_of_model) for e in a.composition if e.density == 0.5
+                   and e.module_type == "attention" and e.layer != ALL_LAYERS and e.source == "alpha")
+    assert np.asarray(lines["share of model"].get_ydata()).tolist() == pytest.approx([v for _, v in model])

@@ -1,40 +1,22 @@
-"""The report on a real sweep: the `tiny` preset run through Ray Tune into a temporary MLflow store, then analysed."""
+"""The report on a real sweep, and what the sweep leaves in MLflow for a reader of its UI: the `tiny` preset run
+through Ray Tune into a temporary MLflow store, then analysed (the shared `tiny_sweep` fixture)."""
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
-from pathlib import Path
+import json
 
 import pytest
 from mlflow.tracking import MlflowClient
 
 from analysis.report import SECTIONS
+from circuitlib.discovery import DiscoveryConfig
 from sweeps import layout
-
-ROOT = Path(__file__).resolve().parents[1]
 
 pytestmark = pytest.mark.slow
 
 
-def test_report_on_the_tiny_sweep(tmp_path):
-    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
-    env |= {"HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
-    work, out = tmp_path / "work", tmp_path / "report"
-    sweep = subprocess.run(
-        [sys.executable, str(ROOT / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--work-dir", str(work)],
-        capture_output=True, text=True, timeout=900, env=env,
-    )
-    assert sweep.returncode == 0, sweep.stderr[-3000:]
-    uri = f"sqlite:///{work / 'mlflow.db'}"
-    proc = subprocess.run(
-        [sys.executable, "-m", "analysis", "report", "--experiment", "tiny", "--tracking-uri", uri,
-         "--out", str(out), "--cache", str(tmp_path / "cache"), "--bootstrap", "500"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-
+def test_report_on_the_tiny_sweep(tiny_sweep):
+    out, uri = tiny_sweep.report, tiny_sweep.uri
     text = (out / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in text
@@ -52,3 +34,39 @@ def test_report_on_the_tiny_sweep(tmp_path):
     assert len(runs) == 1 and runs[0].data.tags[layout.PARENT_TAG] == parent.info.run_id
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"report.md", "report.html", "plots", "tables"} <= artifacts
+
+
+def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
+    client = MlflowClient(tiny_sweep.uri)
+    exp = client.get_experiment_by_name("tiny")
+    assert exp is not None and exp.tags[layout.NOTE_TAG] and exp.tags[layout.EXPERIMENT_KIND_TAG]
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep")
+    assert "Headline findings" in parent.data.tags[layout.NOTE_TAG] and "window_found" in parent.data.metrics
+    commit = parent.data.tags.get(layout.GIT_COMMIT_TAG)  # the sweep ran from this checkout
+    trials = [r for r in runs if r.data.tags.get(layout.TAG_KIND) in ("discover", "edit")]
+    assert commit and len(trials) == 28 and all(r.data.tags.get(layout.GIT_COMMIT_TAG) == commit for r in trials)
+
+    discovery = next(r for r in runs if r.info.run_name == layout.discover_run_name("hierarchy", 0))
+    assert {f"discovery.{k}" for k in DiscoveryConfig.__dataclass_fields__} <= set(discovery.data.params)
+    assert discovery.data.params["discovery.lr"] == "0.1"  # the preset's, not the default
+    assert discovery.inputs is not None
+    assert {d.dataset.name for d in discovery.inputs.dataset_inputs} == {"hierarchy/train", "hierarchy/eval"}
+    history = client.download_artifacts(discovery.info.run_id, "history.json", str(tmp_path))
+    json.loads(open(history).read(), parse_constant=lambda c: pytest.fail(f"history.json holds {c}"))
+
+    edit = next(r for r in runs if r.info.run_name == layout.edit_run_name("hierarchy", 0.5, "complement", 0))
+    assert {k: edit.data.params[k] for k in ("dataset", "target_density", "variant", "seed")} == {
+        "dataset": "hierarchy", "target_density": "0.5", "variant": "complement", "seed": "0"}
+    circuit = discovery.data.metrics[layout.circuit_metric(0.5, "density")]
+    assert edit.data.metrics[layout.EDIT_DENSITY] == pytest.approx(circuit)
+    assert f"/runs/{discovery.info.run_id})" in edit.data.tags[layout.NOTE_TAG]  # links its circuit's discovery
+    assert edit.inputs is not None and [d.dataset.name for d in edit.inputs.dataset_inputs] == ["hierarchy/shard0"]
+    table = json.loads(open(client.download_artifacts(edit.info.run_id, layout.EDITS_ARTIFACT, str(tmp_path))).read(),
+                       parse_constant=lambda c: pytest.fail(f"{layout.EDITS_ARTIFACT} holds {c}"))
+    assert table["columns"][:5] == ["case_id", "prompt", "subject", "target_true", "target_new"]
+    assert "nll_new_drop" in table["columns"] and len(table["data"]) == 2  # the shard's two requests
+    assert json.loads(edit.data.tags["mlflow.loggedArtifacts"]) == [{"path": layout.EDITS_ARTIFACT, "type": "table"}]
+
+    full = next(r for r in runs if r.info.run_name == layout.edit_run_name(None, None, layout.FULL, 0))
+    assert full.data.params["variant"] == layout.FULL and full.data.metrics[layout.EDIT_DENSITY] == 1.0

@@ -66,7 +66,8 @@ def test_presets_ask_for_the_same_settings_as_before_the_nesting(name):
 
 def test_the_demo_discovers_with_the_density_controlled_schedule_and_the_paper_keeps_its_own():
     demo, paper = load_preset("smollm2-cpu"), load_preset("paper")
-    assert (demo.discovery.schedule, demo.discovery.init, demo.discovery.loss) == ("controlled", "importance", "features")
+    discovery = demo.discovery
+    assert (discovery.schedule, discovery.init, discovery.loss) == ("controlled", "importance", "features")
     assert demo.discovery.hold_steps > 0 and demo.min_eval_rows >= 100
     assert paper.discovery.schedule == "paper" and paper.discovery.init == "uniform" and paper.discovery.loss == "ce"
     assert paper.discovery.hold_steps == 0 and paper.discovery.noise
