@@ -16,6 +16,7 @@ import dataclasses
 import datetime
 import os
 import platform
+import sys
 import time
 from pathlib import Path
 
@@ -35,15 +36,16 @@ def shared_datasets() -> list[str]:
     return [f"csv:{p}" for p in sorted(SHARED.glob("*.csv"))]
 
 
-def table(rows: list[dict]) -> str:
-    """The markdown table of the measured snapshots."""
+def table(report: dict) -> str:
+    """The markdown table of the measured snapshots; `steps` is how many mask steps the whole discovery took."""
     lines = ["| dataset | target | density | faithfulness (95% CI) | circuit acc. | complement acc. | full acc. "
-             "| eval rows | step | seconds |", "|" + " --- |" * 10]
-    for r in rows:
+             "| eval rows | snapshot step | steps | seconds |", "|" + " --- |" * 11]
+    for r in report["rows"]:
+        steps = report["history"][r["dataset"]][-1]["step"]
         lines.append(f"| {r['dataset']} | {r['target']:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
                      f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {r['circuit_accuracy']:.3f} "
                      f"| {r['complement_accuracy']:.3f} | {r['full_accuracy']:.3f} | {r['eval_rows']} | {r['step']} "
-                     f"| {r['seconds']:.0f} |")
+                     f"| {steps} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -62,7 +64,7 @@ def main() -> None:
     out.mkdir(parents=True, exist_ok=True)
     report = {
         "benchmark": "bench_faithful", "preset": args.preset, "model": preset.model, "date": stamp,
-        "command": f"python benchmarks/bench_faithful.py --preset {args.preset}",
+        "command": " ".join(["python", "benchmarks/bench_faithful.py", *sys.argv[1:]]),
         "data_limit": preset.data_limit, "eval_fraction": preset.eval_fraction, "min_eval_rows": preset.min_eval_rows,
         "discovery": dataclasses.asdict(preset.discovery), "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": [],
@@ -88,8 +90,8 @@ def main() -> None:
         report.setdefault("unreached", {})[name] = result.unreached
         report.setdefault("history", {})[name] = result.history
         write_json(out / f"{stem}.json", report)  # NaN (no loss at step 0) as null
-        (out / f"{stem}.md").write_text(table(report["rows"]) + "\n")
-        print(table([r for r in report["rows"] if r["dataset"] == name]).splitlines()[-1], flush=True)
+        (out / f"{stem}.md").write_text(table(report) + "\n")
+        print(table(report).splitlines()[-1], flush=True)
 
 
 if __name__ == "__main__":

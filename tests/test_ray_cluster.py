@@ -10,6 +10,7 @@ import json
 import os
 import secrets
 import shutil
+import signal
 import socket
 import subprocess
 import sys
@@ -89,8 +90,12 @@ def mlflow_server(tmp_path) -> Iterator[str]:
         wait_for(f"http://127.0.0.1:{port}/health", timeout=120)
         yield f"http://127.0.0.1:{port}"
     finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # MLflow 3's server also runs a job runner that may not stop on SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
 
 
 class RayCluster:
