@@ -367,6 +367,19 @@ class StepBuffers:
         return cls(weights, torch.empty(layout.total, device=lm.device), torch.empty_like(weights))
 
 
+def faithfulness_loss(task: _Task, loss: str, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """How far the masked model's features [batch, d_model] on training rows `index` are from the full model's, by
+    `loss` (DiscoveryConfig.loss); the head is applied only for the losses on its logits."""
+    if loss == "features":
+        return ((features - task.train_full_features[index]) / task.feature_scale).square().mean()
+    logits, full = task.head(features), task.train_full_logits[index]
+    if loss == "kl":
+        return F.kl_div(logits.log_softmax(dim=1), full.log_softmax(dim=1), log_target=True, reduction="batchmean")
+    if loss == "mse":
+        return F.mse_loss(logits, full) / task.train_full_logits.var()
+    return F.cross_entropy(logits, full.argmax(dim=1))
+
+
 def mask_step(
     lm: LoadedModel,
     task: _Task,
@@ -390,18 +403,7 @@ def mask_step(
     masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
                                    fused, lam, out=buffers.masked, noise=config.noise)
     forward = forward or masked_features(lm, state.layout, config.precision)
-    features = forward(masked, inputs)
-    index = index.to(lm.device)
-    logits = task.head(features)
-    full = task.train_full_logits[index]
-    if config.loss == "features":
-        task_loss = ((features - task.train_full_features[index]) / task.feature_scale).square().mean()
-    elif config.loss == "kl":
-        task_loss = F.kl_div(logits.log_softmax(dim=1), full.log_softmax(dim=1), log_target=True, reduction="batchmean")
-    elif config.loss == "mse":
-        task_loss = F.mse_loss(logits, full) / task.train_full_logits.var()
-    else:
-        task_loss = F.cross_entropy(logits, full.argmax(dim=1))
+    task_loss = faithfulness_loss(task, config.loss, forward(masked, inputs), index.to(lm.device))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
     task_loss.backward()
     state.optimizer.step()
