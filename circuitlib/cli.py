@@ -13,7 +13,7 @@ import math
 import os
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -26,15 +26,15 @@ from circuitlib.types import VARIANTS, density_key
 
 T = TypeVar("T")
 
-def _json_safe(value):
-    """NaN and infinities become null, so the JSON is standard."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, dict):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
+def json_safe(payload: object) -> object:
+    """`payload` with every non-finite float as None, so it dumps as standard JSON (null, never NaN)."""
+    if isinstance(payload, float):
+        return payload if math.isfinite(payload) else None
+    if isinstance(payload, Mapping):
+        return {k: json_safe(v) for k, v in payload.items()}
+    if isinstance(payload, list | tuple):
+        return [json_safe(v) for v in payload]
+    return payload
 
 
 def writable(path: Path, what: str) -> Path:
@@ -52,7 +52,7 @@ def writable(path: Path, what: str) -> Path:
 def write_json(path: Path, payload) -> None:
     """Write standard JSON (NaN as null), creating the folder."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(_json_safe(payload), indent=2))
+    path.write_text(json.dumps(json_safe(payload), indent=2))
 
 
 def _config_class(command: str) -> type:
@@ -133,7 +133,7 @@ def _claim_checkpoint(folder: Path, run: dict) -> None:
 
 def _as_json(payload: Any) -> Any:
     """`payload` as it reads back from a JSON file (tuples as lists, NaN as None)."""
-    return json.loads(json.dumps(_json_safe(payload)))
+    return json.loads(json.dumps(json_safe(payload)))
 
 
 def cmd_edit(args: argparse.Namespace) -> None:
@@ -173,7 +173,7 @@ def cmd_info(args: argparse.Namespace) -> None:
     circuit = circuits.load(args.circuit)
     info = circuits.info(circuit)
     if args.json:
-        print(json.dumps(_json_safe(info), indent=2))
+        print(json.dumps(json_safe(info), indent=2))
         return
     target = info["target_density"]
     print(f"model           {info['model_id']}" + (f" @ {info['model_revision']}" if info["model_revision"] else ""))

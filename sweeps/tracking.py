@@ -13,6 +13,7 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
+from circuitlib.cli import json_safe
 from circuitlib.errors import InputError
 from sweeps import layout
 
@@ -166,17 +167,6 @@ def last_logged_step(client: MlflowClient, run_id: str, key: str) -> int:
     """The highest step logged for metric `key` (-1 if none): a resumed trial logs only later steps."""
     history = client.get_metric_history(run_id, key)
     return max((m.step for m in history), default=-1)
-
-
-def json_safe(payload: object) -> object:
-    """`payload` with every non-finite float as None, so it dumps as standard JSON (null, never NaN)."""
-    if isinstance(payload, float):
-        return payload if math.isfinite(payload) else None
-    if isinstance(payload, Mapping):
-        return {k: json_safe(v) for k, v in payload.items()}
-    if isinstance(payload, list | tuple):
-        return [json_safe(v) for v in payload]
-    return payload
 
 
 def log_json(client: MlflowClient, run_id: str, payload: object, artifact_file: str) -> None:
