@@ -20,7 +20,6 @@ from typing import Any, TypeVar
 
 from circuitlib import options, settings
 from circuitlib.data import SPLIT_BEFORE_RECORDED, SplitSpec
-from circuitlib.dtypes import DTYPES
 from circuitlib.errors import InputError
 from circuitlib.types import VARIANTS, density_key
 
@@ -74,19 +73,21 @@ def config_from_args(cls: type[T], args: argparse.Namespace) -> T:
 def cmd_discover(args: argparse.Namespace) -> None:
     from circuitlib import circuits, provenance
     from circuitlib.discovery import DiscoveryConfig, discover
-    from circuitlib.dtypes import dtype_name, resolve_dtype
     from circuitlib.models import load_model
 
     # Check the settings and the data before loading the model, so a bad input fails fast.
     config = config_from_args(DiscoveryConfig, args)
     split = config_from_args(SplitSpec, args)
+    if args.dtype not in (None, "float32"):
+        raise InputError(f"--dtype {args.dtype}: retired; discovery runs on float32 weights and --precision bf16 "
+                         "selects bfloat16 autocast over them")
     train, eval_data = split.load()
-    dtype = resolve_dtype(args.dtype)
     out = writable(Path(args.out) / "history.json", "--out").parent
-    run = {"model": args.model, "revision": args.revision, "dtype": dtype_name(dtype), "split": asdict(split),
+    # "dtype" is always float32 now; it stays in the frozen run so a checkpoint of an older bfloat16 run is refused.
+    run = {"model": args.model, "revision": args.revision, "dtype": "float32", "split": asdict(split),
            "config": asdict(config)}
     _claim_checkpoint(out / "checkpoint", run)
-    lm = load_model(args.model, device=args.device, dtype=dtype, revision=args.revision)
+    lm = load_model(args.model, device=args.device, revision=args.revision)
     result = discover(lm, train, eval_data, config, checkpoint_dir=out / "checkpoint")
     files = []
     for circuit in result.circuits:
@@ -187,8 +188,11 @@ def cmd_info(args: argparse.Namespace) -> None:
         if key != "config":
             print(f"{key:<15} {value}")
     if all(key in info["provenance"] for key in provenance.NEEDED):
-        command = ["circuitlib", "discover", *provenance.discover_args(circuit), "--out", "DIR"]
-        print(f"{'recompute':<15} {shlex.join(command)}")
+        try:
+            command = shlex.join(["circuitlib", "discover", *provenance.discover_args(circuit), "--out", "DIR"])
+        except InputError as exc:
+            command = f"n/a: {exc}"
+        print(f"{'recompute':<15} {command}")
 
 
 def _sweep(argv: list[str]) -> int:
@@ -216,8 +220,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     d = sub.add_parser("discover", help="learn circuits (weight masks) for a classification dataset")
     d.add_argument("--model", required=True, help="tiny-gpt2, smollm2-135m, a hub id or a local directory")
     d.add_argument("--revision", default=None, help="hub revision (commit, tag or branch) of the model")
-    d.add_argument("--dtype", default="float32", choices=DTYPES,
-                   help="dtype of the model's weights; auto: bfloat16 on a GPU, float32 on CPU (default: float32)")
+    # Retired (the weights are float32; --precision is the switch): still read, so the recompute line of a circuit
+    # found before it went (`--dtype float32`) keeps working and any other value is refused with what to do.
+    d.add_argument("--dtype", default=None, help=argparse.SUPPRESS)
     d.add_argument("--device", default=None, help="torch device; default: the one accelerate picks")
     d.add_argument("--out", required=True, help="folder for circuit files and history.json")
     options.add_options(d, SplitSpec)

@@ -37,7 +37,7 @@ from circuitlib.masks import (
     sample_masked_weights,
     shift_to_density,
 )
-from circuitlib.models import LoadedModel
+from circuitlib.models import LoadedModel, require_float32
 from circuitlib.settings import setting
 from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
@@ -81,8 +81,9 @@ class DiscoveryConfig:
                              "(a sweep derives it per dataset: circuitlib.seeds)",
                              check=settings.at_least(0))
     fused: bool | None = setting(None, "torch.compile the mask kernels; unset: only above FUSE_ABOVE masked weights")
-    precision: str = setting("fp32", "fp32: the model's own dtype; bf16: masked forward and backward under bfloat16 "
-                             "autocast (logits and AdamW stay float32)", choices=PRECISIONS)
+    precision: str = setting("fp32", "fp32: float32 throughout (the paper's); bf16: masked forward and backward under "
+                             "bfloat16 autocast over the float32 weights (logits and AdamW stay float32; the paper "
+                             "preset's GPU path)", choices=PRECISIONS)
     compile_model: bool = setting(False, "torch.compile the masked forward and backward (minutes to compile; "
                                   "pays only over long GPU runs)")
     schedule: str = setting("paper", "paper: lambda grows each epoch and density falls where it falls (the paper's); "
@@ -114,7 +115,7 @@ class DiscoveryConfig:
 
     @property
     def weights_dtype(self) -> torch.dtype | None:
-        """The dtype of the masked weights in a mask step: bfloat16 for "bf16", else None (the model's own)."""
+        """The dtype of the masked weights in a mask step: bfloat16 for "bf16", else None (the model's float32)."""
         return torch.bfloat16 if self.precision == "bf16" else None
 
 
@@ -428,6 +429,7 @@ def discover(
     `on_snapshot` and `on_eval` see each new circuit and each metrics row as they happen, and
     `on_checkpoint` each saved checkpoint folder (for a scheduler to persist it).
     """
+    require_float32(lm, "discovery")
     task = prepare_task(lm, train, eval_data, config)
     state = DiscoveryState(lm, config, len(train))
     ckpt = Path(checkpoint_dir) if checkpoint_dir is not None else None

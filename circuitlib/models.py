@@ -55,6 +55,19 @@ class LoadedModel:
         return next(self.model.parameters()).device
 
 
+def require_float32(lm: LoadedModel, what: str) -> None:
+    """Refuse a model whose weights are not float32: discovery and edits have one precision path each (§10.5).
+
+    Discovery selects bfloat16 with `DiscoveryConfig.precision` (autocast over float32 weights); edits stay float32,
+    since a 5e-4 step rounds away on a bfloat16 weight of about 0.1.
+    """
+    dtype = lm.model.dtype
+    if dtype != torch.float32:
+        raise InputError(f"{what} on {lm.model_id}: its weights are {str(dtype).removeprefix('torch.')}, but "
+                         f"{what} runs on float32 weights; load the model in float32 (load_model's default) and choose "
+                         "bfloat16 with DiscoveryConfig.precision='bf16'")
+
+
 def default_device() -> torch.device:
     """The device accelerate picks for this process (a GPU where one is visible, else CPU)."""
     device = PartialState().device

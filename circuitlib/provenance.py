@@ -1,7 +1,8 @@
 """What a discovery ran on, recorded in each circuit it finds, and the `circuitlib discover` arguments that redo it.
 
 `discover` records the dataset's name and the whole DiscoveryConfig (its mask_seed included); `stamp` adds the rows
-(a `SplitSpec`: dataset spec, limit, eval fraction, split seed) and the dtype of the model's weights, so the circuit
+(a `SplitSpec`: dataset spec, limit, eval fraction, split seed) and the dtype of the model's weights (float32; a
+circuit found by an older circuitlib on bfloat16 weights says so, and this one cannot recompute it), so the circuit
 file alone says how to recompute it bit for bit (on the same kind of device).
 """
 
@@ -12,7 +13,6 @@ import dataclasses
 from circuitlib import options
 from circuitlib.circuits import Circuit
 from circuitlib.data import SPLIT_BEFORE_RECORDED, SplitSpec
-from circuitlib.dtypes import dtype_name
 from circuitlib.errors import InputError
 from circuitlib.models import LoadedModel
 
@@ -21,7 +21,7 @@ NEEDED = ("split", "model_dtype", "config")  # the provenance keys `discover_arg
 
 def stamp(circuit: Circuit, split: SplitSpec, lm: LoadedModel) -> Circuit:
     """`circuit` with its rows and the dtype of the model's weights added to its provenance."""
-    extra = {"split": dataclasses.asdict(split), "model_dtype": dtype_name(lm.model.dtype)}
+    extra = {"split": dataclasses.asdict(split), "model_dtype": str(lm.model.dtype).removeprefix("torch.")}
     return dataclasses.replace(circuit, provenance={**circuit.provenance, **extra})
 
 
@@ -34,8 +34,12 @@ def discover_args(circuit: Circuit) -> list[str]:
     if missing:
         raise InputError(f"circuit of {circuit.model_id}: its provenance lacks {', '.join(missing)}, "
                          "so it does not say how to recompute it")
+    if found["model_dtype"] != "float32":
+        raise InputError(f"circuit of {circuit.model_id}: found on {found['model_dtype']} weights by an older "
+                         "circuitlib, which this one cannot recompute (discovery runs on float32 weights; precision "
+                         "selects bfloat16 autocast); recompute it with the circuitlib that found it")
     split = options.build(SplitSpec, {**SPLIT_BEFORE_RECORDED, **found["split"]}, lambda key: f"provenance split.{key}")
     config = options.build(DiscoveryConfig, found["config"], lambda key: f"provenance config.{key}")
     revision = ["--revision", circuit.model_revision] if circuit.model_revision else []
-    return ["--model", circuit.model_id, *revision, "--dtype", found["model_dtype"], *options.as_args(split),
+    return ["--model", circuit.model_id, *revision, *options.as_args(split),
             *options.as_args(config)]

@@ -11,6 +11,7 @@ step time (the sweep logs one) before budgeting seriously.
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -68,9 +69,10 @@ TUNED_CHECKPOINT_EVERY, TUNED_SHARD_SIZE = 50, 25  # the alternative shown: freq
 
 
 def discovery_memory_gib(weight_bytes: int, seq: int) -> dict[str, float]:
-    """Peak GPU memory of one discovery trial, by component (GiB)."""
+    """Peak GPU memory of one discovery trial, by component (GiB); `weight_bytes` is 2 under precision bf16 (the
+    masked weights, their gradients and the activations in bfloat16) and 4 under fp32."""
     persistent = (4 + 8 + 4 + weight_bytes) * MASKED  # logits, AdamW m+v, noise buffer, flat weight copy
-    model = weight_bytes * TOTAL  # the frozen model's own parameters
+    model = 4 * TOTAL  # the frozen model's own parameters: float32 under either precision
     backward = (weight_bytes + 2 * weight_bytes + 4) * MASKED  # w*m, its grads (views + flat), logit grads
     step = (4 + 8) * MASKED  # logit grads + foreach AdamW temporaries (after activations are freed)
     act_elems = N_LAYER * (16 * seq * BATCH * D_MODEL + N_HEAD * seq * seq * BATCH)  # no dropout, eager attention
@@ -85,11 +87,23 @@ def discovery_memory_gib(weight_bytes: int, seq: int) -> dict[str, float]:
     }
 
 
+CUDA_OVERHEAD_GIB = 1.0  # CUDA context, allocator slack and one short prompt's activations, an assumption
+
+
 def edit_memory_gib() -> float:
-    """One edit trial in fp32 (a 5e-4 step on bf16 weights of magnitude ~0.1 rounds away)."""
+    """One edit trial in fp32 (a 5e-4 step on bf16 weights of magnitude ~0.1 rounds away), a masked variant (the full
+    model saves a copy of every parameter instead: less)."""
     fp32 = 4
-    # model, zeroed-out copy, base copy, grads, bool mask
-    return (fp32 * TOTAL + (fp32 + fp32 + fp32 + 1) * MASKED) / GIB
+    # model, the masked weights' saved copy (masked_weights) and pre-edit copy (Editor.base), the bool mask; gradients
+    # live one parameter at a time (the editor steps and frees each in the backward), so they count for nothing here
+    return (fp32 * TOTAL + (fp32 + fp32 + 1) * MASKED) / GIB + CUDA_OVERHEAD_GIB
+
+
+def edit_gpu_share(gpu_gib: float = 79.2) -> float:
+    """The GPU share an edit trial asks for (the paper preset's gpus_per_edit_trial): as many edit trials as their
+    computed memory fits in one GPU of `gpu_gib`, rounded down to hundredths so their shares sum to at most 1."""
+    trials = int(gpu_gib // edit_memory_gib())
+    return math.floor(100 / trials) / 100
 
 
 def checkpoint_gib() -> float:
@@ -148,7 +162,7 @@ def table() -> str:
     lines = [
         f"gpt2-xl: {TOTAL:,} parameters, {MASKED:,} masked (everything under `transformer.h.`); batch {BATCH}.",
         "",
-        "| quantity (computed, not measured) | bf16 frozen weights | fp32 frozen weights |",
+        "| quantity (computed, not measured) | precision bf16 (the paper preset) | precision fp32 |",
         "| --- | --- | --- |",
     ]
     for seq in SEQ_LENS:
@@ -166,8 +180,8 @@ def table() -> str:
         "| per 80 GB GPU node | A100 80GB | H100 80GB |",
         "| --- | --- | --- |",
         "| discovery trials per node | 1 | 1 |",
-        "| edit trials per node (each asks for 1 GPU; memory would allow) "
-        f"| 1 ({int(A100.memory_gib // edit_memory_gib())}) | 1 ({int(H100.memory_gib // edit_memory_gib())}) |",
+        f"| edit trials per GPU (gpus_per_edit_trial {edit_gpu_share(A100.memory_gib):g}, from the edit memory) "
+        f"| {int(A100.memory_gib // edit_memory_gib())} | {int(H100.memory_gib // edit_memory_gib())} |",
     ]
     for seq in SEQ_LENS:
         lines.append(

@@ -21,17 +21,23 @@ import yaml
 
 from circuitlib import data, models, options, settings
 from circuitlib.discovery import DiscoveryConfig
-from circuitlib.dtypes import DTYPES
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
 from circuitlib.settings import setting
 from circuitlib.types import MASKED_VARIANTS, Variant
 
 PRESETS_DIR = Path(__file__).resolve().parent / "presets"
+# Settings an older circuitlib had, with what replaced them: a preset or a frozen params.json that still sets one is
+# refused with this line rather than as an unknown setting.
+RETIRED = {
+    "dtype": "retired: the model's weights load in float32, and discovery.precision is the one precision switch "
+             "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/test_gpu.py and "
+             "benchmarks/gpu_check.sh measure); edits always run on float32 weights",
+}
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # what Ray Tune's storage (pyarrow) reads
 # Where and how a sweep runs, not what it computes: they may change when a sweep is resumed, and stay out of its hash.
 OPERATIONAL = ("name", "work_dir", "storage_path", "tracking_uri", "experiment", "require_gpu", "gpus_per_trial",
-               "cpus_per_trial", "max_concurrent_trials", "max_failures")
+               "gpus_per_edit_trial", "cpus_per_trial", "max_concurrent_trials", "max_failures")
 
 
 @dataclass
@@ -42,8 +48,6 @@ class SweepConfig:
                         "its MLflow experiment; letters, digits, _ . -", check=settings.identifier)
     model: str = setting("gpt2-xl", "tiny-gpt2, smollm2-135m, a hub id or a local directory", check=settings.text)
     model_revision: str | None = setting(None, "hub revision (commit, tag or branch) of the model")
-    dtype: str = setting("auto", "dtype of the model's weights in discovery; auto: bfloat16 on a GPU, float32 on CPU",
-                         choices=DTYPES)
     datasets: list[str] = setting(doc="classification datasets (specs or aliases), one discovery each per seed",
                                   factory=lambda: ["blimp_dna1", "persona_ra", "hierarchy"],
                                   check=settings.non_empty(settings.text))
@@ -70,6 +74,10 @@ class SweepConfig:
     require_gpu: bool = setting(False, "refuse a cluster without GPUs (the preset's model needs them)")
     gpus_per_trial: float | None = setting(None, "GPUs per trial; none: 1 where the cluster has GPUs, else 0",
                                            check=settings.optional(settings.non_negative))
+    gpus_per_edit_trial: float | None = setting(
+        None, "share of a GPU an edit trial asks for where trials get GPUs, so several edit trials share one (the "
+        "paper preset's value is computed from the edit's memory: cluster/sizing.py); none: as many as gpus_per_trial",
+        check=settings.optional(settings.share))
     cpus_per_trial: int = setting(1, "CPUs per trial", check=settings.at_least(1))
     max_concurrent_trials: int = setting(0, "trials at a time; 0: as many as resources allow",
                                          check=settings.at_least(0))
@@ -138,6 +146,9 @@ def load_preset(name: str) -> SweepConfig:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise InputError(f"preset {path}: expected a mapping of settings")
+    retired = sorted(RETIRED.keys() & values.keys())
+    if retired:
+        raise InputError(f"preset {name}: {retired[0]} {RETIRED[retired[0]]}; remove it from {path}")
     return options.build(SweepConfig, {"name": name, **values}, lambda key: f"preset {name}: {key}")
 
 

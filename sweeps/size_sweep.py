@@ -34,7 +34,7 @@ from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
 from sweeps import context, layout, tracking
-from sweeps.config import SweepConfig, add_override_arguments, apply_overrides, load_preset, preset_names
+from sweeps.config import RETIRED, SweepConfig, add_override_arguments, apply_overrides, load_preset, preset_names
 from sweeps.progress import Progress
 from sweeps.specs import CircuitRef, DiscoveryTrial, EditTrial, SweepRun, discovery_trials, edit_trials, tune_config
 
@@ -46,12 +46,17 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument("--preset", default="paper", help=f"one of: {', '.join(preset_names())}")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config and trial counts; run nothing")
+    for key in RETIRED:  # read only to be refused with what replaced it
+        parser.add_argument(f"--{key}", help=argparse.SUPPRESS)
     add_override_arguments(parser)
     return parser.parse_args(argv)
 
 
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
     """Preset, then command-line overrides, then derived defaults; validated."""
+    retired = [key for key in RETIRED if getattr(args, key, None) is not None]
+    if retired:
+        raise InputError(f"--{retired[0]}: {RETIRED[retired[0]]}; use --discovery.precision")
     config = apply_overrides(load_preset(args.preset), args).resolved()
     config.validate()
     return config
@@ -65,6 +70,13 @@ def _frozen(path: Path) -> SweepConfig:
         raise InputError(
             f"sweep {path.parent.name!r} in {path.parent} was started by an older circuitlib (flat settings in "
             f"{path.name}); finish it with that version, or start it anew under another --name"
+        )
+    retired = sorted(RETIRED.keys() & frozen.keys())
+    if retired:
+        key = retired[0]
+        raise InputError(
+            f"sweep {path.parent.name!r} in {path.parent} was started with {key}: {frozen[key]}, which this circuitlib "
+            f"{RETIRED[key]}; finish it with the circuitlib that started it, or start it anew under another --name"
         )
     try:
         return options.build(SweepConfig, data.SPLIT_BEFORE_RECORDED | frozen)
@@ -185,6 +197,13 @@ def trial_resources(config: SweepConfig, cluster: Mapping[str, float], can_grow:
     return {"cpu": config.cpus_per_trial, "gpu": gpus}
 
 
+def phase_resources(config: SweepConfig, resources: Mapping[str, float], phase: str) -> dict[str, float]:
+    """What one trial of `phase` asks Ray for: `resources`, with an edit trial's GPU share where trials get GPUs."""
+    if phase == "edit" and resources.get("gpu", 0) > 0 and config.gpus_per_edit_trial is not None:
+        return {**resources, "gpu": config.gpus_per_edit_trial}
+    return dict(resources)
+
+
 def experiment_name(config: SweepConfig, phase: str, trials: Sequence[DiscoveryTrial | EditTrial]) -> str:
     """The Tune experiment of one phase with exactly these trials: a rerun that asks for the same trials restores it,
     one that asks for others (other discoveries found, other settings) starts its own, never an old trial list."""
@@ -196,13 +215,14 @@ def run_phase(
     phase: str, trainable: Callable[[dict[str, Any]], None], trials: Sequence[DiscoveryTrial | EditTrial],
     config: SweepConfig, resources: dict[str, float],
 ):
-    """Run (or resume) one phase as a Ray Tune experiment with one trial per entry of `trials`."""
+    """Run (or resume) one phase as a Ray Tune experiment with one trial per entry of `trials`, each asking for
+    `resources` (an edit trial for its GPU share: `phase_resources`)."""
     from ray import tune
 
     assert config.storage_path is not None, "a sweep runs on its resolved config"
     name = experiment_name(config, phase, trials)
     path = f"{config.storage_path.rstrip('/')}/{name}"
-    wrapped = tune.with_resources(trainable, resources)
+    wrapped = tune.with_resources(trainable, phase_resources(config, resources, phase))
     if tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True)
     else:
@@ -288,7 +308,8 @@ def run_sweep(config: SweepConfig) -> int:
     parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
     context.describe_sweep(client, exp_id, parent, config)
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
-    print(f"trial resources {resources}; results and checkpoints under {config.storage_path}")
+    print(f"trial resources {resources} (edit trials {phase_resources(config, resources, 'edit')}); results and "
+          f"checkpoints under {config.storage_path}")
     run = SweepRun(config, exp_id, parent)
 
     discoveries = discovery_trials(run)

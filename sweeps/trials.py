@@ -20,13 +20,11 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import torch
 from mlflow.tracking import MlflowClient
 from ray import tune
 
 from circuitlib import circuits, data, provenance
 from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, discover
-from circuitlib.dtypes import resolve_dtype
 from circuitlib.editing import RequestResult, edit_requests, results_as_rows, summarize, variant_masks
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
@@ -49,8 +47,8 @@ def discovery_inputs(trial: DiscoveryTrial) -> tuple[data.SplitSpec, DiscoveryCo
 
 
 def discovery_model(cfg: SweepConfig) -> LoadedModel:
-    """The model as discovery trials load it (in the sweep's dtype)."""
-    return load_model(cfg.model, dtype=resolve_dtype(cfg.dtype), revision=cfg.model_revision)
+    """The model as discovery trials load it: float32 weights (discovery.precision selects bf16 autocast over them)."""
+    return load_model(cfg.model, revision=cfg.model_revision)
 
 
 def trainable(run: Callable[[Spec], None], spec_type: type[Spec]) -> Callable[[dict[str, Any]], None]:
@@ -250,7 +248,7 @@ def edit_trial(trial: EditTrial) -> None:
         pool = data.load_requests(cfg.requests, cfg.edit_limit)
         requests = pool[trial.shard * cfg.shard_size : (trial.shard + 1) * cfg.shard_size]
         client.log_inputs(run_id, [context.requests_input(cfg.requests, requests, trial.shard)])
-        lm = load_model(cfg.model, dtype=torch.float32, revision=cfg.model_revision)
+        lm = load_model(cfg.model, revision=cfg.model_revision)  # edits run on float32 weights
         circuit = None
         if ref is not None:
             circuit = circuits.load(tracking.download(client, ref.run_id, ref.artifact, work / "circuit"))

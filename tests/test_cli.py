@@ -69,7 +69,7 @@ def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
         assert info["provenance"]["model_dtype"] == "float32"
     text = ok(cli("info", str(files[0]), cwd=tmp_path)).stdout
     assert "density" in text and "masked weights  25,408" in text
-    assert "recompute       circuitlib discover --model tiny-gpt2 --dtype float32 --dataset builtin:hierarchy" in text
+    assert "recompute       circuitlib discover --model tiny-gpt2 --dataset builtin:hierarchy" in text
 
     report = tmp_path / "edits" / "complement.json"
     result = ok(cli("edit", "--model", "tiny-gpt2", "--variant", "complement", "--circuit", str(files[0]),

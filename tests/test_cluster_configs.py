@@ -576,6 +576,15 @@ def test_sizing_supports_one_gpt2xl_trial_per_80gb_gpu():
     assert sizing.edit_trials(25) == (14 * 5 * 3 + 1) * 6  # or six shards of 25
 
 
+def test_the_paper_presets_edit_gpu_share_is_the_one_its_edit_memory_gives():
+    """gpus_per_edit_trial is computed from the edit's memory (issue 10, item 4): as many trials as fit one GPU."""
+    share = yaml.safe_load((REPO / "sweeps" / "presets" / "paper.yaml").read_text())["gpus_per_edit_trial"]
+    assert share == sizing.edit_gpu_share() == sizing.edit_gpu_share(sizing.H100.memory_gib)
+    trials = round(1 / share)
+    assert trials >= 2 and trials * share <= 1
+    assert trials * sizing.edit_memory_gib() <= sizing.A100.memory_gib < (trials + 1) * sizing.edit_memory_gib()
+
+
 def test_readme_walks_each_target_to_a_running_sweep_and_the_mlflow_ui():
     readme = (CLUSTER / "README.md").read_text()
     headings = ("## AWS", "## Google Cloud", "## Kubernetes", "## Sizing for gpt2-xl",

@@ -298,15 +298,17 @@ def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_
     assert results[0][1].abs().sum() > 0
 
 
-def test_discovery_runs_in_the_models_own_dtype(tiny_data) -> None:
-    """A bfloat16-loaded model (the sweep's dtype auto on GPUs) keeps bfloat16 masked weights under the fp32 default."""
+def test_a_model_not_in_float32_is_refused_by_discovery_and_edits(tiny_data, requests_few) -> None:
+    """One precision switch (issue 10): bfloat16 comes from precision bf16 over float32 weights, never from the
+    weights' own dtype, so a bfloat16-loaded model is refused with what to do instead."""
+    from circuitlib.editing import edit_requests
     from circuitlib.models import load_model
 
     lm = load_model("tiny-gpt2", device="cpu", dtype=torch.bfloat16)
-    result = discover(lm, tiny_data, tiny_data, config(max_steps=40), progress=False)
-    assert result.circuits
-    assert all(c.target_density is not None and c.density <= c.target_density for c in result.circuits)
-    assert all(p.dtype == torch.bfloat16 for p in lm.model.parameters())
+    with pytest.raises(InputError, match=r"discovery on tiny-gpt2: its weights are bfloat16.*precision='bf16'"):
+        discover(lm, tiny_data, tiny_data, config(max_steps=40), progress=False)
+    with pytest.raises(InputError, match="editing on tiny-gpt2: its weights are bfloat16"):
+        edit_requests(lm, requests_few, "full", None, progress=False)
 
 
 @pytest.mark.slow

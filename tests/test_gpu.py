@@ -13,6 +13,7 @@ from circuitlib.discovery import DiscoveryConfig, discover
 from circuitlib.editing import EditConfig, Editor, edit_requests, variant_masks
 from circuitlib.masks import mean_keep_probability, sample_masked_weights
 from circuitlib.models import load_model
+from sweeps.config import load_preset
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
 
@@ -50,14 +51,20 @@ def discovery_config(**overrides) -> DiscoveryConfig:
     return DiscoveryConfig(**(values | overrides))
 
 
-@pytest.mark.parametrize(("precision", "compile_model"), [("fp32", False), ("bf16", False), ("fp32", True)])
+PAPER = load_preset("paper").discovery  # the path a `paper` sweep runs on a GPU: float32 weights, its precision
+
+
+@pytest.mark.parametrize(("precision", "compile_model"),
+                         sorted({("fp32", False), ("bf16", False), ("fp32", True),
+                                 (PAPER.precision, PAPER.compile_model)}))
 def test_discovery_on_cuda_is_reproducible_and_snapshots_below_targets(tiny_data, precision: str,
                                                                        compile_model: bool) -> None:
     runs = []
     config = discovery_config(precision=precision, compile_model=compile_model)
     for _ in range(2):
-        lm = load_model("tiny-gpt2", device=CUDA)
+        lm = load_model("tiny-gpt2", device=CUDA)  # as a sweep's discovery trial loads it: float32 weights
         runs.append(discover(lm, tiny_data, tiny_data, config, progress=False))
+        assert lm.model.dtype == torch.float32
     first, second = runs
     assert [c.target_density for c in first.circuits] == [0.8, 0.5, 0.2]
     assert all(c.density <= c.target_density for c in first.circuits)

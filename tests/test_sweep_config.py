@@ -20,7 +20,16 @@ from sweeps import config as sweep_config
 from sweeps import layout, tracking
 from sweeps.config import SweepConfig, load_preset, preset_names
 from sweeps.progress import estimate_left, format_duration
-from sweeps.size_sweep import found_circuits, freeze_params, main, parse_args, resolve_config, trial_resources
+from sweeps.size_sweep import (
+    found_circuits,
+    freeze_params,
+    main,
+    parse_args,
+    phase_resources,
+    resolve_config,
+    run_phase,
+    trial_resources,
+)
 from sweeps.specs import (
     CircuitRef,
     EditTrial,
@@ -47,10 +56,12 @@ def test_presets_exist_and_validate():
 
 
 # Each preset's discovery and edit settings as the flat SweepConfig held them before the nesting (the old trial
-# mapped exactly these onto DiscoveryConfig and EditConfig): the nested presets must ask for the same runs.
+# mapped exactly these onto DiscoveryConfig and EditConfig): the nested presets must ask for the same runs. The paper's
+# bfloat16 on GPUs moved from `dtype: auto` (the whole model in bfloat16) to precision bf16 (issue 10, item 1).
 FLAT_PRESETS = {
     "paper": (dict(densities=(0.5, 0.35, 0.25, 0.15, 0.05), max_steps=5000, batch_size=128, lr=0.01, head_epochs=400,
-                   eval_every=50, checkpoint_every=500), dict(max_steps=25, lr=0.0005, max_change=0.0005)),
+                   eval_every=50, checkpoint_every=500, precision="bf16"),
+              dict(max_steps=25, lr=0.0005, max_change=0.0005)),
     "tiny": (dict(densities=(0.5, 0.2), max_steps=200, batch_size=16, lr=0.1, head_epochs=20, eval_every=5,
                   checkpoint_every=5), dict(max_steps=3, lr=0.01, max_change=0.01)),
 }
@@ -114,7 +125,9 @@ def test_every_library_setting_is_a_sweep_option():
         (["--variants", "circuit,bogus"], "variants 'circuit,bogus': item 'bogus' must be one of circuit, complement"),
         (["--requests", "json:/no/such.json"], "/no/such.json"),
         (["--require-gpu", "true", "--gpus-per-trial", "0"], "GPU"),
-        (["--dtype", "int8"], "dtype 'int8'"),
+        (["--gpus-per-edit-trial", "0"], "gpus_per_edit_trial '0': must lie in (0, 1]"),
+        (["--gpus-per-edit-trial", "1.5"], "gpus_per_edit_trial '1.5': must lie in (0, 1]"),
+        (["--dtype", "auto"], "--dtype: retired: .* discovery.precision is the one precision switch"),
         (["--name", "it's"], "name \"it's\": must be letters, digits, _ . - only"),
         (["--name", "../escape"], "name '../escape': must be letters"),
         (["--name", "/tmp/x"], "name '/tmp/x': must be letters"),
@@ -133,6 +146,30 @@ def test_every_library_setting_is_a_sweep_option():
 def test_bad_configs_are_rejected_before_any_trial(flags, message):
     with pytest.raises(InputError, match=message.replace("/", ".").replace("(", r"\(")):
         resolve_config(parse_args(["--preset", "tiny", *flags]))
+
+
+def test_a_retired_setting_in_a_preset_or_a_frozen_sweep_is_refused_with_what_replaced_it(tmp_path, monkeypatch):
+    """`dtype` (the whole model in bfloat16 on a GPU) gave way to discovery.precision (issue 10, item 1)."""
+    (tmp_path / "old.yaml").write_text("model: tiny-gpt2\ndtype: auto\n")
+    monkeypatch.setattr(sweep_config, "PRESETS_DIR", tmp_path)
+    with pytest.raises(InputError, match=r"preset old: dtype retired: .*discovery.precision.*; remove it from"):
+        load_preset("old")
+    monkeypatch.undo()
+    config = SweepConfig(name="s", work_dir=str(tmp_path)).resolved()
+    path = tmp_path / "s" / "params.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps(dataclasses.asdict(config) | {"dtype": "auto"}))
+    with pytest.raises(InputError, match=r"started with dtype: auto, which this circuitlib retired: .*another --name"):
+        freeze_params(config)
+
+
+def test_the_paper_preset_runs_discovery_in_bf16_autocast_over_float32_weights():
+    """The one precision path of a GPU sweep: the trial loads float32 weights and precision bf16 autocasts them."""
+    from sweeps.trials import discovery_model
+
+    assert load_preset("paper").discovery.precision == "bf16"
+    assert load_preset("smollm2-cpu").discovery.precision == load_preset("tiny").discovery.precision == "fp32"
+    assert discovery_model(load_preset("tiny")).model.dtype == torch.float32
 
 
 def test_unknown_settings_in_a_preset_section_are_one_clear_error(tmp_path, monkeypatch):
@@ -183,6 +220,37 @@ def test_gpu_needed_but_cluster_has_none():
     tiny = load_preset("tiny")
     assert trial_resources(tiny, {"CPU": 2.0}) == {"cpu": 1, "gpu": 0}
     assert trial_resources(tiny, {"CPU": 2.0, "GPU": 1.0}) == {"cpu": 1, "gpu": 1}
+
+
+def test_edit_trials_ask_ray_tune_for_their_gpu_share(tmp_path, monkeypatch):
+    """gpus_per_edit_trial reaches the resources Ray Tune gives each edit trial; discovery keeps a whole GPU, and on a
+    cluster without GPUs the share asks for none."""
+    from ray import tune
+
+    captured: dict[str, object] = {}
+
+    class FakeTuner:
+        def __init__(self, trainable, **kwargs):
+            captured["resources"] = trainable._resources.required_resources
+
+        @staticmethod
+        def can_restore(path):
+            return False
+
+        def fit(self):
+            return None
+
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    paper = dataclasses.replace(load_preset("paper"), storage_path=str(tmp_path))
+    assert paper.gpus_per_edit_trial == 0.25
+    base = trial_resources(paper, {"CPU": 16.0, "GPU": 2.0})
+    trials = discovery_trials(run_of(paper))[:1]
+    for phase, gpus in (("discover", 1), ("edit", 0.25)):
+        run_phase(phase, lambda config: None, trials, paper, base)
+        assert captured["resources"] == {"CPU": 4, "GPU": gpus}
+    assert phase_resources(load_preset("tiny"), {"cpu": 1, "gpu": 0}, "edit") == {"cpu": 1, "gpu": 0}
+    whole = dataclasses.replace(paper, gpus_per_edit_trial=None)
+    assert phase_resources(whole, base, "edit") == base
 
 
 def run_of(config: SweepConfig) -> SweepRun:
