@@ -12,7 +12,6 @@ import math
 from collections.abc import Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, fields
-from typing import cast
 
 import torch
 import torch.nn.functional as F
@@ -21,7 +20,7 @@ from tqdm.auto import tqdm
 from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.errors import InputError
-from circuitlib.models import LoadedModel, token_id
+from circuitlib.models import LoadedModel, require_float32, token_id
 from circuitlib.settings import setting
 from circuitlib.types import VARIANTS, EditRequest, Variant
 
@@ -191,50 +190,52 @@ class Editor:
             # than masked_fill_ with the complement, which took a third of every edit step on smollm2-135m.
             self.keep = {n: masks[n].to(named[n].device).view(torch.uint8) for n in self.params}
         self.base = {n: p.detach().clone() for n, p in self.params.items()}
+        self.names = {id(p): n for n, p in self.params.items()}  # a hook gets the parameter, not its name
 
     def edit(self, request: EditRequest) -> tuple[int, float]:
-        """Fine-tune towards `request.target_new`; returns (steps taken, last loss). Leaves the model edited."""
-        names = list(self.params)
-        params: list[torch.Tensor] = [self.params[n] for n in names]
-        bases = [self.base[n] for n in names]
-        keeps = [self.keep[n] for n in names] if self.keep else []
-        for p in params:
-            p.requires_grad_(True)
+        """Fine-tune towards `request.target_new`; returns (steps taken, last loss). Leaves the model edited.
+
+        Each parameter is updated inside the backward pass, by a hook that runs as soon as its gradient is complete,
+        and its gradient is freed there: the update reads the gradient while it is still in cache, and only one
+        parameter's gradient is alive at a time instead of the whole model's (docs/design.md §10.3).
+        """
+        params = list(self.params.values())
+        hooks = []
         steps, loss_value = 0, float("nan")
         try:
+            for p in params:
+                p.requires_grad_(True)
+                hooks.append(p.register_post_accumulate_grad_hook(self._update))
             for steps in range(1, self.config.max_steps + 1):
                 loss = _nll(self.lm, [request.text], [request.target_new])[0]
                 loss_value = loss.item()
                 if loss_value < self.config.stop_loss:
                     steps -= 1
                     break
-                for p in params:
-                    p.grad = None  # backward then hands its fresh gradients over, no zeroing or adding
-                loss.backward()
-                grads = cast(list[torch.Tensor], [p.grad for p in params])  # backward gave each of them one
-                self._update(params, grads, bases, keeps)
+                loss.backward()  # every parameter is stepped by its hook, `_update`
         finally:
+            for hook in hooks:
+                hook.remove()
             for p in params:
                 p.requires_grad_(False)
                 p.grad = None
         return steps, loss_value
 
     @torch.no_grad()
-    def _update(self, params: list[torch.Tensor], grads: list[torch.Tensor], bases: list[torch.Tensor],
-                keeps: list[torch.Tensor]) -> None:
-        """SGD on the masked gradient, then each weight clamped to within max_change of its pre-edit value.
-
-        Multi-tensor (foreach) ops: a handful of kernels per step instead of four per parameter.
-        """
-        eps = self.config.max_change
-        # The foreach ops are public API in practice but missing from torch.__all__, hence the narrow ignores.
-        if keeps:
-            torch._foreach_mul_(grads, keeps)  # pyright: ignore[reportPrivateImportUsage]  # no update outside the mask
-        torch._foreach_add_(params, grads, alpha=-self.config.lr)  # pyright: ignore[reportPrivateImportUsage]
-        torch._foreach_sub_(params, bases)  # pyright: ignore[reportPrivateImportUsage]
-        torch._foreach_clamp_min_(params, -eps)  # pyright: ignore[reportPrivateImportUsage]
-        torch._foreach_clamp_max_(params, eps)  # pyright: ignore[reportPrivateImportUsage]
-        torch._foreach_add_(params, bases)  # pyright: ignore[reportPrivateImportUsage]
+    def _update(self, param: torch.Tensor) -> None:
+        """One parameter's SGD step on its masked gradient, clamped to within max_change of its pre-edit value; then
+        its gradient is dropped (the next backward hands over a fresh one, no zeroing or adding)."""
+        grad = param.grad
+        assert grad is not None, "the hook runs once the parameter's gradient is accumulated"
+        name = self.names[id(param)]
+        if self.keep:
+            grad.mul_(self.keep[name])  # no update outside the mask
+        base, eps = self.base[name], self.config.max_change
+        param.add_(grad, alpha=-self.config.lr)
+        param.sub_(base)
+        param.clamp_(-eps, eps)
+        param.add_(base)
+        param.grad = None
 
     @torch.no_grad()
     def restore(self) -> None:
@@ -256,6 +257,7 @@ def edit_requests(
 
     `pool` supplies neighborhood prompts for requests that have none (default: `requests`).
     """
+    require_float32(lm, "editing")
     config = config or EditConfig()
     pool = pool if pool is not None else requests
     if masks is not None:  # onto the model's device once, not once per use

@@ -178,6 +178,54 @@ def test_editor_skips_parameters_with_empty_masks(tiny_lm) -> None:
     assert list(editor.params) == ["transformer.h.1.mlp.c_fc.weight"]
 
 
+def after_backward_edit(lm, request: EditRequest, masks, config: EditConfig) -> dict[str, torch.Tensor]:
+    """The edit as the editor ran it before its updates moved into the backward: all gradients first, then one
+    masked, clamped SGD step over every parameter; the edited weights, and the model put back."""
+    named = dict(lm.model.named_parameters())
+    names = list(named) if masks is None else [n for n, m in masks.items() if bool(m.any())]
+    params = [named[n] for n in names]
+    base = [p.detach().clone() for p in params]
+    for p in params:
+        p.requires_grad_(True)
+    for _ in range(config.max_steps):
+        for p in params:
+            p.grad = None
+        editing._nll(lm, [request.text], [request.target_new])[0].backward()
+        with torch.no_grad():
+            for name, p, b in zip(names, params, base, strict=True):
+                assert p.grad is not None
+                grad = p.grad * masks[name].to(torch.uint8) if masks is not None else p.grad
+                p.add_(grad, alpha=-config.lr).sub_(b).clamp_min_(-config.max_change).clamp_max_(config.max_change)
+                p.add_(b)
+    edited = {n: p.detach().clone() for n, p in zip(names, params, strict=True)}
+    with torch.no_grad():
+        for p, b in zip(params, base, strict=True):
+            p.requires_grad_(False)
+            p.grad = None
+            p.copy_(b)
+    return edited
+
+
+@pytest.mark.parametrize("variant", ["full", "circuit"])
+def test_updates_inside_the_backward_equal_a_step_after_it_bit_for_bit(tiny_lm, requests_few, variant, helpers) -> None:
+    """The editor steps each parameter from a hook as its gradient completes (the tied embedding and LM head too,
+    once both of its gradients are summed); the weights must be exactly those of a step after the whole backward."""
+    masks = variant_masks(make_circuit(tiny_lm), variant)
+    original = helpers.clone_state(tiny_lm.model)
+    config = EditConfig(lr=0.3, max_steps=3, stop_loss=0.0, max_change=0.02)  # some weights clamped, others not
+    with masked_weights(tiny_lm, masks):
+        expected = after_backward_edit(tiny_lm, requests_few[0], masks, config)
+        editor = Editor(tiny_lm, masks, config)
+        assert editor.edit(requests_few[0])[0] == 3
+        named = dict(tiny_lm.model.named_parameters())
+        assert set(editor.params) == set(expected)
+        assert all(torch.equal(named[n], w) for n, w in expected.items())
+        assert all(named[n].grad is None and not named[n].requires_grad for n in expected)
+        editor.restore()
+    assert helpers.differing(tiny_lm.model, original) == []
+    assert any(not torch.equal(w, original[n]) for n, w in expected.items())
+
+
 # --- metrics ---------------------------------------------------------------------------------------
 
 
