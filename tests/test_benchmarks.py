@@ -1,0 +1,81 @@
+"""The GPU check's CPU side (its one-line refusal without CUDA, a tiny smoke of bench_gpu) and the paper-pattern
+benchmark's baseline on the tiny GPT-2."""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sweeps.config import load_preset
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _load_module(name: str):
+    """A script of benchmarks/ as a module (the folder is not a package)."""
+    spec = importlib.util.spec_from_file_location(name, REPO / "benchmarks" / f"{name}.py")
+    assert spec is not None and spec.loader is not None, name
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+bench_gpu = _load_module("bench_gpu")
+bench_paper_pattern = _load_module("bench_paper_pattern")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no CUDA device is visible")
+def test_gpu_check_stops_at_once_with_one_line_without_cuda(tmp_path: Path) -> None:
+    env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
+    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
+                          env=env, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no CUDA device is visible" in lines[0]
+    assert not (tmp_path / "gpu_check.json").exists()
+
+
+def test_bench_gpu_writes_every_key_on_the_paper_presets_settings(tmp_path: Path) -> None:
+    """A CPU smoke of the GPU benchmark on the tiny model: the JSON gpu_check.sh commits, measured on the paper
+    preset's discovery and edit settings (the sweep's path)."""
+    out = tmp_path / "gpu_check.json"
+    assert bench_gpu.main(["--device", "cpu", "--model", "tiny-gpt2", "--rows", "64", "--repeats", "2",
+                           "--requests", "2", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert set(bench_gpu.KEYS) <= set(result)
+    paper = load_preset("paper")
+    assert result["settings"]["discovery"] == json.loads(json.dumps(dataclasses.asdict(paper.discovery)))
+    assert result["settings"]["discovery"]["precision"] == "bf16"
+    assert result["settings"]["edit"]["max_steps"] == 25 and result["edits"]["edit_steps"] == 25
+    assert result["mask_step_s"] > 0 and result["edit_request_s"] > 0
+    assert len(result["edits"]["edit_request_times_s"]) == 2  # the warm-up request is not timed
+    assert result["gpu"] is None and result["discovery_peak_gpu_gib"] is None and result["edit_peak_gpu_gib"] is None
+
+
+def test_bench_gpu_refuses_cuda_where_there_is_none(capsys) -> None:
+    if torch.cuda.is_available():
+        pytest.skip("CUDA is visible")
+    assert bench_gpu.main(["--device", "cuda"]) == 2
+    assert "no CUDA device is visible" in capsys.readouterr().err
+
+
+def test_the_paper_pattern_baseline_edits_as_the_project_does(tmp_path: Path) -> None:
+    """The baseline is a re-implementation, not another algorithm: its post-edit NLLs are the project's."""
+    assert bench_paper_pattern.main(["--model", "tiny-gpt2", "--rows", "32", "--mask-steps", "3", "--requests", "2",
+                                     "--edit-steps", "3", "--repeats", "1", "--out-dir", str(tmp_path)]) == 0
+    (report,) = tmp_path.glob("paper_pattern_tiny-gpt2_*.json")
+    result = json.loads(report.read_text())
+    assert result["edits"]["max_abs_diff_nll_new_post"] < 1e-4
+    for part in ("discovery", "edits"):
+        assert result[part]["project"]["median_s"] > 0 and result[part]["baseline"]["median_s"] > 0
+        assert result[part]["ratio_baseline_over_project"] > 0
+    assert "python benchmarks/bench_paper_pattern.py --model tiny-gpt2" in report.with_suffix(".md").read_text()
