@@ -269,7 +269,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision)
         state = DiscoveryState(lm, config, len(dataset))
         buffers = StepBuffers.for_run(lm, state.layout, config)
-        forward = masked_features(lm, state.layout, precision, compiled)
+        forward = masked_features(lm, state.layout, precision, compiled, buffers.grad)
         step = functools.partial(mask_step, lm, task, state, config, buffers, fused, forward, width)
         start = time.perf_counter()
         step()

@@ -91,7 +91,7 @@ def bench_discovery(lm: LoadedModel, sweep: SweepConfig, args: argparse.Namespac
     state = DiscoveryState(lm, config, len(rows))
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
-    forward = masked_features(lm, state.layout, config.precision, config.compile_model)
+    forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None
     median, times = median_s(lambda: mask_step(lm, task, state, config, buffers, fused, forward, width), lm.device,
                              args.repeats, warmup=3)

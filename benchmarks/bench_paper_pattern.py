@@ -284,7 +284,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--mask-steps", type=int, default=20)
     parser.add_argument("--requests", type=int, default=5)
     parser.add_argument("--edit-steps", type=int, default=10)
-    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--repeats", type=int, default=2, help="timed runs of each side (~4.5 min a repeat, 1 thread)")
     parser.add_argument("--out-dir", default=None, help="write paper_pattern_{model}_{date}.json and .md here")
     args = parser.parse_args(argv)
     started = time.perf_counter()

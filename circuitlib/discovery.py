@@ -331,16 +331,17 @@ class DiscoveryState:
 MaskedFeatures = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
-def masked_features(lm: LoadedModel, layout: FlatLayout, precision: str = "fp32",
-                    compile_model: bool = False) -> MaskedFeatures:
+def masked_features(lm: LoadedModel, layout: FlatLayout, precision: str = "fp32", compile_model: bool = False,
+                    grad_buffer: torch.Tensor | None = None) -> MaskedFeatures:
     """(flat masked weights, batch) -> last-token features [batch, d_model] (float32) with those weights swapped in.
 
     With `compile_model`, the whole forward (and so its backward) is one torch.compile'd graph: far fewer kernel
-    launches and Python calls per step, which is what bounds a mask step on a GPU.
+    launches and Python calls per step, which is what bounds a mask step on a GPU. Eager, `grad_buffer` (a reused
+    tensor like the flat weights) receives the flat weights' gradient (`FlatLayout.split`).
     """
 
     def forward(flat: torch.Tensor, inputs: dict[str, torch.Tensor]) -> torch.Tensor:
-        weights = layout.split(flat)
+        weights = layout.split(flat, None if compile_model else grad_buffer)
         if precision == "bf16":
             # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs it.
             weights = {name: w if w.dim() > 1 else w.float() for name, w in weights.items()}
@@ -352,20 +353,24 @@ def masked_features(lm: LoadedModel, layout: FlatLayout, precision: str = "fp32"
 
 @dataclass
 class StepBuffers:
-    """The flat per-weight tensors every mask step reuses: frozen weights, noise, and the masked weights.
+    """The flat per-weight tensors every mask step reuses: frozen weights, noise, the masked weights and, on CPU, their
+    gradient.
 
     Reused rather than allocated per step: on CPU, touching 1e8 fresh floats costs more in page faults than the
-    kernels that fill them.
+    kernels that fill them. A GPU's caching allocator reuses memory without that cost, so there the gradient is not
+    kept between steps (it would add to the peak memory).
     """
 
     weights: torch.Tensor
     noise: torch.Tensor
     masked: torch.Tensor
+    grad: torch.Tensor | None
 
     @classmethod
     def for_run(cls, lm: LoadedModel, layout: FlatLayout, config: DiscoveryConfig) -> StepBuffers:
         weights = flat_weights(lm.model, layout, config.weights_dtype)
-        return cls(weights, torch.empty(layout.total, device=lm.device), torch.empty_like(weights))
+        grad = torch.empty_like(weights) if lm.device.type == "cpu" else None
+        return cls(weights, torch.empty(layout.total, device=lm.device), torch.empty_like(weights), grad)
 
 
 def faithfulness_loss(task: _Task, loss: str, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -403,7 +408,7 @@ def mask_step(
     penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
     masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
                                    fused, lam, out=buffers.masked, noise=config.noise)
-    forward = forward or masked_features(lm, state.layout, config.precision)
+    forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
     task_loss = faithfulness_loss(task, config.loss, forward(masked, inputs), index.to(lm.device))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
     task_loss.backward()
@@ -467,7 +472,7 @@ def discover(
         record()
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
-    forward = masked_features(lm, state.layout, config.precision, config.compile_model)
+    forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     sample = density_sample(state.layout.total, lm.device)
 

@@ -197,6 +197,25 @@ def test_layout_split_and_flatten_round_trip() -> None:
     assert torch.equal(layout.flatten(parts), flat)
 
 
+def test_split_gathers_its_gradient_into_a_given_buffer_with_the_same_values() -> None:
+    """The reused gradient buffer of a CPU mask step (FlatLayout.split's grad_buffer) changes where the flat gradient
+    lives, not its value; a piece the loss does not use gets zeros."""
+    layout = FlatLayout((MaskedParam("a.weight", (3, 4), "mlp", 0), MaskedParam("a.bias", (4,), "mlp", 0),
+                         MaskedParam("b.weight", (2,), "norm", 0)))
+    grads = []
+    buffer = torch.full((layout.total,), float("nan"))
+    for grad_buffer in (None, buffer):
+        flat = torch.randn(layout.total, generator=torch.Generator().manual_seed(0)).requires_grad_(True)
+        source = flat * 1.5  # a non-leaf, as the masked weights are
+        parts = layout.split(source, grad_buffer)
+        assert parts["a.weight"].shape == (3, 4) and parts["a.bias"].data_ptr() == source.data_ptr() + 12 * 4
+        (parts["a.weight"].sin().sum() + (parts["a.bias"] ** 2).sum()).backward()
+        assert flat.grad is not None
+        grads.append(flat.grad)
+    assert torch.equal(grads[0], grads[1])
+    assert torch.equal(buffer[16:], torch.zeros(2)) and torch.equal(buffer * 1.5, grads[0])
+
+
 def test_init_logits_are_seeded_normal_float32_leaves() -> None:
     layout = FlatLayout((MaskedParam("w", (200, 100), "mlp", 0),))
     a = init_logits(layout, torch.device("cpu"), mean=2.7, std=0.01, seed=4)
