@@ -93,7 +93,8 @@ def test_the_same_name_with_other_settings_elsewhere_is_refused_before_ray(sweep
 def test_only_result_shaping_settings_change_the_hash():
     tiny = load_preset("tiny")
     same = dataclasses.replace(tiny, name="other", work_dir="/x", storage_path="s3://b/p", max_failures=0,
-                               cpus_per_trial=4, max_concurrent_trials=3, tracking_uri="http://h:5000")
+                               cpus_per_trial=4, max_concurrent_trials=3, tracking_uri="http://h:5000",
+                               gpus_per_edit_trial=0.5)  # where edit trials run, not what they compute
     assert same.settings_hash() == tiny.settings_hash()
     for other in (dataclasses.replace(tiny, discovery=dataclasses.replace(tiny.discovery, lr=0.01)),
                   dataclasses.replace(tiny, seeds=[1]), dataclasses.replace(tiny, shard_size=3)):
