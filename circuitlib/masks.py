@@ -206,7 +206,8 @@ COUNT_CHUNK = 1 << 22  # counted a chunk at a time: a fresh 1e8-element bool ten
 def count_kept(logits: torch.Tensor) -> tuple[int, int]:
     """(kept, total) under the deterministic mask."""
     flat = logits.detach().reshape(-1)
-    return sum(int((chunk > 0).sum()) for chunk in flat.split(COUNT_CHUNK)), flat.numel()
+    # count_nonzero, not sum: summing a bool chunk widens it to int64 first, about 7x slower on CPU at 1e8 logits
+    return sum(int(torch.count_nonzero(chunk > 0)) for chunk in flat.split(COUNT_CHUNK)), flat.numel()
 
 
 def mean_keep_probability(logits: torch.Tensor, fused: bool = False) -> torch.Tensor:
