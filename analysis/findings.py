@@ -59,6 +59,7 @@ class Headline:
     knowledge_complement: float
     window: Window
     window_actual: tuple[float, float] | None  # lowest and highest actual density of the window's circuits
+    gap_actual: tuple[float, ...]  # actual densities of the pooled densities with a gap (what claim 2 can test)
     faithful_datasets: tuple[str, ...]
     overlap: BaselineRow | None  # cross-dataset overlap beside chance and stability, pooled over densities
     overlap_circuits: int  # faithful circuits in some cross-dataset or stability pair
@@ -94,6 +95,8 @@ def headline(a: Analysis) -> Headline:
         knowledge_complement=finite_mean([r.knowledge_complement for r in pooled]),
         window=a.window,
         window_actual=(min(inside), max(inside)) if inside else None,
+        gap_actual=tuple(r.actual_density for r in pooled
+                         if r.gap_complement is not None and not math.isnan(r.actual_density)),
         faithful_datasets=tuple(sorted({s.dataset for s in a.used})),
         overlap=next((b for b in a.baselines if b.scope == POOLED), None),
         overlap_circuits=len({(c, r.density) for r in whole for c in (r.a, r.b)}),
@@ -137,9 +140,15 @@ def _confirmation_bias(h: Headline) -> Finding:
 
 def _size_window(h: Headline, threshold: float) -> Finding:
     """Consistent when a window exists and its circuits' actual densities lie inside 5%-50%, partly when they reach
-    outside, not consistent when there is no window."""
+    outside, not consistent when there is no window; not assessable when no faithful, edited circuit lies in 5%-50%
+    (the sweep does not test the range the claim is about)."""
     if not h.gap_densities:
         return _finding(1, h, 0, "no faithful circuit has both circuit and complement edits", NOT_ASSESSABLE)
+    if not any(PAPER_WINDOW[0] <= d <= PAPER_WINDOW[1] for d in h.gap_actual):
+        tested = ", ".join(f"{d:.3g}" for d in sorted(h.gap_actual)) or "none known"
+        return _finding(1, h, h.gap_circuits, f"no faithful circuit with circuit and complement edits lies within "
+                        f"{PAPER_WINDOW[0]:.0%}–{PAPER_WINDOW[1]:.0%} (actual densities {tested}): the sweep does not "
+                        "test the claimed range", NOT_ASSESSABLE)
     w = h.window
     actual = f", actual density {h.window_actual[0]:.3g}–{h.window_actual[1]:.3g}" if h.window_actual else ""
     result = (f"window {w.describe()} in target density{actual} (gap interval above 0 and faithfulness ≥ "

@@ -166,6 +166,17 @@ def test_claims_without_a_faithful_circuit_are_not_assessable(tmp_path: Path):
     assert all(f.verdict != NOT_ASSESSABLE for f in (lax[0], lax[1], lax[3]))
 
 
+def test_size_window_is_not_assessable_without_circuits_in_the_claimed_range(tmp_path: Path):
+    """Every circuit above 50% (as in the smollm2-cpu demo): the planted gap is there, but the claim is about 5-50%."""
+    above = {(ds, 0, d): d + 0.4 for ds in ("alpha", "beta") for d in DENSITIES}
+    h = headline(analyse(build(tmp_path, actual=above), Options(n_boot=200)))
+    window = findings(h, 0.9)[1]
+    assert window.verdict == NOT_ASSESSABLE and window.circuits_used == 6
+    assert "does not test the claimed range" in window.result and "0.55" in window.result
+    inside = findings(headline(analyse(build(tmp_path / "inside"), Options(n_boot=200))), 0.9)[1]
+    assert inside.verdict == CONSISTENT  # the same planted gap at 15-50%
+
+
 def _overlap_analysis(folder: Path, seeds: tuple[int, ...], dataset_weight: float) -> Analysis:
     return analyse(build(folder, seeds=seeds, dataset_weight=dataset_weight), Options(n_boot=1000))
 
