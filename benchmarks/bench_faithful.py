@@ -1,6 +1,7 @@
 """Does a preset's discovery generalise? Its discovery settings on every dataset of ../shared/data, one table.
 
-    python benchmarks/bench_faithful.py [--preset smollm2-cpu] [--datasets csv:A.csv,csv:B.csv] [--out DIR]
+    python benchmarks/bench_faithful.py [--preset smollm2-cpu] [--datasets csv:A.csv,csv:B.csv] [--densities 0.7,0.5]
+                                        [--out DIR]
 
 For each dataset: the preset's model, row limit, held-out share and discovery config (mask seed derived as in a
 sweep, seed 0), then per target density the snapshot's actual density, held-out faithfulness with its 95% interval,
@@ -36,6 +37,11 @@ def shared_datasets() -> list[str]:
     return [f"csv:{p}" for p in sorted(SHARED.glob("*.csv"))]
 
 
+def densities(value: str) -> tuple[float, ...]:
+    """--densities: comma-separated numbers (their range is checked by DiscoveryConfig)."""
+    return tuple(float(d) for d in value.split(","))
+
+
 def table(report: dict) -> str:
     """The markdown table of the measured snapshots; `steps` is how many mask steps the whole discovery took."""
     lines = ["| dataset | target | density | faithfulness (95% CI) | circuit acc. | complement acc. | full acc. "
@@ -53,10 +59,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smollm2-cpu")
     parser.add_argument("--datasets", default=None, help="comma-separated specs (default: every CSV in shared/data)")
+    parser.add_argument("--densities", type=densities, default=None,
+                        help="comma-separated target densities (default: the preset's)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default=None, help="file name stem (default: faithful_<preset>_<date>)")
     args = parser.parse_args()
     preset = load_preset(args.preset)
+    if args.densities:
+        preset.discovery = dataclasses.replace(preset.discovery, densities=args.densities)  # validated by the config
     specs = args.datasets.split(",") if args.datasets else shared_datasets()
     stamp = datetime.date.today().isoformat()
     stem = args.name or f"faithful_{args.preset}_{stamp}"
