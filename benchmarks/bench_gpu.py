@@ -23,7 +23,6 @@ import argparse
 import dataclasses
 import json
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable
@@ -39,6 +38,7 @@ from circuitlib.discovery import FUSE_ABOVE, DiscoveryState, StepBuffers, mask_s
 from circuitlib.editing import edit_requests, variant_masks
 from circuitlib.models import LoadedModel, load_model
 from sweeps.config import SweepConfig, load_preset
+from sweeps.context import git_commit
 
 GOALS = {"mask_step_s": 0.060, "edit_request_s": 1.0, "discovery_peak_gpu_gib": 48.0}  # issue 10, items 2 and 3
 KEYS = ("gpu", "commit", "mask_step_s", "edit_request_s", "discovery_peak_gpu_gib", "edit_peak_gpu_gib", "settings")
@@ -117,14 +117,6 @@ def bench_edits(lm: LoadedModel, sweep: SweepConfig, args: argparse.Namespace) -
             times.append(time.perf_counter() - start)
     return {"edit_request_s": round(statistics.median(times), 4), "edit_request_times_s": [round(t, 4) for t in times],
             "edit_peak_gpu_gib": peak_gib(lm.device), "edit_steps": config.max_steps, "variant": "circuit"}
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def main(argv: list[str] | None = None) -> int:

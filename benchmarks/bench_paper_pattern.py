@@ -39,7 +39,6 @@ import os
 import platform
 import shlex
 import statistics
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Sequence
@@ -56,6 +55,7 @@ from circuitlib.discovery import DiscoveryConfig, _lambda, discover
 from circuitlib.editing import EditConfig, _nll, _score, edit_requests, neighbor_prompts
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import ClassificationData, EditRequest
+from sweeps.context import git_commit
 
 
 @dataclass
@@ -232,14 +232,6 @@ def clock(fn: Callable[[], Any]) -> tuple[float, Any]:
 
 def summary(times: Sequence[float]) -> dict[str, Any]:
     return {"median_s": round(statistics.median(times), 2), "times_s": [round(t, 2) for t in times]}
-
-
-def git_commit() -> str | None:
-    try:
-        return subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, check=True,
-                              cwd=Path(__file__).parent).stdout.strip()
-    except (OSError, subprocess.CalledProcessError):
-        return None
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
