@@ -13,6 +13,7 @@ import hashlib
 import json
 import math
 import os
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -34,6 +35,15 @@ RETIRED = {
              "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/test_gpu.py and "
              "benchmarks/gpu_check.sh measure); edits always run on float32 weights",
 }
+
+
+def refuse_retired(given: Mapping[str, object], where: Callable[[str], str], then: str) -> None:
+    """Refuse the first retired setting in `given`: `where` it was set, what replaced it, and `then` what to do."""
+    retired = sorted(RETIRED.keys() & given.keys())
+    if retired:
+        raise InputError(f"{where(retired[0])}: {RETIRED[retired[0]]}; {then}")
+
+
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # what Ray Tune's storage (pyarrow) reads
 # Where and how a sweep runs, not what it computes: they may change when a sweep is resumed, and stay out of its hash.
 OPERATIONAL = ("name", "work_dir", "storage_path", "tracking_uri", "experiment", "require_gpu", "gpus_per_trial",
@@ -146,9 +156,7 @@ def load_preset(name: str) -> SweepConfig:
     values = yaml.safe_load(path.read_text()) or {}
     if not isinstance(values, dict):
         raise InputError(f"preset {path}: expected a mapping of settings")
-    retired = sorted(RETIRED.keys() & values.keys())
-    if retired:
-        raise InputError(f"preset {name}: {retired[0]} {RETIRED[retired[0]]}; remove it from {path}")
+    refuse_retired(values, lambda key: f"preset {name}: {key}", f"remove it from {path}")
     return options.build(SweepConfig, {"name": name, **values}, lambda key: f"preset {name}: {key}")
 
 

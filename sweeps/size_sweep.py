@@ -34,7 +34,15 @@ from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
 from sweeps import context, layout, tracking
-from sweeps.config import RETIRED, SweepConfig, add_override_arguments, apply_overrides, load_preset, preset_names
+from sweeps.config import (
+    RETIRED,
+    SweepConfig,
+    add_override_arguments,
+    apply_overrides,
+    load_preset,
+    preset_names,
+    refuse_retired,
+)
 from sweeps.progress import Progress
 from sweeps.specs import CircuitRef, DiscoveryTrial, EditTrial, SweepRun, discovery_trials, edit_trials, tune_config
 
@@ -54,9 +62,8 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
 
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
     """Preset, then command-line overrides, then derived defaults; validated."""
-    retired = [key for key in RETIRED if getattr(args, key, None) is not None]
-    if retired:
-        raise InputError(f"--{retired[0]}: {RETIRED[retired[0]]}; use --discovery.precision")
+    given = {key: value for key in RETIRED if (value := getattr(args, key, None)) is not None}
+    refuse_retired(given, lambda key: f"--{key}", "use --discovery.precision")
     config = apply_overrides(load_preset(args.preset), args).resolved()
     config.validate()
     return config
@@ -71,13 +78,9 @@ def _frozen(path: Path) -> SweepConfig:
             f"sweep {path.parent.name!r} in {path.parent} was started by an older circuitlib (flat settings in "
             f"{path.name}); finish it with that version, or start it anew under another --name"
         )
-    retired = sorted(RETIRED.keys() & frozen.keys())
-    if retired:
-        key = retired[0]
-        raise InputError(
-            f"sweep {path.parent.name!r} in {path.parent} was started with {key}: {frozen[key]}, which this circuitlib "
-            f"{RETIRED[key]}; finish it with the circuitlib that started it, or start it anew under another --name"
-        )
+    sweep = f"sweep {path.parent.name!r} in {path.parent}"
+    refuse_retired(frozen, lambda key: f"{sweep} was started with {key} {frozen[key]}",
+                   "finish it with the circuitlib that started it, or start it anew under another --name")
     try:
         return options.build(SweepConfig, data.SPLIT_BEFORE_RECORDED | frozen)
     except InputError as exc:

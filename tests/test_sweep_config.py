@@ -152,14 +152,14 @@ def test_a_retired_setting_in_a_preset_or_a_frozen_sweep_is_refused_with_what_re
     """`dtype` (the whole model in bfloat16 on a GPU) gave way to discovery.precision (issue 10, item 1)."""
     (tmp_path / "old.yaml").write_text("model: tiny-gpt2\ndtype: auto\n")
     monkeypatch.setattr(sweep_config, "PRESETS_DIR", tmp_path)
-    with pytest.raises(InputError, match=r"preset old: dtype retired: .*discovery.precision.*; remove it from"):
+    with pytest.raises(InputError, match=r"preset old: dtype: retired: .*discovery.precision.*; remove it from"):
         load_preset("old")
     monkeypatch.undo()
     config = SweepConfig(name="s", work_dir=str(tmp_path)).resolved()
     path = tmp_path / "s" / "params.json"
     path.parent.mkdir()
     path.write_text(json.dumps(dataclasses.asdict(config) | {"dtype": "auto"}))
-    with pytest.raises(InputError, match=r"started with dtype: auto, which this circuitlib retired: .*another --name"):
+    with pytest.raises(InputError, match=r"started with dtype auto: retired: .*another --name"):
         freeze_params(config)
 
 

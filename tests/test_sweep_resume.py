@@ -238,12 +238,18 @@ def test_trials_killed_without_retries_and_corrupt_checkpoints_resume_to_every_r
             os.killpg(driver.pid, signal.SIGKILL)
     assert killed, f"the sweep ended before it could be interrupted:\n{log.read_text()[-3000:]}"
     text = log.read_text()
-    assert "sweep tiny: 0 circuits from 2 discoveries" in text, text[-3000:]
-    assert "not finished in MLflow: discover/" in text, text[-3000:]
     _, parents, children = child_runs(tmp_path)
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "RUNNING" not in {r.info.status for r in children}
-    assert "FAILED" in {r.info.status for r in children if r.data.tags[layout.TAG_KIND] == "discover"}
+    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
+    lost = sorted(run_name(r) for r in discover if r.info.status == "FAILED")
+    assert lost, [(run_name(r), r.info.status) for r in discover]
+    line = next((ln for ln in text.splitlines() if "not finished in MLflow:" in ln), "")
+    assert all(name in line for name in lost), text[-3000:]
+    # A discovery whose worker started after the kill may finish: the summary counts its circuits, and only its.
+    finished = [r for r in discover if r.info.status == "FINISHED"]
+    n_done = sum(len([t for t in r.data.tags[layout.TAG_REACHED].split(",") if t]) for r in finished)
+    assert f"sweep tiny: {n_done} circuits from 2 discoveries" in text, text[-3000:]
 
     states = list((tmp_path / "ray").rglob("state.pt"))
     assert states
