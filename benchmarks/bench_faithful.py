@@ -24,8 +24,8 @@ from pathlib import Path
 import torch
 
 from circuitlib import data, seeds
-from circuitlib.cli import write_json
 from circuitlib.discovery import discover
+from circuitlib.jsonio import write_json
 from circuitlib.models import load_model
 from sweeps.config import load_preset
 

@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import math
 import os
 import shlex
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any, TypeVar
@@ -21,20 +20,10 @@ from typing import Any, TypeVar
 from circuitlib import options, settings
 from circuitlib.data import SPLIT_BEFORE_RECORDED, SplitSpec
 from circuitlib.errors import InputError
+from circuitlib.jsonio import json_safe, write_json
 from circuitlib.types import VARIANTS, density_key
 
 T = TypeVar("T")
-
-def json_safe(payload: object) -> object:
-    """`payload` with every non-finite float as None, so it dumps as standard JSON (null, never NaN)."""
-    if isinstance(payload, float):
-        return payload if math.isfinite(payload) else None
-    if isinstance(payload, Mapping):
-        return {k: json_safe(v) for k, v in payload.items()}
-    if isinstance(payload, list | tuple):
-        return [json_safe(v) for v in payload]
-    return payload
-
 
 def writable(path: Path, what: str) -> Path:
     """`path` once its folder exists and it can be written; else one clear error, before any work is done."""
@@ -46,12 +35,6 @@ def writable(path: Path, what: str) -> Path:
     if path.is_dir() or not os.access(target, os.W_OK):
         raise InputError(f"{what} {path}: not a writable file")
     return path
-
-
-def write_json(path: Path, payload) -> None:
-    """Write standard JSON (NaN as null), creating the folder."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(json_safe(payload), indent=2))
 
 
 def _config_class(command: str) -> type:

@@ -13,8 +13,8 @@ from pathlib import Path
 from mlflow.entities import Metric, Param, RunTag
 from mlflow.tracking import MlflowClient
 
-from circuitlib.cli import json_safe
 from circuitlib.errors import InputError
+from circuitlib.jsonio import json_safe
 from sweeps import layout
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length

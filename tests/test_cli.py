@@ -14,11 +14,12 @@ import pytest
 
 from circuitlib import circuits
 from circuitlib.builtin_data import hierarchy_facts
-from circuitlib.cli import _claim_checkpoint, build_parser, config_from_args, write_json
+from circuitlib.cli import _claim_checkpoint, build_parser, config_from_args
 from circuitlib.data import SplitSpec
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
+from circuitlib.jsonio import write_json
 
 REPO = Path(__file__).resolve().parents[1]
 
