@@ -141,7 +141,8 @@ def ratio(naive_s: float, ours_s: float) -> float:
 
 
 class NaiveMaskTrainer:
-    """Per-parameter logits; w * m copied into the model's parameters each step; targets recomputed each step."""
+    """Per-parameter logits; w * m copied into the model's parameters each step, the mask gradient taken from
+    param.grad (d loss / d m = d loss / d (w m) * w). The paper's scripts' pattern, also bench_paper_pattern's."""
 
     def __init__(self, lm: LoadedModel, head: torch.nn.Linear, config: DiscoveryConfig):
         self.lm, self.head, self.config = lm, head, config
@@ -157,13 +158,15 @@ class NaiveMaskTrainer:
         self.noise_gen = torch.Generator(device=device).manual_seed(config.mask_seed + 1)
 
     def step(self, inputs: dict[str, torch.Tensor], epoch: int) -> float:
-        t = self.config.temperature
-        # The full model's predictions on this batch, with the original weights copied back for the forward.
+        """One step whose targets, the full model's predictions on this batch, are recomputed first."""
         with torch.no_grad():
-            for p, w in zip(self.params, self.original, strict=True):
-                p.data.copy_(w)
+            self.restore()
             targets = self.head(last_token_features(self.lm, inputs)).argmax(dim=1)
-        # Straight-through Gumbel-sigmoid masks; w * m copied into the parameters.
+        return self.masked_step(inputs, targets, epoch)
+
+    def masked_step(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch: int) -> float:
+        """One step of straight-through Gumbel-sigmoid masks towards `targets`; returns the loss."""
+        t = self.config.temperature
         masks = []
         for p, w, logit in zip(self.params, self.original, self.logits, strict=True):
             u = torch.rand(logit.shape, generator=self.noise_gen, device=logit.device).clamp(1e-6, 1 - 1e-6)
@@ -177,7 +180,7 @@ class NaiveMaskTrainer:
         zero = torch.zeros((), device=self.logits[0].device)  # a tensor start keeps sum() a tensor (0 + x is exact)
         kept = sum((torch.sigmoid(logit).sum() for logit in self.logits), zero)
         penalty = _lambda(self.config, epoch) * kept / self.total
-        mask_grads = []  # d loss / d m = d loss / d (w m) * w
+        mask_grads = []
         for p, w in zip(self.params, self.original, strict=True):
             assert p.grad is not None  # the backward above reached every masked weight
             mask_grads.append(p.grad * w)
@@ -189,10 +192,14 @@ class NaiveMaskTrainer:
             p.requires_grad_(False)
         return ce.item() + penalty.item()
 
+    @torch.no_grad()
+    def density(self) -> float:
+        return sum(int((x > 0).sum()) for x in self.logits) / self.total
+
+    @torch.no_grad()
     def restore(self) -> None:
-        with torch.no_grad():
-            for p, w in zip(self.params, self.original, strict=True):
-                p.data.copy_(w)
+        for p, w in zip(self.params, self.original, strict=True):
+            p.data.copy_(w)
 
 
 def naive_head_epochs(lm: LoadedModel, tok, labels: torch.Tensor, epochs: int, batch_size: int, lr: float) -> None:

@@ -51,11 +51,14 @@ import torch.nn.functional as F
 
 from circuitlib import data
 from circuitlib.classifier import Tokenized, last_token_features, tokenize
-from circuitlib.discovery import DiscoveryConfig, _lambda, discover
+from circuitlib.discovery import DiscoveryConfig, discover
 from circuitlib.editing import EditConfig, _nll, _score, edit_requests, neighbor_prompts
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import ClassificationData, EditRequest
 from sweeps.context import git_commit
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by file, as the tests do
+from bench_core import NaiveMaskTrainer  # noqa: E402  (a sibling script, found once its folder is on the path)
 
 
 @dataclass
@@ -81,7 +84,7 @@ def baseline_discovery(lm: LoadedModel, work: Workload) -> float:
     head = baseline_head(lm, tok, labels, config)
     with torch.no_grad():
         targets = torch.cat([head(last_token_features(lm, b)) for b in tok.batches(config.batch_size, lm.device)])
-    trainer = BaselineMasks(lm, head, config)
+    trainer = NaiveMaskTrainer(lm, head, config)
     order = torch.randperm(len(tok), generator=torch.Generator().manual_seed(config.mask_seed + 2))
     loss, position, epoch = float("nan"), 0, 0
     for _ in range(config.max_steps):
@@ -89,7 +92,7 @@ def baseline_discovery(lm: LoadedModel, work: Workload) -> float:
             order, position, epoch = torch.randperm(len(tok)), 0, epoch + 1
         index = order[position : position + config.batch_size]
         position += config.batch_size
-        loss = trainer.step(tok.batch(index.tolist(), lm.device), targets[index].argmax(dim=1), epoch)
+        loss = trainer.masked_step(tok.batch(index.tolist(), lm.device), targets[index].argmax(dim=1), epoch)
         trainer.density()
     trainer.restore()
     return loss
@@ -112,58 +115,6 @@ def baseline_head(lm: LoadedModel, tok: Tokenized, labels: torch.Tensor, config:
             optimizer.step()
     head.requires_grad_(False)
     return head
-
-
-class BaselineMasks:
-    """One logit tensor per masked parameter; each step copies w * m into the parameters and takes the mask gradient
-    from param.grad (d loss / d m = d loss / d (w m) * w)."""
-
-    def __init__(self, lm: LoadedModel, head: torch.nn.Linear, config: DiscoveryConfig):
-        self.lm, self.head, self.config = lm, head, config
-        named = dict(lm.model.named_parameters())
-        self.params = [named[p.name] for p in lm.params]
-        self.original = [p.detach().clone() for p in self.params]
-        gen = torch.Generator(device=lm.device).manual_seed(config.mask_seed)
-        self.logits = [(torch.randn(p.shape, generator=gen, device=lm.device) * config.init_std + config.init_mean)
-                       .requires_grad_(True) for p in self.params]
-        self.total = sum(t.numel() for t in self.logits)
-        self.optimizer = torch.optim.AdamW(self.logits, lr=config.lr, weight_decay=config.weight_decay)
-        self.noise_gen = torch.Generator(device=lm.device).manual_seed(config.mask_seed + 1)
-
-    def step(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch: int) -> float:
-        t = self.config.temperature
-        masks = []
-        for p, w, logit in zip(self.params, self.original, self.logits, strict=True):
-            u = torch.rand(logit.shape, generator=self.noise_gen, device=logit.device).clamp(1e-6, 1 - 1e-6)
-            soft = torch.sigmoid((logit + torch.log(u / (1 - u))) / t)
-            m = (soft > 0.5).float() - soft.detach() + soft
-            p.data.copy_(w * m.detach())
-            p.requires_grad_(True)
-            masks.append(m)
-        ce = F.cross_entropy(self.head(last_token_features(self.lm, inputs)), targets)
-        ce.backward()
-        zero = torch.zeros((), device=self.logits[0].device)
-        penalty = _lambda(self.config, epoch) * sum((torch.sigmoid(x).sum() for x in self.logits), zero) / self.total
-        mask_grads = []
-        for p, w in zip(self.params, self.original, strict=True):
-            assert p.grad is not None  # the backward reached every masked weight
-            mask_grads.append(p.grad * w)
-        self.optimizer.zero_grad(set_to_none=True)
-        torch.autograd.backward([penalty, *masks], [None, *mask_grads])
-        self.optimizer.step()
-        for p in self.params:
-            p.grad = None
-            p.requires_grad_(False)
-        return ce.item() + penalty.item()
-
-    @torch.no_grad()
-    def density(self) -> float:
-        return sum(int((x > 0).sum()) for x in self.logits) / self.total
-
-    @torch.no_grad()
-    def restore(self) -> None:
-        for p, w in zip(self.params, self.original, strict=True):
-            p.data.copy_(w)
 
 
 def baseline_edits(lm: LoadedModel, work: Workload) -> list[float]:
