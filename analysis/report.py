@@ -88,6 +88,7 @@ def _circuits(a: Analysis) -> str:
         ]
         text += (f"**{len(excluded)} of {n} circuits excluded** from every finding, {n - len(excluded)} used:\n\n"
                  + markdown_table(columns, excluded))
+    text += _optimism(a.snapshots)
     lines = flags(a.snapshots)
     text += "\n### Snapshots\n\n"
     if not lines:
@@ -95,6 +96,17 @@ def _circuits(a: Analysis) -> str:
                        f"two targets share one snapshot.\n")
     return text + ("Snapshots that do not stand for their target alone (also marked on the size-window plot):\n\n"
                    + "\n".join(f"- {line}" for line in lines) + "\n")
+
+
+def _optimism(snapshots: Sequence[Snapshot]) -> str:
+    """A note where faithfulness was chosen as the best of several looks at the rows that then report it."""
+    chosen = [s for s in snapshots if s.optimistic]
+    if not chosen:
+        return ""
+    looks = max(int(s.chosen_among) for s in chosen)
+    return (f"\n{len(chosen)} of {len(snapshots)} snapshots were chosen as the most faithful of several held-out "
+            f"evaluations (up to {looks}) on the very rows that give their faithfulness, so it is optimistic by up to "
+            f"about those rows' sampling noise; `discovery.select_rows` chooses on held-out rows of their own.\n")
 
 
 def _findings(items: Sequence[Finding]) -> str:

@@ -39,6 +39,13 @@ class Snapshot:
     excluded: str  # why the circuit is left out of every finding; empty when it counts
     below_target: bool  # density < WELL_BELOW x target
     shares_with: tuple[float, ...] = ()  # the discovery's other targets that got this very snapshot
+    chosen_among: float = math.nan  # held-out evaluations the snapshot was the most faithful of (NaN: unrecorded)
+    chosen_apart: bool = False  # chosen on held-out rows of its own (discovery.select_rows), not those that score it
+
+    @property
+    def optimistic(self) -> bool:
+        """Its faithfulness is the best of several looks at the rows that report it: biased up by their noise."""
+        return not self.chosen_apart and self.chosen_among > 1
 
     @property
     def key(self) -> tuple[Source, float]:
@@ -87,7 +94,8 @@ def snapshot(
         total=c.total, step=step, faithfulness=faithfulness, faithfulness_low=_number(p, "faithfulness_low"),
         faithfulness_high=_number(p, "faithfulness_high"), complement_accuracy=_number(p, "complement_accuracy"),
         kl=_number(p, "kl"), digest=c.digest, excluded=exclusion(faithfulness, threshold),
-        below_target=well_below(density, target),
+        below_target=well_below(density, target), chosen_among=_number(p, "selected_among"),
+        chosen_apart="selection_rows" in p,
     )
 
 

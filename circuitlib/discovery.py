@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import pickle
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import torch
@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import Tokenized, cached_features, last_token_features, tokenize, train_head
-from circuitlib.errors import CorruptCheckpoint
+from circuitlib.errors import CorruptCheckpoint, InputError
 from circuitlib.importance import importance_offsets
 from circuitlib.masks import (
     FlatLayout,
@@ -42,6 +42,9 @@ from circuitlib.settings import setting
 from circuitlib.types import PAPER_DENSITIES, ClassificationData
 
 FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
+# mask_seed + this seeds the draw of the selection rows, clear of the noise (+1), batch order (+2) and cross-fit
+# heads' (+1 + fold) streams
+SELECT_STREAM = 104_729
 PRECISIONS = ("fp32", "bf16")
 SCHEDULES = ("paper", "controlled")
 INITS = ("uniform", "importance")
@@ -108,6 +111,9 @@ class DiscoveryConfig:
                               check=settings.at_least(0))
     patience: int = setting(0, "evaluations without a more faithful mask that end a hold early (0: never)",
                             check=settings.at_least(0))
+    select_rows: int = setting(0, "held-out rows that choose each hold's snapshot; its reported figures come from the "
+                               "other held-out rows, so they are not the best of several looks at the rows that report "
+                               "them (0: every held-out row chooses and reports)", check=settings.at_least(0))
 
     def __post_init__(self) -> None:
         settings.validate(self)
@@ -127,6 +133,7 @@ class Window:
     until: int
     best: float = -1.0
     stale: int = 0
+    looks: int = 0  # evaluations at or below the target the snapshot was chosen among
 
 
 @dataclass
@@ -151,6 +158,7 @@ class _Task:
     eval_full_logits: torch.Tensor
     train_full_features: torch.Tensor
     feature_scale: torch.Tensor
+    select: torch.Tensor | None = None  # held-out rows (bool) that choose snapshots; the others report (select_rows)
 
     @property
     def train_targets(self) -> torch.Tensor:
@@ -177,7 +185,21 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
     if config.cross_fit:
         train_full_logits = out_of_fold_logits(train_features, labels, config)
     return _Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_full_logits,
-                 eval_full_logits, train_features, train_features.std(dim=0).clamp_min(1e-6))
+                 eval_full_logits, train_features, train_features.std(dim=0).clamp_min(1e-6),
+                 selection_rows(len(eval_data), eval_data.name, config))
+
+
+def selection_rows(n_eval: int, name: str, config: DiscoveryConfig) -> torch.Tensor | None:
+    """Which held-out rows choose snapshots (`select_rows` of them, drawn with `mask_seed`); None when all do."""
+    if not config.select_rows:
+        return None
+    if config.select_rows >= n_eval:
+        raise InputError(f"select_rows {config.select_rows}: must be fewer than the {n_eval} held-out rows of "
+                         f"{name}, so some rows are left to report the snapshot's figures")
+    order = torch.randperm(n_eval, generator=torch.Generator().manual_seed(config.mask_seed + SELECT_STREAM))
+    select = torch.zeros(n_eval, dtype=torch.bool)
+    select[order[: config.select_rows]] = True
+    return select
 
 
 def out_of_fold_logits(features: torch.Tensor, labels: torch.Tensor, config: DiscoveryConfig) -> torch.Tensor:
@@ -213,27 +235,38 @@ def wilson_interval(successes: int, n: int, z: float = 1.96) -> tuple[float, flo
 def evaluate(lm: LoadedModel, task: _Task, masks: dict[str, torch.Tensor], batch_size: int) -> dict[str, float]:
     """Faithfulness (with its 95% interval), KL(full || circuit), and accuracies of the circuit and its complement.
 
-    All on the held-out rows, with the deterministic mask.
+    All on the held-out rows, with the deterministic mask; with `task.select`, on the rows that do not choose
+    snapshots, and `selection_faithfulness` on those that do.
     """
     circuit = apply_masks(lm.model, masks)
     circuit_logits = task.head(cached_features(lm, task.eval, batch_size, circuit))
     del circuit
     complement = apply_masks(lm.model, complement_masks(masks))
     complement_preds = task.head(cached_features(lm, task.eval, batch_size, complement)).argmax(dim=1)
-    circuit_preds = circuit_logits.argmax(dim=1)
-    agree = int((circuit_preds == task.eval_full_preds).sum())
+    full_logits, labels = task.eval_full_logits, task.eval_labels
+    selection = {}
+    if task.select is not None:
+        select = task.select.to(circuit_logits.device)
+        chosen = circuit_logits[select].argmax(dim=1) == full_logits[select].argmax(dim=1)
+        selection = {"selection_faithfulness": chosen.float().mean().item(), "selection_rows": int(select.sum())}
+        report = ~select
+        circuit_logits, complement_preds = circuit_logits[report], complement_preds[report]
+        full_logits, labels = full_logits[report], labels[report]
+    circuit_preds, full_preds = circuit_logits.argmax(dim=1), full_logits.argmax(dim=1)
+    agree = int((circuit_preds == full_preds).sum())
     low, high = wilson_interval(agree, len(circuit_preds))
-    kl = F.kl_div(circuit_logits.log_softmax(dim=1), task.eval_full_logits.log_softmax(dim=1), log_target=True,
+    kl = F.kl_div(circuit_logits.log_softmax(dim=1), full_logits.log_softmax(dim=1), log_target=True,
                   reduction="batchmean")
     return {
         "faithfulness": agree / len(circuit_preds),
         "faithfulness_low": low,
         "faithfulness_high": high,
         "kl": kl.item(),
-        "circuit_accuracy": (circuit_preds == task.eval_labels).float().mean().item(),
-        "complement_accuracy": (complement_preds == task.eval_labels).float().mean().item(),
-        "full_accuracy": (task.eval_full_preds == task.eval_labels).float().mean().item(),
+        "circuit_accuracy": (circuit_preds == labels).float().mean().item(),
+        "complement_accuracy": (complement_preds == labels).float().mean().item(),
+        "full_accuracy": (full_preds == labels).float().mean().item(),
         "eval_rows": len(circuit_preds),
+        **selection,
     }
 
 
@@ -478,6 +511,7 @@ def discover(
 
     def snapshot(window: Window) -> None:
         circuit = state.candidates.pop(window.target)
+        circuit = replace(circuit, provenance={**circuit.provenance, "selected_among": window.looks})
         state.windows.remove(window)
         state.circuits.append(circuit)
         state.ramp_start = (state.step, count_kept(state.logits)[0] / state.layout.total)
@@ -504,8 +538,10 @@ def discover(
             bar.set_postfix(density=f"{density:.3f}", faithful=f"{row['faithfulness']:.2f}")
         for window in list(state.windows):
             if row is not None and row["density"] <= window.target:
-                if row["faithfulness"] > window.best:
-                    window.best, window.stale = row["faithfulness"], 0
+                window.looks += 1
+                score = row.get("selection_faithfulness", row["faithfulness"])
+                if score > window.best:
+                    window.best, window.stale = score, 0
                     state.candidates[window.target] = Circuit.from_masks(
                         lm.params, hard_masks(state.logits, state.layout), lm.model_id, lm.revision,
                         target_density=window.target, provenance={**provenance, **row},

@@ -80,7 +80,8 @@ def _number(value: object) -> float:
 def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str], dict[str, float]]:
     """The tags and metrics that say how honestly a discovery's snapshots stand for their targets: each one's actual
     density and held-out figures, and flags (`snapshot_flags`, empty when honest) for a snapshot well below its
-    target and for targets that share one snapshot (the same circuit)."""
+    target, for targets that share one snapshot (the same circuit), and for faithfulness chosen as the best of
+    several evaluations on the rows that report it."""
     tags: dict[str, str] = {}
     metrics: dict[str, float] = {}
     flags: list[str] = []
@@ -94,6 +95,9 @@ def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str],
         if layout.well_below(density, target):
             flags.append(f"{layout.density_label(target)} at density {density:.3g}: well below its target "
                          f"(< {layout.WELL_BELOW:g} x {density_key(target)})")
+        if figures["selected_among"] > 1 and "selection_rows" not in circuit.provenance:
+            flags.append(f"{layout.density_label(target)} faithfulness: the best of {figures['selected_among']:g} "
+                         "evaluations on the rows that report it (optimistic; discovery.select_rows chooses apart)")
         shared[circuit.digest].append(target)
     for targets in shared.values():
         if len(targets) > 1:

@@ -84,10 +84,12 @@ def build(
     dataset_weight: float = 2.0,
     actual: dict[Key, float] | None = None,
     steps: dict[Key, int] | None = None,
+    recorded: dict[Key, dict[str, object]] | None = None,
 ) -> Sweep:
     """A finished sweep: one discovery per dataset and seed with a circuit per density, each edited (circuit and
-    complement), and the full model's edits. `actual` and `steps` override a circuit's actual density and step."""
-    actual, steps = actual or {}, steps or {}
+    complement), and the full model's edits. `actual` and `steps` override a circuit's actual density and step,
+    `recorded` adds to its provenance."""
+    actual, steps, recorded = actual or {}, steps or {}, recorded or {}
     discoveries, edits = [], []
     for ds in datasets:
         for seed in seeds:
@@ -98,6 +100,7 @@ def build(
                 f = faithfulness(ds, seed, d)
                 if f is not None:
                     provenance |= {"faithfulness": f, "faithfulness_low": f - 0.03, "faithfulness_high": f + 0.03}
+                provenance |= recorded.get(key, {})
                 c = Circuit.from_masks(PARAMS, masks(ds, seed, actual.get(key, d), dataset_weight), "toy",
                                        target_density=d, provenance=provenance)
                 files[d] = circuits.save(c, folder / f"{ds}_{seed}_d{d:g}.safetensors")
@@ -276,3 +279,21 @@ def test_size_window_plot_uses_actual_density_and_names_flags(flagged: Analysis)
     flagged_at = {(s.dataset, s.target) for s in flagged.snapshots if s.below_target or s.shares_with}
     assert len(np.asarray(rings.get_offsets())) == len(flagged_at) == 5
     assert {t.get_text() for t in learn.texts} == {"t=0.5", "t=0.35", "t=0.15"}
+
+
+def test_faithfulness_chosen_on_the_rows_that_report_it_is_called_optimistic(tmp_path: Path):
+    """A hold's snapshot is the best of its evaluations: on the same rows that score it (select_rows 0) the report
+    says its faithfulness is optimistic; chosen on rows of its own, or from one evaluation, it is not."""
+    sweep = build(tmp_path, recorded={
+        ("alpha", 0, 0.5): {"selected_among": 9},
+        ("alpha", 0, 0.35): {"selected_among": 1},
+        ("beta", 0, 0.5): {"selected_among": 7, "selection_rows": 50},
+    })
+    a = analyse(sweep, Options(n_boot=100))
+    shots = {(s.dataset, s.target): s for s in a.snapshots}
+    assert [k for k, s in shots.items() if s.optimistic] == [("alpha", 0.5)]
+    _, body = _first_section(write_report(a, tmp_path / "report").markdown.read_text())
+    assert "1 of 6 snapshots were chosen as the most faithful of several held-out evaluations (up to 9)" in body
+    with (tmp_path / "report" / "tables" / "snapshots.csv").open() as f:
+        rows = {(r["dataset"], r["target"]): r for r in csv.DictReader(f)}
+    assert (rows["beta", "0.5"]["chosen_among"], rows["beta", "0.5"]["chosen_apart"]) == ("7.0", "True")

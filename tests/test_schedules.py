@@ -13,6 +13,7 @@ import torch
 
 from circuitlib.classifier import tokenize
 from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, discover
+from circuitlib.errors import InputError
 from circuitlib.importance import importance_offsets, input_norms
 from circuitlib.masks import FlatLayout, density_sample, shift_to_density
 
@@ -73,6 +74,34 @@ def test_controlled_schedule_holds_each_target_and_keeps_its_most_faithful_mask(
         assert circuit.provenance["step"] == first_best["step"]
         assert {"faithfulness_low", "faithfulness_high", "kl", "complement_accuracy"} <= set(circuit.provenance)
         assert circuit.provenance["faithfulness_low"] <= best <= circuit.provenance["faithfulness_high"]
+        assert circuit.provenance["selected_among"] == len(rows)  # the report says how many looks chose it
+
+
+def test_select_rows_choose_each_snapshot_and_the_other_held_out_rows_report_it(tiny_lm, tiny_data) -> None:
+    """With select_rows, the hold compares masks on those rows only and the snapshot's figures come from the rest:
+    the two parts add up to the same evaluation over every row (the training path does not change)."""
+    n, chosen_on = len(tiny_data), 8
+    both = discover(tiny_lm, tiny_data, tiny_data, controlled(), progress=False)
+    split = discover(tiny_lm, tiny_data, tiny_data, controlled(select_rows=chosen_on), progress=False)
+    assert [r["step"] for r in split.history] == [r["step"] for r in both.history]
+    for whole, part in zip(both.history, split.history, strict=True):
+        assert (part["eval_rows"], part["selection_rows"]) == (n - chosen_on, chosen_on)
+        agree = part["faithfulness"] * (n - chosen_on) + part["selection_faithfulness"] * chosen_on
+        assert agree == pytest.approx(whole["faithfulness"] * n)
+    candidates = windows(split, HOLD)
+    for circuit in split.circuits:
+        assert circuit.target_density is not None
+        rows = candidates[circuit.target_density]
+        best = max(r["selection_faithfulness"] for r in rows)
+        chosen = next(r for r in rows if r["selection_faithfulness"] == best)
+        assert circuit.provenance["step"] == chosen["step"]
+        assert circuit.provenance["faithfulness"] == chosen["faithfulness"]  # reported on the rows that did not choose
+        assert circuit.provenance["selected_among"] == len(rows) == HOLD + 1
+
+
+def test_select_rows_must_leave_rows_to_report(tiny_lm, tiny_data) -> None:
+    with pytest.raises(InputError, match=r"select_rows 20: must be fewer than the 20 held-out rows of toy"):
+        discover(tiny_lm, tiny_data, tiny_data, controlled(select_rows=len(tiny_data)), progress=False)
 
 
 def test_patience_ends_a_hold_early(tiny_lm, tiny_data) -> None:

@@ -403,3 +403,12 @@ def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
         "d0.2 at density 0.1: well below its target (< 0.8 x 0.2); d0.5, d0.2: one snapshot"
     )
     assert not layout.well_below(0.4, 0.5) and layout.well_below(0.39, 0.5)
+
+    # Chosen as the best of 9 evaluations on the rows that report it: flagged; chosen on rows of its own: not.
+    held = [_snapshot(5, 0.5, faithfulness=0.95, selected_among=9),
+            _snapshot(2, 0.2, faithfulness=0.9, selected_among=9, selection_rows=50, selection_faithfulness=0.92)]
+    tags, metrics = snapshot_honesty(held)
+    assert tags[layout.TAG_SNAPSHOT_FLAGS] == ("d0.5 faithfulness: the best of 9 evaluations on the rows that report "
+                                                "it (optimistic; discovery.select_rows chooses apart)")
+    assert metrics[layout.circuit_metric(0.5, "selected_among")] == 9
+    assert metrics[layout.circuit_metric(0.2, "selection_faithfulness")] == 0.92
