@@ -1,13 +1,14 @@
 """Does a preset's discovery generalise? Its discovery settings on every dataset of ../shared/data, one table.
 
-    python benchmarks/bench_faithful.py [--preset smollm2-cpu] [--datasets csv:A.csv,csv:B.csv] [--densities 0.7,0.5]
-                                        [--out DIR]
+    python benchmarks/bench_faithful.py [--preset smollm2-cpu] [--datasets csv:A.csv,csv:B.csv] [--min-eval-rows N]
+                                        [--discovery.densities 0.7,0.5] [--discovery.SETTING VALUE ...] [--out DIR]
 
 For each dataset: the preset's model, row limit, held-out share and discovery config (mask seed derived as in a
 sweep, seed 0), then per target density the snapshot's actual density, held-out faithfulness with its 95% interval,
-circuit, complement and full-model accuracy, the snapshot's step and the seconds the whole discovery took. Writes
-`faithful_<preset>_<date>.json` and `.md` (the table the README quotes) after every dataset, so a cut run keeps
-what it measured.
+circuit, complement and full-model accuracy, the snapshot's step, how many evaluations it was chosen among (and,
+with --discovery.select_rows, its faithfulness on the rows that chose it) and the seconds the whole discovery
+took. Writes `faithful_<preset>_<date>.json` and `.md` (the table the README quotes) after every dataset, so a cut
+run keeps what it measured.
 """
 
 from __future__ import annotations
@@ -23,8 +24,8 @@ from pathlib import Path
 
 import torch
 
-from circuitlib import data, seeds
-from circuitlib.discovery import discover
+from circuitlib import data, options, seeds
+from circuitlib.discovery import DiscoveryConfig, discover
 from circuitlib.jsonio import write_json
 from circuitlib.models import load_model
 from sweeps.config import load_preset
@@ -37,21 +38,17 @@ def shared_datasets() -> list[str]:
     return [f"csv:{p}" for p in sorted(SHARED.glob("*.csv"))]
 
 
-def densities(value: str) -> tuple[float, ...]:
-    """--densities: comma-separated numbers (their range is checked by DiscoveryConfig)."""
-    return tuple(float(d) for d in value.split(","))
-
-
 def table(report: dict) -> str:
     """The markdown table of the measured snapshots; `steps` is how many mask steps the whole discovery took."""
     lines = ["| dataset | target | density | faithfulness (95% CI) | circuit acc. | complement acc. | full acc. "
-             "| eval rows | snapshot step | steps | seconds |", "|" + " --- |" * 11]
+             "| eval rows | snapshot step | chosen among | on its own rows | steps | seconds |", "|" + " --- |" * 13]
     for r in report["rows"]:
         steps = report["history"][r["dataset"]][-1]["step"]
+        apart = f"{r['selection_faithfulness']:.3f} ({r['selection_rows']} rows)" if "selection_rows" in r else "—"
         lines.append(f"| {r['dataset']} | {r['target']:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
                      f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {r['circuit_accuracy']:.3f} "
                      f"| {r['complement_accuracy']:.3f} | {r['full_accuracy']:.3f} | {r['eval_rows']} | {r['step']} "
-                     f"| {steps} | {r['seconds']:.0f} |")
+                     f"| {r['selected_among']} | {apart} | {steps} | {r['seconds']:.0f} |")
     return "\n".join(lines)
 
 
@@ -59,14 +56,17 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="smollm2-cpu")
     parser.add_argument("--datasets", default=None, help="comma-separated specs (default: every CSV in shared/data)")
-    parser.add_argument("--densities", type=densities, default=None,
-                        help="comma-separated target densities (default: the preset's)")
+    parser.add_argument("--min-eval-rows", type=int, default=None, help="held-out rows (default: the preset's)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default=None, help="file name stem (default: faithful_<preset>_<date>)")
+    options.add_options(parser, DiscoveryConfig, "discovery.")  # --discovery.densities 0.7,0.5, ... as in a sweep
     args = parser.parse_args()
     preset = load_preset(args.preset)
-    if args.densities:
-        preset.discovery = dataclasses.replace(preset.discovery, densities=args.densities)  # validated by the config
+    changes = options.given(args, DiscoveryConfig, "discovery.")
+    preset.discovery = options.build(DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes),
+                                     lambda key: f"--discovery.{key}")
+    if args.min_eval_rows is not None:
+        preset.min_eval_rows = args.min_eval_rows
     specs = args.datasets.split(",") if args.datasets else shared_datasets()
     stamp = datetime.date.today().isoformat()
     stem = args.name or f"faithful_{args.preset}_{stamp}"
@@ -95,7 +95,8 @@ def main() -> None:
                 "dataset": name, "target": circuit.target_density, "density": circuit.density, "step": p["step"],
                 "seconds": seconds, "train_rows": len(train), **{k: p[k] for k in (
                     "faithfulness", "faithfulness_low", "faithfulness_high", "kl", "circuit_accuracy",
-                    "complement_accuracy", "full_accuracy", "eval_rows")},
+                    "complement_accuracy", "full_accuracy", "eval_rows", "selected_among")},
+                **{k: p[k] for k in ("selection_faithfulness", "selection_rows") if k in p},
             })
         report.setdefault("unreached", {})[name] = result.unreached
         report.setdefault("history", {})[name] = result.history
