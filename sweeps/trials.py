@@ -96,8 +96,8 @@ def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str],
             flags.append(f"{layout.density_label(target)} at density {density:.3g}: well below its target "
                          f"(< {layout.WELL_BELOW:g} x {density_key(target)})")
         if figures["selected_among"] > 1 and "selection_rows" not in circuit.provenance:
-            flags.append(f"{layout.density_label(target)} faithfulness: the best of {figures['selected_among']:g} "
-                         "evaluations on the rows that report it (optimistic; discovery.select_rows chooses apart)")
+            flags.append(f"{layout.density_label(target)} faithfulness: best of {figures['selected_among']:g} "
+                         "evaluations on the rows that report it (optimistic)")
         shared[circuit.digest].append(target)
     for targets in shared.values():
         if len(targets) > 1:

@@ -408,7 +408,7 @@ def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
     held = [_snapshot(5, 0.5, faithfulness=0.95, selected_among=9),
             _snapshot(2, 0.2, faithfulness=0.9, selected_among=9, selection_rows=50, selection_faithfulness=0.92)]
     tags, metrics = snapshot_honesty(held)
-    assert tags[layout.TAG_SNAPSHOT_FLAGS] == ("d0.5 faithfulness: the best of 9 evaluations on the rows that report "
-                                                "it (optimistic; discovery.select_rows chooses apart)")
+    assert tags[layout.TAG_SNAPSHOT_FLAGS] == "d0.5 faithfulness: best of 9 evaluations on the rows that report it " \
+                                              "(optimistic)"
     assert metrics[layout.circuit_metric(0.5, "selected_among")] == 9
     assert metrics[layout.circuit_metric(0.2, "selection_faithfulness")] == 0.92
