@@ -7,6 +7,7 @@ import json
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -28,6 +29,7 @@ from sweeps.size_sweep import (
     phase_resources,
     resolve_config,
     run_phase,
+    settle_phase,
     trial_resources,
 )
 from sweeps.specs import (
@@ -251,6 +253,52 @@ def test_edit_trials_ask_ray_tune_for_their_gpu_share(tmp_path, monkeypatch):
     assert phase_resources(load_preset("tiny"), {"cpu": 1, "gpu": 0}, "edit") == {"cpu": 1, "gpu": 0}
     whole = dataclasses.replace(paper, gpus_per_edit_trial=None)
     assert phase_resources(whole, base, "edit") == base
+
+
+def test_a_trial_tune_ended_cleanly_but_unfinished_in_mlflow_runs_again_in_a_new_experiment(tmp_path, monkeypatch):
+    """A restored Tune experiment once stopped a restarted trial early and called it terminated, so restoring it again
+    would never rerun it: such a trial (no error, no FINISHED run) runs again, alone, in a fresh `-retryN` experiment,
+    while a trial that errored is left for a rerun of the sweep to resume and a finished one is left alone."""
+    from ray import tune
+
+    from sweeps import size_sweep
+
+    fits: list[tuple[str, list[str]]] = []  # (experiment name, trial keys) of each fit
+    existing = {"retry1"}  # an earlier retry's experiment is on disk: the next retry takes a new name
+    errors = {"discover/hierarchy/seed0": RuntimeError("killed")}
+
+    class FakeTuner:
+        def __init__(self, trainable, param_space, run_config, **kwargs):
+            self.name, self.keys = run_config.name, [c["key"] for c in param_space["trial"]["grid_search"]]
+
+        @staticmethod
+        def can_restore(path):
+            return path.rsplit("-", 1)[-1] in existing
+
+        @classmethod
+        def restore(cls, path, **kwargs):
+            raise AssertionError(f"a retry must not restore {path}")
+
+        def fit(self):
+            fits.append((self.name, self.keys))
+            return [SimpleNamespace(config={"trial": {"key": k}}, error=errors.get(k)) for k in self.keys]
+
+    monkeypatch.setattr(tune, "Tuner", FakeTuner)
+    tiny = dataclasses.replace(load_preset("tiny"), storage_path=str(tmp_path), datasets=(
+        "determiner_noun", "hierarchy", "csv:/data/third.csv"))
+    trials = discovery_trials(run_of(tiny))
+    keys = [t.key for t in trials]
+    assert len(keys) == 3
+    left = [keys[0], keys[1]]  # the first ended cleanly but never finished; the second errored; the third finished
+    monkeypatch.setattr(size_sweep, "unfinished", lambda client, run, trials: [t.key for t in trials if t.key in left])
+    settle_phase("discover", lambda config: None, trials, run_of(tiny), None, {"cpu": 1, "gpu": 0})
+    assert [f[1] for f in fits] == [keys, [keys[0]]]
+    assert fits[1][0].endswith("-retry2") and fits[1][0].startswith(f"{tiny.name}-discover-")
+
+    fits.clear()
+    left = [keys[1]]  # only the errored trial is unfinished: nothing runs twice
+    settle_phase("discover", lambda config: None, trials, run_of(tiny), None, {"cpu": 1, "gpu": 0})
+    assert [f[1] for f in fits] == [keys]
 
 
 def run_of(config: SweepConfig) -> SweepRun:

@@ -133,6 +133,18 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
     _, parents2, children2 = child_runs(tmp_path)
     assert len(parents2) == 1 and len(children2) == len(children)
 
+    # Tune's experiment says every trial terminated, MLflow says one discovery did not finish (the state a restored
+    # experiment once left in CI): the rerun runs that trial again in a new experiment and finishes the sweep.
+    stranded = next(r for r in discover if run_name(r) == "discover/hierarchy/seed0")
+    client.set_terminated(stranded.info.run_id, "FAILED")
+    again = run_sweep(tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "(discover/hierarchy/seed0); running them again in a new experiment" in again.stderr, again.stderr[-3000:]
+    assert [p.name for p in (tmp_path / "ray").glob("tiny-discover-*-retry1")]
+    _, parents3, children3 = child_runs(tmp_path)
+    assert len(parents3) == 1 and len(children3) == len(children)
+    assert all(r.info.status == "FINISHED" for r in children3)
+
 
 def discovery_in_progress(db: Path) -> bool:
     """Whether a discovery run is RUNNING with a density logged, read straight from the SQLite file.
