@@ -59,6 +59,8 @@ class Headline:
     knowledge_complement: float
     window: Window
     window_actual: tuple[float, float] | None  # lowest and highest actual density of the window's circuits
+    above_window: float | None  # the lowest density with a gap above the window: its upper edge, observed
+    below_window: float | None  # the highest density with a gap below it: its lower edge (None: not observed)
     gap_actual: tuple[float, ...]  # actual densities of the pooled densities with a gap (what claim 2 can test)
     faithful_datasets: tuple[str, ...]
     overlap: BaselineRow | None  # cross-dataset overlap beside chance and stability, pooled over densities
@@ -84,6 +86,7 @@ def headline(a: Analysis) -> Headline:
     inside = [r.actual_density for r in pooled if r.in_window and not math.isnan(r.actual_density)]
     norm = [e for e in a.composition if e.layer == ALL_LAYERS and e.module_type == "norm"]
     top = max(norm, key=lambda e: e.share_of_circuit, default=None)
+    low, high = a.window.low, a.window.high
     return Headline(
         circuits=len(a.snapshots),
         excluded=len(a.excluded),
@@ -95,6 +98,8 @@ def headline(a: Analysis) -> Headline:
         knowledge_complement=finite_mean([r.knowledge_complement for r in pooled]),
         window=a.window,
         window_actual=(min(inside), max(inside)) if inside else None,
+        above_window=min((d for d, _ in gaps if d > high), default=None) if high is not None else None,
+        below_window=max((d for d, _ in gaps if d < low), default=None) if low is not None else None,
         gap_actual=tuple(r.actual_density for r in pooled
                          if r.gap_complement is not None and not math.isnan(r.actual_density)),
         faithful_datasets=tuple(sorted({s.dataset for s in a.used})),
@@ -138,10 +143,28 @@ def _confirmation_bias(h: Headline) -> Finding:
     return _finding(0, h, h.gap_circuits, result, verdict)
 
 
+def _beyond(density: float, up: bool) -> str:
+    """A density to test past an unobserved edge of the window at `density`: 0.7 above or 0.02 below (beyond the
+    claimed 5%-50%), or halfway to 1 or 0 where the window already reaches past those."""
+    if up:
+        return f"{0.7 if density < 0.7 else (1 + density) / 2:.2g}"
+    return f"{0.02 if density > 0.02 else density / 2:.2g}"
+
+
 def _size_window(h: Headline, threshold: float) -> Finding:
-    """Consistent when a window exists and its circuits' actual densities lie inside 5%-50%, partly when they reach
-    outside, not consistent when there is no window; not assessable when no faithful, edited circuit lies in 5%-50%
-    (the sweep does not test the range the claim is about)."""
+    """Judged from the pooled window (target densities; a density counts when faithful circuits of it have circuit
+    and complement edits, i.e. its row has a gap):
+
+    - not assessable: no faithful, edited circuit, or none whose actual density lies in 5%-50% (the sweep does not
+      test the range the claim is about);
+    - not consistent: there is no window;
+    - consistent: the window's circuits' actual densities lie inside 5%-50% and both its edges were observed: some
+      density tested above the window's highest and some below its lowest, both outside the window (no significant
+      resistance there);
+    - partly: a window that reaches an edge of the densities tested (its highest is the highest density tested, or
+      its lowest the lowest), so that edge was not observed (the result names it and a density to test beyond it),
+      or whose actual densities reach outside 5%-50% (or are unknown).
+    """
     if not h.gap_densities:
         return _finding(1, h, 0, "no faithful circuit has both circuit and complement edits", NOT_ASSESSABLE)
     if not any(PAPER_WINDOW[0] <= d <= PAPER_WINDOW[1] for d in h.gap_actual):
@@ -153,13 +176,29 @@ def _size_window(h: Headline, threshold: float) -> Finding:
     actual = f", actual density {h.window_actual[0]:.3g}–{h.window_actual[1]:.3g}" if h.window_actual else ""
     result = (f"window {w.describe()} in target density{actual} (gap interval above 0 and faithfulness ≥ "
               f"{threshold:g}; faithful circuits pooled)")
-    if h.window_actual is None:
-        verdict = NOT_CONSISTENT
-    elif PAPER_WINDOW[0] <= h.window_actual[0] and h.window_actual[1] <= PAPER_WINDOW[1]:
-        verdict = CONSISTENT
+    if w.low is None or w.high is None:
+        return _finding(1, h, h.gap_circuits, result, NOT_CONSISTENT)
+    paper = f"{PAPER_WINDOW[0]:.0%}–{PAPER_WINDOW[1]:.0%}"
+    notes = []
+    if h.above_window is None:
+        notes.append(f"upper edge not observed: {w.high:g} is the highest density tested with faithful, edited "
+                     f"circuits; test a density above it (e.g. {_beyond(w.high, up=True)})")
     else:
-        verdict = PARTLY
-    return _finding(1, h, h.gap_circuits, result, verdict)
+        notes.append(f"upper edge observed (no significant resistance at {h.above_window:g})")
+    if h.below_window is None:
+        notes.append(f"lower edge not observed: {w.low:g} is the lowest density tested with faithful, edited "
+                     f"circuits; test a density below it (e.g. {_beyond(w.low, up=False)})")
+    else:
+        notes.append(f"lower edge observed (no significant resistance at {h.below_window:g})")
+    inside = h.window_actual is not None and (PAPER_WINDOW[0] <= h.window_actual[0]
+                                              and h.window_actual[1] <= PAPER_WINDOW[1])
+    if h.window_actual is None:
+        notes.append(f"the actual density of its circuits is unknown, so it cannot be placed within {paper}")
+    elif not inside:
+        notes.append(f"its circuits' actual densities reach outside {paper}")
+    bounded = h.above_window is not None and h.below_window is not None
+    verdict = CONSISTENT if bounded and inside else PARTLY
+    return _finding(1, h, h.gap_circuits, f"{result}; {'; '.join(notes)}", verdict)
 
 
 def _overlap(h: Headline) -> Finding:
@@ -231,6 +270,8 @@ def metrics(h: Headline) -> dict[str, float]:
         "window_high": h.window.high if h.window.high is not None else math.nan,
         "window_low_actual": h.window_actual[0] if h.window_actual else math.nan,
         "window_high_actual": h.window_actual[1] if h.window_actual else math.nan,
+        "window_upper_edge_observed": float(h.above_window is not None) if h.window.high is not None else math.nan,
+        "window_lower_edge_observed": float(h.below_window is not None) if h.window.low is not None else math.nan,
         "densities_resisting": float(len(h.resists)),
         "densities_with_gap": float(len(h.gap_densities)),
         "mean_jaccard": _mean(o.cross_dataset) if o else math.nan,

@@ -103,7 +103,7 @@ def _optimism(snapshots: Sequence[Snapshot]) -> str:
     chosen = [s for s in snapshots if s.optimistic]
     if not chosen:
         return ""
-    looks = max(int(s.chosen_among) for s in chosen)
+    looks = max(int(s.selected_among) for s in chosen)
     return (f"\n{len(chosen)} of {len(snapshots)} snapshots were chosen as the most faithful of several held-out "
             f"evaluations (up to {looks}) on the very rows that give their faithfulness, so it is optimistic by up to "
             f"about those rows' sampling noise; `discovery.select_rows` chooses on held-out rows of their own.\n")

@@ -8,10 +8,10 @@ import math
 from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
-from typing import Any
 
 from analysis.sweep_data import Source
 from circuitlib.circuits import Circuit
+from circuitlib.discovery import SnapshotRecord
 from sweeps.layout import WELL_BELOW as WELL_BELOW  # re-exported: the report states the rule
 from sweeps.layout import well_below
 
@@ -39,13 +39,13 @@ class Snapshot:
     excluded: str  # why the circuit is left out of every finding; empty when it counts
     below_target: bool  # density < WELL_BELOW x target
     shares_with: tuple[float, ...] = ()  # the discovery's other targets that got this very snapshot
-    chosen_among: float = math.nan  # held-out evaluations the snapshot was the most faithful of (NaN: unrecorded)
+    selected_among: float = math.nan  # held-out evaluations the snapshot was the most faithful of (NaN: unrecorded)
     chosen_apart: bool = False  # chosen on held-out rows of its own (discovery.select_rows), not those that score it
 
     @property
     def optimistic(self) -> bool:
         """Its faithfulness is the best of several looks at the rows that report it: biased up by their noise."""
-        return not self.chosen_apart and self.chosen_among > 1
+        return not self.chosen_apart and self.selected_among > 1
 
     @property
     def key(self) -> tuple[Source, float]:
@@ -65,12 +65,6 @@ def exclusion(faithfulness: float, threshold: float) -> str:
     return "" if is_faithful(faithfulness, threshold) else f"faithfulness {faithfulness:.3g} < {threshold:g}"
 
 
-def _number(values: Mapping[str, Any], key: str) -> float:
-    """A numeric provenance entry as a float; NaN where absent or not a number."""
-    value = values.get(key)
-    return float(value) if isinstance(value, int | float) and not isinstance(value, bool) else math.nan
-
-
 def _at_step(history: Sequence[tuple[int, float]], step: float) -> float:
     """The value logged at `step`, NaN where none was."""
     return next((v for s, v in history if s == step), math.nan)
@@ -82,20 +76,18 @@ def snapshot(
 ) -> Snapshot:
     """A circuit's summary from its provenance (the discovery's history row at the snapshot); faithfulness falls
     back on the discovery's logged metric at the snapshot's step."""
-    p = c.provenance
-    step = _number(p, "step")
-    faithfulness = _number(p, "faithfulness")
+    r = SnapshotRecord.from_provenance(c.provenance)
+    faithfulness = r.faithfulness
     if math.isnan(faithfulness):
-        faithfulness = _at_step(history.get("faithfulness", []), step)
+        faithfulness = _at_step(history.get("faithfulness", []), r.step)
     kept = c.kept
     density = kept / c.total
     return Snapshot(
         source=label, dataset=source.dataset, seed=source.seed, target=target, density=density, kept=kept,
-        total=c.total, step=step, faithfulness=faithfulness, faithfulness_low=_number(p, "faithfulness_low"),
-        faithfulness_high=_number(p, "faithfulness_high"), complement_accuracy=_number(p, "complement_accuracy"),
-        kl=_number(p, "kl"), digest=c.digest, excluded=exclusion(faithfulness, threshold),
-        below_target=well_below(density, target), chosen_among=_number(p, "selected_among"),
-        chosen_apart="selection_rows" in p,
+        total=c.total, step=r.step, faithfulness=faithfulness, faithfulness_low=r.faithfulness_low,
+        faithfulness_high=r.faithfulness_high, complement_accuracy=r.complement_accuracy, kl=r.kl, digest=c.digest,
+        excluded=exclusion(faithfulness, threshold), below_target=well_below(density, target),
+        selected_among=r.selected_among, chosen_apart=r.chosen_apart,
     )
 
 

@@ -55,9 +55,9 @@ from circuitlib.discovery import (
     DiscoveryConfig,
     DiscoveryState,
     StepBuffers,
-    _lambda,
     mask_step,
     masked_features,
+    penalty_weight,
     prepare_task,
 )
 from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
@@ -179,7 +179,7 @@ class NaiveMaskTrainer:
         ce.backward()  # gradients land in param.grad
         zero = torch.zeros((), device=self.logits[0].device)  # a tensor start keeps sum() a tensor (0 + x is exact)
         kept = sum((torch.sigmoid(logit).sum() for logit in self.logits), zero)
-        penalty = _lambda(self.config, epoch) * kept / self.total
+        penalty = penalty_weight(self.config, epoch) * kept / self.total
         mask_grads = []
         for p, w in zip(self.params, self.original, strict=True):
             assert p.grad is not None  # the backward above reached every masked weight

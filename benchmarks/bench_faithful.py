@@ -87,7 +87,13 @@ def main() -> None:
                                          preset.min_eval_rows).load()  # the rows a sweep's trial uses
         config = dataclasses.replace(preset.discovery, mask_seed=seed.mask_seed)
         start = time.perf_counter()
-        result = discover(lm, train, held_out, config, progress=False)
+        curve = report.setdefault("history", {}).setdefault(name, [])
+
+        def keep(row: dict[str, float], curve: list[dict[str, float]] = curve, start: float = start) -> None:
+            curve.append({**row, "seconds": time.perf_counter() - start})
+            write_json(out / f"{stem}.json", report)  # every evaluation, so a cut run keeps its curve
+
+        result = discover(lm, train, held_out, config, on_eval=keep, progress=False)
         seconds = time.perf_counter() - start
         for circuit in result.circuits:
             p = circuit.provenance
@@ -99,7 +105,6 @@ def main() -> None:
                 **{k: p[k] for k in ("selection_faithfulness", "selection_rows") if k in p},
             })
         report.setdefault("unreached", {})[name] = result.unreached
-        report.setdefault("history", {})[name] = result.history
         write_json(out / f"{stem}.json", report)  # NaN (no loss at step 0) as null
         (out / f"{stem}.md").write_text(table(report) + "\n")
         print(table(report).splitlines()[-1], flush=True)

@@ -117,6 +117,17 @@ def densities(value: Any) -> str | None:
     return f"each target density must lie in (0, 1); {bad} do not" if bad else None
 
 
+def decreasing_densities(value: Any) -> str | None:
+    """Target densities as `densities` checks them, each strictly below the one before (a discovery visits them in
+    turn, so a repeated or rising target could only be a typo)."""
+    problem = densities(value)
+    if problem:
+        return problem
+    rising = [(a, b) for a, b in zip(value, value[1:], strict=False) if b >= a]
+    return f"must decrease strictly, each target below the one before; {rising[0][1]:g} follows {rising[0][0]:g}" \
+        if rising else None
+
+
 def text(value: Any) -> str | None:
     """A non-empty string."""
     return None if isinstance(value, str) and value.strip() else "must be a non-empty text"

@@ -24,7 +24,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from circuitlib import circuits, data, provenance
-from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, discover
+from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, SnapshotRecord, discover
 from circuitlib.editing import RequestResult, edit_requests, results_as_rows, summarize, variant_masks
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
@@ -88,14 +88,15 @@ def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str],
     shared: dict[str, list[float]] = defaultdict(list)
     for circuit in found:
         target, density = _target(circuit), circuit.density
-        figures = {k: _number(circuit.provenance.get(k)) for k in layout.SNAPSHOT_METRICS} | {"density": density}
+        record = SnapshotRecord.from_provenance(circuit.provenance)
+        figures = {k: _number(getattr(record, k)) for k in layout.SNAPSHOT_METRICS} | {"density": density}
         tags[layout.circuit_tag(target, "density")] = f"{density:.6g}"
         tags[layout.circuit_tag(target, "faithfulness")] = f"{figures['faithfulness']:.4g}"
         metrics |= {layout.circuit_metric(target, k): v for k, v in figures.items() if math.isfinite(v)}
         if layout.well_below(density, target):
             flags.append(f"{layout.density_label(target)} at density {density:.3g}: well below its target "
                          f"(< {layout.WELL_BELOW:g} x {density_key(target)})")
-        if figures["selected_among"] > 1 and "selection_rows" not in circuit.provenance:
+        if record.optimistic:
             flags.append(f"{layout.density_label(target)} faithfulness: best of {figures['selected_among']:g} "
                          "evaluations on the rows that report it (optimistic)")
         shared[circuit.digest].append(target)

@@ -19,14 +19,15 @@ import numpy as np
 import pytest
 
 from analysis.baselines import POOLED
-from analysis.findings import CONSISTENT, NOT_ASSESSABLE, PARTLY, findings, headline, metrics
+from analysis.bootstrap import Estimate
+from analysis.findings import CONSISTENT, NOT_ASSESSABLE, NOT_CONSISTENT, PARTLY, Finding, findings, headline, metrics
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.pipeline import Analysis, Options, analyse
 from analysis.plots import size_window_figure
 from analysis.report import write_report
 from analysis.snapshots import UNKNOWN
 from analysis.sweep_data import Discovery, EditRun, Source, Sweep
-from analysis.window import ALL
+from analysis.window import ALL, WindowRow, estimate_window
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.types import MaskedParam, ModuleType
@@ -177,7 +178,100 @@ def test_size_window_is_not_assessable_without_circuits_in_the_claimed_range(tmp
     assert window.verdict == NOT_ASSESSABLE and window.circuits_used == 6
     assert "does not test the claimed range" in window.result and "0.55" in window.result
     inside = findings(headline(analyse(build(tmp_path / "inside"), Options(n_boot=200))), 0.9)[1]
-    assert inside.verdict == CONSISTENT  # the same planted gap at 15-50%
+    assert inside.verdict == PARTLY  # the same planted gap at 15-50%, but at every density tested: no edge seen
+    assert "upper edge not observed" in inside.result and "lower edge not observed" in inside.result
+
+
+def window_gap(resists: bool | None) -> Estimate | None:
+    """A complement - circuit gap whose interval lies above 0 (True) or around it (False); None: no gap."""
+    if resists is None:
+        return None
+    return Estimate(1.0, 0.5, 1.5, REQUESTS) if resists else Estimate(0.1, -0.4, 0.6, REQUESTS)
+
+
+def window_analysis(resists: dict[float, bool | None], actual: dict[float, float] | None = None) -> Analysis:
+    """An analysis of nothing but pooled window rows: per target density, whether its faithful circuits resist
+    significantly, do not, or are absent (None: no faithful, edited circuit, so no gap). Actual densities are the
+    targets unless `actual` says otherwise."""
+    actual = actual or {}
+    rows = [
+        WindowRow(
+            ALL, d, 0.95 if r is not None else math.nan, drop_circuit=None, drop_complement=None, drop_random=None,
+            drop_full=None, gap_complement=window_gap(r), gap_random=None, success_circuit=math.nan,
+            success_complement=math.nan, success_random=math.nan, success_full=math.nan,
+            knowledge_circuit=math.nan, knowledge_complement=math.nan, in_window=bool(r),
+            circuits=int(r is not None), actual_density=actual.get(d, d) if r is not None else math.nan,
+        )
+        for d, r in resists.items()
+    ]
+    sweep = Sweep("sqlite:///unused.db", "synthetic", "0", "sweep-run", "synth", "toy", [], [])
+    return Analysis(sweep, Options(), {}, [], [], [], rows, [estimate_window(rows)], [])
+
+
+def size_window(
+    resists: dict[float, bool | None], actual: dict[float, float] | None = None
+) -> tuple[Finding, dict[str, float]]:
+    """Claim 2's finding and the headline metrics of `window_analysis`."""
+    h = headline(window_analysis(resists, actual))
+    return findings(h, 0.9)[1], metrics(h)
+
+
+def test_size_window_with_both_edges_observed_is_consistent():
+    window, logged = size_window({0.7: None, 0.5: False, 0.35: True, 0.15: True, 0.02: False})
+    assert window.verdict == CONSISTENT and "window [0.15, 0.35]" in window.result
+    assert "upper edge observed (no significant resistance at 0.5)" in window.result
+    assert "lower edge observed (no significant resistance at 0.02)" in window.result
+    assert "not observed" not in window.result
+    assert logged["window_upper_edge_observed"] == 1.0 and logged["window_lower_edge_observed"] == 1.0
+
+
+@pytest.mark.parametrize(
+    ("resists", "upper", "lower", "suggested"),
+    [
+        # 0.7 was tried, but without a faithful, edited circuit: it does not bound the window
+        ({0.7: None, 0.5: True, 0.35: True, 0.15: False}, False, True, ("above it (e.g. 0.7)",)),
+        ({0.5: False, 0.15: True, 0.05: True}, True, False, ("below it (e.g. 0.02)",)),
+        ({0.5: True, 0.35: True, 0.15: True}, False, False, ("above it (e.g. 0.7)", "below it (e.g. 0.02)")),
+    ],
+    ids=["upper", "lower", "both"],
+)
+def test_size_window_reaching_the_tested_range_is_partly_and_names_the_edge(
+    resists: dict[float, bool | None], upper: bool, lower: bool, suggested: tuple[str, ...]
+):
+    window, logged = size_window(resists)
+    assert window.verdict == PARTLY
+    high, low = max(d for d, r in resists.items() if r), min(d for d, r in resists.items() if r)
+    assert (f"upper edge not observed: {high:g} is the highest density tested" in window.result) == (not upper)
+    assert (f"lower edge not observed: {low:g} is the lowest density tested" in window.result) == (not lower)
+    assert ("upper edge observed" in window.result) == upper and ("lower edge observed" in window.result) == lower
+    assert all(f"test a density {s}" in window.result for s in suggested)
+    assert logged["window_upper_edge_observed"] == float(upper)
+    assert logged["window_lower_edge_observed"] == float(lower)
+
+
+def test_size_window_with_edges_but_outside_the_claimed_range_is_partly():
+    window, logged = size_window({0.7: False, 0.5: True, 0.35: True, 0.15: False}, actual={0.5: 0.62})
+    assert window.verdict == PARTLY and "actual densities reach outside 5%–50%" in window.result
+    assert "upper edge observed" in window.result and "lower edge observed" in window.result
+    assert "not observed" not in window.result
+    assert logged["window_upper_edge_observed"] == 1.0 and logged["window_lower_edge_observed"] == 1.0
+
+
+def test_size_window_without_a_window_is_not_consistent():
+    window, logged = size_window({0.5: False, 0.35: False, 0.15: None})
+    assert window.verdict == NOT_CONSISTENT and "window none" in window.result and "edge" not in window.result
+    assert logged["window_found"] == 0.0
+    assert "window_upper_edge_observed" not in logged and "window_lower_edge_observed" not in logged  # NaN
+
+
+def test_size_window_without_faithful_circuits_in_the_claimed_range_is_not_assessable():
+    window, logged = size_window({0.9: False, 0.7: True, 0.6: False, 0.15: None})
+    assert window.verdict == NOT_ASSESSABLE and "does not test the claimed range" in window.result
+    assert "edge" not in window.result  # the edges of a window outside the claim are not what it is judged on
+    assert logged["window_upper_edge_observed"] == 1.0 and logged["window_lower_edge_observed"] == 1.0
+    nothing, logged = size_window({0.5: None, 0.15: None})
+    assert nothing.verdict == NOT_ASSESSABLE and "edge" not in nothing.result
+    assert "window_upper_edge_observed" not in logged
 
 
 def _overlap_analysis(folder: Path, seeds: tuple[int, ...], dataset_weight: float) -> Analysis:
@@ -296,4 +390,4 @@ def test_faithfulness_chosen_on_the_rows_that_report_it_is_called_optimistic(tmp
     assert "1 of 6 snapshots were chosen as the most faithful of several held-out evaluations (up to 9)" in body
     with (tmp_path / "report" / "tables" / "snapshots.csv").open() as f:
         rows = {(r["dataset"], r["target"]): r for r in csv.DictReader(f)}
-    assert (rows["beta", "0.5"]["chosen_among"], rows["beta", "0.5"]["chosen_apart"]) == ("7.0", "True")
+    assert (rows["beta", "0.5"]["selected_among"], rows["beta", "0.5"]["chosen_apart"]) == ("7.0", "True")

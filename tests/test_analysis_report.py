@@ -320,6 +320,8 @@ def test_analysis_run_is_logged_under_the_sweep(analysed, store):
     assert run.data.tags[layout.PARENT_TAG] == parent
     assert run.data.tags[layout.TAG_KIND] == "analysis" and run.data.tags[layout.TAG_SWEEP] == "synth"
     assert run.data.metrics["window_low"] == 0.15 and run.data.metrics["window_high"] == 0.25
+    assert run.data.metrics["window_upper_edge_observed"] == 1.0  # 0.5 was tested and does not resist
+    assert run.data.metrics["window_lower_edge_observed"] == 0.0  # 0.05's circuits are not faithful
     assert run.data.metrics["mean_jaccard_ratio"] > 1
     assert run.data.metrics["circuits"] == 11 and run.data.metrics["circuits_excluded"] == 2
     assert run.data.params["faithfulness_threshold"] == "0.9"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 from typing import Any
 
@@ -10,11 +11,12 @@ import pytest
 import torch
 
 import circuitlib.discovery as discovery
+from circuitlib import options, settings
 from circuitlib.classifier import cached_features, last_token_features, tokenize, train_head
-from circuitlib.discovery import DiscoveryConfig, discover, evaluate, prepare_task
+from circuitlib.discovery import DiscoveryConfig, discover, evaluate, evaluation, prepare_task
 from circuitlib.editing import masked_weights
 from circuitlib.errors import InputError
-from circuitlib.masks import FlatLayout, hard_masks, shift_to_density
+from circuitlib.masks import FlatLayout, flat_weights, hard_masks, init_logits, shift_to_density
 from circuitlib.types import PAPER_DENSITIES
 
 TARGETS = (0.8, 0.5, 0.2)
@@ -51,7 +53,28 @@ def test_config_defaults_are_the_papers() -> None:
     assert c.densities == PAPER_DENSITIES
     assert (c.lr, c.batch_size, c.init_mean, c.init_std, c.temperature) == (0.01, 128, 2.7, 0.01, 0.01)
     assert (c.lambda_init, c.lambda_step, c.lambda_max, c.head_epochs) == (10.0, 1.0, 1000.0, 400)
-    assert DiscoveryConfig(densities=(0.1, 0.5, 0.3)).densities == (0.5, 0.3, 0.1)
+    assert options.build(DiscoveryConfig, {"densities": [0.5, 0.3]}).densities == (0.5, 0.3)  # a YAML list
+
+
+@pytest.mark.parametrize(("densities", "named"),
+                         [((0.1, 0.5, 0.3), "0.5 follows 0.1"), ((0.5, 0.5), "0.5 follows 0.5")])
+def test_config_refuses_densities_that_do_not_decrease(densities, named: str) -> None:
+    with pytest.raises(InputError, match=f"densities .*must decrease strictly.*{named}"):
+        DiscoveryConfig(densities=densities)
+
+
+def test_config_refuses_a_ramp_longer_than_the_budget() -> None:
+    with pytest.raises(InputError, match="ramp_steps 300: longer than the whole budget \\(max_steps 200\\)"):
+        DiscoveryConfig(schedule="controlled", ramp_steps=300, max_steps=200)
+    assert DiscoveryConfig(schedule="paper", ramp_steps=300, max_steps=200).ramp_steps == 300  # the paper's ignores it
+
+
+def test_each_registry_name_is_a_choice_of_its_setting() -> None:
+    fields = {f.name: f for f in dataclasses.fields(DiscoveryConfig)}
+    for name, registry in (("schedule", discovery.SCHEDULES), ("init", discovery.INITS), ("loss", discovery.LOSSES)):
+        assert settings.choices(fields[name]) == tuple(registry)
+        with pytest.raises(InputError, match=f"{name} 'bogus': must be one of"):
+            options.build(DiscoveryConfig, {name: "bogus"})
 
 
 @pytest.mark.parametrize("densities", [(0.0,), (1.0,), (0.5, 1.5), (-0.1,), ()])
@@ -95,7 +118,7 @@ def test_lambda_grows_per_epoch_and_is_capped(run) -> None:
     result = run(lambda_init=10.0, lambda_step=1.0)
     for row in result.history:
         assert row["lambda"] == 10.0 + row["epoch"]
-    assert discovery._lambda(config(lambda_max=12.0), 50) == 12.0
+    assert discovery.penalty_weight(config(lambda_max=12.0), 50) == 12.0
 
 
 def test_same_seed_same_bits_different_seed_different_bits(run, helpers) -> None:
@@ -152,14 +175,14 @@ def test_evaluate_runs_the_circuit_and_exactly_the_dropped_weights(tiny_lm, tiny
     task = prepare_task(tiny_lm, tiny_data, tiny_data, config())
     masks = random_masks(tiny_lm, 0, 0.6)
     calls = []
-    real = discovery.cached_features
+    real = evaluation.cached_features
 
     def spy(lm, data, batch_size=64, weights=None):
         assert weights is not None
         calls.append({k: v.clone() for k, v in weights.items()})
         return real(lm, data, batch_size, weights)
 
-    monkeypatch.setattr(discovery, "cached_features", spy)
+    monkeypatch.setattr(evaluation, "cached_features", spy)
     metrics = evaluate(tiny_lm, task, masks, batch_size=7)
     monkeypatch.undo()
     assert len(calls) == 2
@@ -240,7 +263,7 @@ def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
         assert buffers.weights.dtype == buffers.masked.dtype == (c.weights_dtype or torch.float32)
         loss = discovery.mask_step(tiny_lm, task, state, c, buffers, fused=False)
         assert torch.isfinite(loss)
-        steps[precision] = state.logits.detach() - discovery.init_logits(state.layout, torch.device("cpu"), c.init_mean,
+        steps[precision] = state.logits.detach() - init_logits(state.layout, torch.device("cpu"), c.init_mean,
                                                                          c.init_std, c.mask_seed).detach()
     moved = steps["fp32"] != 0
     assert moved.any()
@@ -282,7 +305,7 @@ def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_
     cfg = config()
     task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
     state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
-    flat = discovery.flat_weights(tiny_lm.model, state.layout).requires_grad_(True)
+    flat = flat_weights(tiny_lm.model, state.layout).requires_grad_(True)
     index = list(range(8))
     width = task.train.max_width
     results = []

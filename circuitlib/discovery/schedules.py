@@ -1,0 +1,90 @@
+"""How density falls during discovery. A schedule is one class here and one line in SCHEDULES.
+
+- `paper`: the sparsity weight lambda grows each epoch and the density falls wherever the penalty drives it; a
+  snapshot is taken where it first passes each target (Ge, Rudzicz and Zhu 2024).
+- `controlled`: no penalty; after every step one common shift of the logits sets the density to a plan that ramps
+  linearly from one target to the next and holds each reached target (docs/design.md §3.2).
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Protocol
+
+import torch
+
+from circuitlib.masks import density_margin, shift_to_density
+
+if TYPE_CHECKING:  # config.py reads SCHEDULES for its choices
+    from circuitlib.discovery.config import DiscoveryConfig
+    from circuitlib.discovery.state import DiscoveryState
+
+
+class Schedule(Protocol):
+    """What a schedule decides: the penalty weight, the starting logits, and the density after each step."""
+
+    def penalty(self, config: DiscoveryConfig, epoch: int) -> float:
+        """The sparsity weight lambda at `epoch` (0: no penalty, and its pass over the logits is skipped)."""
+        ...
+
+    def start(self, logits: torch.Tensor) -> None:
+        """Shape freshly initialised logits in place (a resumed run skips this)."""
+        ...
+
+    def planned(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float]) -> float | None:
+        """The density the schedule aims at now (None: wherever the penalty leaves it)."""
+        ...
+
+    def steer(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float],
+              sample: torch.Tensor | None) -> None:
+        """Move the logits after a step (in place), given the targets not reached yet."""
+        ...
+
+
+class Paper:
+    """The paper's schedule: lambda = lambda_init + lambda_step * epoch, capped at lambda_max."""
+
+    def penalty(self, config: DiscoveryConfig, epoch: int) -> float:
+        return min(config.lambda_init + config.lambda_step * epoch, config.lambda_max)
+
+    def start(self, logits: torch.Tensor) -> None:
+        pass
+
+    def planned(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float]) -> float | None:
+        return None
+
+    def steer(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float],
+              sample: torch.Tensor | None) -> None:
+        pass
+
+
+class Controlled:
+    """Density ramps linearly over `ramp_steps` from where the last hold ended to the next target, then holds it."""
+
+    def penalty(self, config: DiscoveryConfig, epoch: int) -> float:
+        return 0.0
+
+    def start(self, logits: torch.Tensor) -> None:
+        shift_to_density(logits, 1.0)  # the plan starts from the whole model
+
+    def planned(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float]) -> float | None:
+        if state.holds:
+            return min(h.target for h in state.holds)
+        if not remaining:
+            return state.ramp_start[1]
+        start_step, start_density = state.ramp_start
+        progress = min(1.0, (state.step - start_step) / config.ramp_steps)
+        return start_density + (remaining[0] - start_density) * progress
+
+    def steer(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float],
+              sample: torch.Tensor | None) -> None:
+        aim = self.planned(state, config, remaining)
+        assert aim is not None
+        shift_to_density(state.logits, aim - density_margin(aim, sample), sample)
+
+
+SCHEDULES: dict[str, Schedule] = {"paper": Paper(), "controlled": Controlled()}
+
+
+def penalty_weight(config: DiscoveryConfig, epoch: int) -> float:
+    """The sparsity weight lambda of `config`'s schedule at `epoch`."""
+    return SCHEDULES[config.schedule].penalty(config, epoch)
