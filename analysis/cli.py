@@ -82,3 +82,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"analysis: error: {message}", file=sys.stderr)
         return 2
     return 0
+
+
+def report_command(argv: list[str]) -> int:
+    """`circuitlib report ARGS`: the `report` command of this command line (a `circuitlib.commands` entry point)."""
+    return main(["report", *argv])

@@ -12,8 +12,8 @@ import json
 import os
 import shlex
 import sys
-from collections.abc import Callable
 from dataclasses import asdict
+from importlib import metadata
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -178,20 +178,13 @@ def cmd_info(args: argparse.Namespace) -> None:
         print(f"{'recompute':<15} {command}")
 
 
-def _sweep(argv: list[str]) -> int:
-    from sweeps.size_sweep import main as sweep_main
-
-    return sweep_main(argv, prog="circuitlib sweep")
+COMMAND_GROUP = "circuitlib.commands"  # entry points of the packages built on the library (sweeps, analysis)
 
 
-def _report(argv: list[str]) -> int:
-    from analysis.cli import main as analysis_main
-
-    return analysis_main(["report", *argv])
-
-
-# Commands with their own command line: main() hands them their arguments before this parser sees any.
-DELEGATED: dict[str, Callable[[list[str]], int]] = {"sweep": _sweep, "report": _report}
+def delegated() -> dict[str, metadata.EntryPoint]:
+    """Commands that packages built on circuitlib register (pyproject.toml's `circuitlib.commands` entry points): each
+    takes its own command line, so the library names them without importing Ray or MLflow."""
+    return {ep.name: ep for ep in metadata.entry_points(group=COMMAND_GROUP)}
 
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
@@ -231,15 +224,17 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     i.add_argument("circuit")
     i.set_defaults(func=cmd_info)
 
-    sub.add_parser("sweep", add_help=False, help="run a sweep (the options of python sweeps/size_sweep.py)")
-    sub.add_parser("report", add_help=False, help="analyse a sweep (the options of python -m analysis report)")
+    for name, entry in sorted(delegated().items()):
+        package = entry.module.split(".")[0]
+        sub.add_parser(name, add_help=False, help=f"from package {package}: circuitlib {name} --help")
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv and argv[0] in DELEGATED:
-        return DELEGATED[argv[0]](argv[1:])
+    commands = delegated()
+    if argv and argv[0] in commands:
+        return commands[argv[0]].load()(argv[1:])
     args = build_parser(argv[0] if argv else None).parse_args(argv)
     try:
         args.func(args)

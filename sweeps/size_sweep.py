@@ -373,5 +373,10 @@ def run_sweep(config: SweepConfig) -> int:
     return 1 if failed else 0
 
 
+def command(argv: list[str]) -> int:
+    """`circuitlib sweep ARGS` (a `circuitlib.commands` entry point)."""
+    return main(argv, prog="circuitlib sweep")
+
+
 if __name__ == "__main__":
     sys.exit(main())

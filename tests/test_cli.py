@@ -14,7 +14,7 @@ import pytest
 
 from circuitlib import circuits
 from circuitlib.builtin_data import hierarchy_facts
-from circuitlib.cli import _claim_checkpoint, build_parser, config_from_args
+from circuitlib.cli import _claim_checkpoint, build_parser, config_from_args, delegated
 from circuitlib.data import SplitSpec
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
@@ -262,3 +262,12 @@ def test_sweep_and_report_are_circuitlib_commands(tmp_path: Path) -> None:
     report = cli("report", "--experiment", "nothing-here", "--tracking-uri", f"sqlite:///{tmp_path / 'm.db'}",
                  "--no-log", cwd=tmp_path)
     assert report.returncode == 2 and report.stderr.startswith("analysis: error: ")  # the analysis' own command line
+
+
+def test_the_library_and_its_command_line_load_no_ray_and_no_mlflow() -> None:
+    code = ("import sys, circuitlib, circuitlib.cli, circuitlib.discovery\n"
+            "circuitlib.cli.build_parser()\n"
+            "print(sorted(m for m in ('ray', 'mlflow', 'sweeps', 'analysis') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert loaded.stdout.strip() == "[]"
+    assert set(delegated()) == {"sweep", "report"}  # registered by pyproject.toml, listed without being imported
