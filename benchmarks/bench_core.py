@@ -1,7 +1,7 @@
 """Time the core loops (mask steps, head training, edits) against naive versions of each, in one run.
 
 Usage: python benchmarks/bench_core.py [--quick] [--models tiny-gpt2,smollm2-135m] [--batch-size 32] [--device cpu]
-                                       [--out FILE]
+                                       [--loss features] [--no-noise] [--out FILE]
 
 A model spec `random:NAME` (NAME: smollm2-135m or gpt2-xl) is that architecture with random weights, for machines
 without the weights (speed does not depend on the weights' values); its tokenizer is smollm2-135m's, read from the
@@ -14,6 +14,9 @@ For each model, on batches of the built-in hierarchy dataset:
   per parameter, copies w * m into the model's parameters every step (param.data.copy_), recomputes the full model's
   predictions on the batch every step (with the original weights copied back for that forward), and takes the mask
   gradients from param.grad.
+- plain step: one training step of the masked weights themselves on the same batch (forward, backward with weight
+  gradients, fused AdamW, the loss `features`), in each precision: the floor a mask step is measured against
+  (`ours_PRECISION_time_over_plain`, the mask step's time over the plain step's; the goal is at most 1.3).
 - head training: ours trains on features cached by one forward pass (`cached_features` + `train_head`); the naive
   head runs the LM over the data every epoch. The naive run is timed over a few epochs and extrapolated linearly to the
   full epoch count (`naive_extrapolated_from_epochs` in the JSON says how many).
@@ -60,7 +63,7 @@ from circuitlib.discovery import (
     penalty_weight,
     prepare_task,
 )
-from circuitlib.editing import EditConfig, Editor, _score, edit_requests, neighbor_prompts
+from circuitlib.editing import EditConfig, Editor, edit_requests, neighbor_prompts, score_request
 from circuitlib.models import SMOLLM2, LoadedModel, cache_dir, load_model, masked_params
 
 # --- measurement helpers ----------------------------------------------------------------------------
@@ -230,9 +233,9 @@ def naive_edits(lm: LoadedModel, requests, masks, config: EditConfig) -> None:
             for name, m in masks.items():
                 named[name].masked_fill_(~m.to(named[name].device), 0)
         neighbors = neighbor_prompts(request, requests, config.neighbors)
-        _score(copy_lm, request, neighbors)
+        score_request(copy_lm, request, neighbors)
         Editor(copy_lm, masks, config).edit(request)
-        _score(copy_lm, request, neighbors)
+        score_request(copy_lm, request, neighbors)
         del copy_lm, model, named
 
 
@@ -265,6 +268,28 @@ def random_model(name: str, device: torch.device) -> LoadedModel:
 # --- one model --------------------------------------------------------------------------------------
 
 
+def plain_training_step(lm: LoadedModel, task, precision: str, batch_size: int,
+                        width: int | None) -> Callable[[], None]:
+    """One training step of the masked weights themselves on the mask step's batch: forward, backward with weight
+    gradients, fused AdamW, no mask. A mask step does the same matrix products, so this is its floor."""
+    named = dict(lm.model.named_parameters())
+    weights = {p.name: named[p.name].detach().clone().requires_grad_(True) for p in lm.params}  # the model stays
+    optimizer = torch.optim.AdamW(list(weights.values()), lr=1e-5, fused=lm.device.type in ("cpu", "cuda"))
+    index = list(range(batch_size))
+    inputs = task.train.batch(index, lm.device, width)
+    targets = task.train_full_features[index]
+
+    def step() -> None:
+        with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
+            features = last_token_features(lm, inputs, weights).float()
+        loss = ((features - targets) / task.feature_scale).square().mean()
+        optimizer.zero_grad(set_to_none=False)
+        loss.backward()
+        optimizer.step()
+
+    return step
+
+
 def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -> dict[str, Any]:
     """Our mask step in float32 and in bf16 autocast, then the naive one (float32)."""
     masked = sum(p.numel for p in lm.params)
@@ -273,7 +298,8 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
     result: dict[str, Any] = {"fused_kernels": fused, "compiled_model": compiled}
     width = task.train.max_width if compiled else None
     for precision in args.precisions.split(","):
-        config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision)
+        config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision,
+                                 loss=args.loss, noise=args.noise)
         state = DiscoveryState(lm, config, len(dataset))
         buffers = StepBuffers.for_run(lm, state.layout, config)
         forward = masked_features(lm, state.layout, precision, compiled, buffers.grad)
@@ -286,6 +312,10 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         result[f"ours_{precision}"] = ours | {"steps_per_s": round(1 / ours["median_s"], 3)}
         result[f"ours_{precision}_top_ops_ms"] = top_ops(step)
         del step, buffers, state, forward
+        plain = timed(plain_training_step(lm, task, precision, args.batch_size, width), args.repeats)
+        result[f"plain_{precision}"] = plain
+        # the floor: the same matrix products; goal <= 1.3
+        result[f"ours_{precision}_time_over_plain"] = ratio(result[f"ours_{precision}"]["median_s"], plain["median_s"])
     config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9)
     naive_trainer = NaiveMaskTrainer(lm, task.head, config)
     batch = task.train.batch(list(range(args.batch_size)), lm.device)
@@ -369,6 +399,9 @@ def main() -> None:
     parser.add_argument("--device", default="cpu", help="cpu or cuda")
     parser.add_argument("--precisions", default="fp32,bf16", help="precisions of our mask step to time")
     parser.add_argument("--compile-model", action="store_true", help="time our mask step with compile_model=True")
+    parser.add_argument("--loss", default="ce", help="DiscoveryConfig.loss of our mask step (the window's: features)")
+    parser.add_argument("--noise", default=True, action=argparse.BooleanOptionalAction,
+                        help="Gumbel noise in our mask step (--no-noise: the deterministic mask, the window's)")
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:

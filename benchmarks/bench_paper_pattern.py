@@ -52,7 +52,7 @@ import torch.nn.functional as F
 from circuitlib import data
 from circuitlib.classifier import Tokenized, last_token_features, tokenize
 from circuitlib.discovery import DiscoveryConfig, discover
-from circuitlib.editing import EditConfig, _nll, _score, edit_requests, neighbor_prompts
+from circuitlib.editing import EditConfig, edit_requests, neighbor_prompts, nll, score_request
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import ClassificationData, EditRequest
 from sweeps.context import git_commit
@@ -127,13 +127,13 @@ def baseline_edits(lm: LoadedModel, work: Workload) -> list[float]:
         model = copy.deepcopy(lm.model)
         edited = LoadedModel(model, lm.tokenizer, lm.model_id, lm.revision, lm.params)
         neighbors = neighbor_prompts(request, work.requests, config.neighbors)
-        _score(edited, request, neighbors)
+        score_request(edited, request, neighbors)
         params = list(model.parameters())
         for p in params:
             p.requires_grad_(True)
         optimizer = torch.optim.SGD(params, lr=config.lr)
         for _ in range(config.max_steps):
-            loss = _nll(edited, [request.text], [request.target_new])[0]
+            loss = nll(edited, [request.text], [request.target_new])[0]
             if loss.item() < config.stop_loss:
                 break
             optimizer.zero_grad(set_to_none=True)
@@ -142,7 +142,7 @@ def baseline_edits(lm: LoadedModel, work: Workload) -> list[float]:
             with torch.no_grad():
                 for p, w in zip(params, original, strict=True):
                     p.clamp_(w - eps, w + eps)
-        post.append(_score(edited, request, neighbors).nll_new)
+        post.append(score_request(edited, request, neighbors).nll_new)
         del edited, model, params, optimizer
     return post
 

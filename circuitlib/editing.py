@@ -84,10 +84,11 @@ def variant_masks(circuit: Circuit | None, variant: Variant, seed: int = 0) -> d
 @torch.no_grad()
 def target_nll(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
     """Mean-token NLL of " " + target after each prompt, one forward for all pairs: [n] float32."""
-    return _nll(lm, prompts, targets)
+    return nll(lm, prompts, targets)
 
 
-def _nll(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+def nll(lm: LoadedModel, prompts: Sequence[str], targets: Sequence[str]) -> torch.Tensor:
+    """`target_nll` with gradients: the editor's loss."""
     tok = lm.tokenizer
     prompt_ids = tok(list(prompts))["input_ids"]
     target_ids = tok([" " + t for t in targets], add_special_tokens=False)["input_ids"]
@@ -124,7 +125,9 @@ def neighbor_prompts(request: EditRequest, pool: Sequence[EditRequest], k: int) 
 
 
 @dataclass
-class _Scores:
+class Scores:
+    """One request's NLLs of both targets and its CounterFact scores, before or after an edit."""
+
     nll_new: float
     nll_true: float
     efficacy: float
@@ -135,7 +138,7 @@ class _Scores:
     neighborhood_magnitude: float
 
 
-def _score(lm: LoadedModel, request: EditRequest, neighbors: list[str]) -> _Scores:
+def score_request(lm: LoadedModel, request: EditRequest, neighbors: list[str]) -> Scores:
     """NLLs of both targets on the prompt, its paraphrases and its neighbors, in one forward."""
     prompts = [request.text, *request.paraphrase_prompts, *neighbors]
     nll = target_nll(lm, prompts * 2, [request.target_new] * len(prompts) + [request.target_true] * len(prompts))
@@ -144,7 +147,7 @@ def _score(lm: LoadedModel, request: EditRequest, neighbors: list[str]) -> _Scor
     magnitude = torch.exp(-new) - torch.exp(-true)
     para = slice(1, 1 + len(request.paraphrase_prompts))
     neigh = slice(1 + len(request.paraphrase_prompts), len(prompts))
-    return _Scores(
+    return Scores(
         nll_new=new[0].item(), nll_true=true[0].item(),
         efficacy=wins[0].item(), efficacy_magnitude=magnitude[0].item(),
         paraphrase=_mean(wins[para]), paraphrase_magnitude=_mean(magnitude[para]),
@@ -207,7 +210,7 @@ class Editor:
                 p.requires_grad_(True)
                 hooks.append(p.register_post_accumulate_grad_hook(self._update))
             for steps in range(1, self.config.max_steps + 1):
-                loss = _nll(self.lm, [request.text], [request.target_new])[0]
+                loss = nll(self.lm, [request.text], [request.target_new])[0]
                 loss_value = loss.item()
                 if loss_value < self.config.stop_loss:
                     steps -= 1
@@ -267,9 +270,9 @@ def edit_requests(
         editor = Editor(lm, masks, config)
         for request in tqdm(requests, desc=f"edit {variant}", disable=not progress):
             neighbors = neighbor_prompts(request, pool, config.neighbors)
-            pre = _score(lm, request, neighbors)
+            pre = score_request(lm, request, neighbors)
             steps, loss = editor.edit(request)
-            post = _score(lm, request, neighbors)
+            post = score_request(lm, request, neighbors)
             editor.restore()
             results.append(RequestResult(
                 case_id=request.case_id, variant=variant, steps=steps, final_loss=loss,

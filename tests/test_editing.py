@@ -142,7 +142,7 @@ def test_circuit_and_complement_edits_keep_the_other_side_at_zero(tiny_lm, reque
 def test_state_is_restored_even_when_an_edit_fails(tiny_lm, requests_few, monkeypatch, helpers) -> None:
     original = helpers.clone_state(tiny_lm.model)
     calls = []
-    real = editing._score
+    real = editing.score_request
 
     def failing(lm, request, neighbors):
         calls.append(request.case_id)
@@ -150,7 +150,7 @@ def test_state_is_restored_even_when_an_edit_fails(tiny_lm, requests_few, monkey
             raise RuntimeError("boom")
         return real(lm, request, neighbors)
 
-    monkeypatch.setattr(editing, "_score", failing)
+    monkeypatch.setattr(editing, "score_request", failing)
     with pytest.raises(RuntimeError, match="boom"):
         edit_requests(tiny_lm, requests_few, "circuit", variant_masks(make_circuit(tiny_lm), "circuit"), CLAMPED,
                       progress=False)
@@ -190,7 +190,7 @@ def after_backward_edit(lm, request: EditRequest, masks, config: EditConfig) -> 
     for _ in range(config.max_steps):
         for p in params:
             p.grad = None
-        editing._nll(lm, [request.text], [request.target_new])[0].backward()
+        editing.nll(lm, [request.text], [request.target_new])[0].backward()
         with torch.no_grad():
             for name, p, b in zip(names, params, base, strict=True):
                 assert p.grad is not None
