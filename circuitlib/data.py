@@ -194,10 +194,16 @@ def load_classification(spec: str, limit: int | None = None, seed: int = 0) -> C
     return _balanced_subsample(data, limit, seed) if limit is not None and limit < len(data) else data
 
 
+def from_hub(spec: str) -> bool:
+    """Whether a classification spec names data on the Hugging Face hub (not a local file or a built-in)."""
+    scheme, value = _resolve(spec)
+    return scheme in ("blimp", "persona") and not _is_local(value)
+
+
 def check_classification_spec(spec: str) -> None:
     """Fail fast on a spec that cannot load: local and built-in data are loaded and validated, hub specs only parsed."""
     scheme, value = _resolve(spec)
-    if scheme in ("blimp", "persona") and not _is_local(value):
+    if from_hub(spec):
         if not value:
             raise InputError(f"dataset {spec}: no {scheme} name given")
         return

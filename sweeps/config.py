@@ -24,6 +24,7 @@ from circuitlib import data, models, options, settings
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
+from circuitlib.seeds import sweep_seeds
 from circuitlib.settings import setting
 from circuitlib.types import MASKED_VARIANTS, Variant
 
@@ -113,15 +114,32 @@ class SweepConfig:
         return dataclasses.replace(self, work_dir=str(work), storage_path=storage, tracking_uri=tracking,
                                    experiment=experiment)
 
+    def split_spec(self, dataset: str, seed: int) -> data.SplitSpec:
+        """The rows a discovery of `dataset` (a spec) under sweep seed `seed` trains and evaluates on."""
+        split_seed = sweep_seeds(data.dataset_name(dataset), seed).split_seed
+        return data.SplitSpec(dataset, self.data_limit, self.eval_fraction, split_seed, self.min_eval_rows)
+
     def validate(self) -> None:
         """Reject inputs that cannot be found or combined, before any trial starts (each value is checked on
-        construction, by its own field's setting)."""
+        construction, by its own field's setting). Every dataset that is not on the hub is loaded and split as each
+        seed's discovery trial will split it (no model loaded); hub data is only parsed, and loaded by its trials."""
         models.check_local_model(self.model)
+        twice = sorted({seed for seed in self.seeds if self.seeds.count(seed) > 1})
+        if twice:
+            raise InputError(f"seeds {self.seeds}: seed {twice[0]} is given twice")
         for spec in self.datasets:
             data.check_classification_spec(spec)
         names = [data.dataset_name(s) for s in self.datasets]
         if len(set(names)) != len(names):
             raise InputError(f"datasets {self.datasets}: two datasets share a name ({names})")
+        for spec in self.datasets:
+            if data.from_hub(spec):
+                continue
+            for seed in self.seeds:
+                try:
+                    self.split_spec(spec, seed).load()
+                except InputError as exc:
+                    raise InputError(f"{exc} (the train/eval split of {spec} under sweep seed {seed})") from None
         if self.discovery.mask_seed != DiscoveryConfig().mask_seed:
             raise InputError(f"discovery.mask_seed {self.discovery.mask_seed}: a sweep derives it for each dataset "
                              "and seed (circuitlib.seeds); set seeds instead")
@@ -148,16 +166,56 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-def load_preset(name: str) -> SweepConfig:
-    """The config a preset file describes; unknown presets, unknown keys and bad values are rejected."""
-    path = PRESETS_DIR / f"{name}.yaml"
+PRESET_HELP = ("a preset's name (sweeps/presets/NAME.yaml: {names}) or the path of a YAML file of settings "
+               "(its name, unless it sets one, is the file's stem)")
+
+
+def preset_path(preset: str) -> tuple[str, Path]:
+    """(the sweep's default name, the YAML file) of `--preset`: a preset's name, or a path ending in .yaml or .yml
+    or holding a `/` (a preset's name wins over a file of that name in the current folder)."""
+    if preset in preset_names():
+        return preset, PRESETS_DIR / f"{preset}.yaml"
+    path = Path(preset).expanduser()
+    if not preset.endswith((".yaml", ".yml")) and "/" not in preset and os.sep not in preset:
+        raise InputError(f"preset {preset!r}: no such preset (available: {', '.join(preset_names())}; or give the "
+                         "path of a YAML file)")
     if not path.is_file():
-        raise InputError(f"preset {name!r}: no such preset (available: {', '.join(preset_names())})")
-    values = yaml.safe_load(path.read_text()) or {}
+        raise InputError(f"preset {preset}: no such file {path}")
+    return path.stem, path
+
+
+def read_yaml(path: Path, what: str) -> object:
+    """A YAML file's content; one that cannot be read or parsed is one line naming `what` (the file), with the line
+    and column of a syntax error."""
+    try:
+        text = path.read_text()
+    except (OSError, UnicodeDecodeError) as exc:
+        raise InputError(f"{what}: cannot be read ({getattr(exc, 'strerror', None) or exc})") from None
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        def at(mark: Any) -> str:
+            return f"line {mark.line + 1}, column {mark.column + 1}"
+
+        problem_mark, context_mark = getattr(exc, "problem_mark", None), getattr(exc, "context_mark", None)
+        mark = problem_mark or context_mark
+        detail = getattr(exc, "problem", None) or str(exc).strip().splitlines()[0]
+        context = getattr(exc, "context", None)
+        if context:
+            detail += f"; {context}" + (f" at {at(context_mark)}" if context_mark and problem_mark else "")
+        raise InputError(f"{what}: not valid YAML" + (f" at {at(mark)}" if mark else "") + f" ({detail})") from None
+
+
+def load_preset(preset: str) -> SweepConfig:
+    """The config a preset describes (a preset's name or a YAML file's path, `preset_path`); unknown presets,
+    unreadable YAML, unknown keys and bad values are rejected with one line."""
+    name, path = preset_path(preset)
+    label = name if path.parent == PRESETS_DIR else str(path)  # how errors name it
+    values = read_yaml(path, f"preset {path}") or {}
     if not isinstance(values, dict):
         raise InputError(f"preset {path}: expected a mapping of settings")
-    refuse_retired(values, lambda key: f"preset {name}: {key}", f"remove it from {path}")
-    return options.build(SweepConfig, {"name": name, **values}, lambda key: f"preset {name}: {key}")
+    refuse_retired(values, lambda key: f"preset {label}: {key}", f"remove it from {path}")
+    return options.build(SweepConfig, {"name": name, **values}, lambda key: f"preset {label}: {key}")
 
 
 def add_override_arguments(parser: argparse.ArgumentParser) -> None:

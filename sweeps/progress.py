@@ -8,6 +8,8 @@ from typing import TextIO
 
 from ray import tune
 
+from sweeps.outcomes import input_failure
+
 
 def format_duration(seconds: float) -> str:
     seconds = int(round(seconds))
@@ -58,6 +60,10 @@ class Progress(tune.Callback):
 
     def on_trial_complete(self, iteration, trials, trial, **info):
         duration = self._ended(trial)
+        if input_failure(trial.last_result) is not None:  # ended on its input (sweeps.outcomes): failed, not done
+            self.failed += 1
+            self._line()
+            return
         if duration is not None and not (trial.last_result or {}).get("skipped"):
             self.durations.append(duration)
         self.done += 1

@@ -1,6 +1,6 @@
 """The main job: discover circuits at each target density for each dataset, then edit every circuit variant.
 
-    python sweeps/size_sweep.py [--preset paper|smollm2-cpu|tiny] [--name NAME] [--SETTING VALUE ...]
+    python sweeps/size_sweep.py [--preset NAME|PATH.yaml] [--name NAME] [--SETTING VALUE ...]
     circuitlib sweep --preset tiny --discovery.lr 0.05 --edit.max-steps 10      (the same command)
     ray job submit --working-dir . -- python sweeps/size_sweep.py --preset tiny
 
@@ -26,6 +26,7 @@ import logging
 import os
 import sys
 import tempfile
+import uuid
 from collections.abc import Callable, Collection, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from pathlib import Path
@@ -34,8 +35,9 @@ from typing import Any
 from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
-from sweeps import context, layout, tracking
+from sweeps import context, layout, outcomes, tracking
 from sweeps.config import (
+    PRESET_HELP,
     RETIRED,
     SweepConfig,
     add_override_arguments,
@@ -60,7 +62,8 @@ PROG = "size_sweep"
 
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser = options.OptionParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="paper", help=f"one of: {', '.join(preset_names())}")
+    parser.add_argument("--preset", default="paper", metavar="NAME|PATH",
+                        help=PRESET_HELP.format(names=", ".join(preset_names())) + " (default: %(default)s)")
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved config and trial counts; run nothing")
     for key in RETIRED:  # read only to be refused with what replaced it
@@ -275,18 +278,31 @@ def stranded(
 
 def settle_phase(
     phase: str, trainable: Callable[[dict[str, Any]], None], trials: Sequence[DiscoveryTrial | EditTrial],
-    run: SweepRun, client, resources: dict[str, float],
-) -> None:
+    run: SweepRun, client, resources: dict[str, float], driver: str = "",
+) -> dict[str, str]:
     """`run_phase`, then once more, in a new experiment, for its `stranded` trials: a trial ends either FINISHED in
-    MLflow or with an error that a rerun of the sweep resumes."""
+    MLflow or with an error that a rerun of the sweep resumes. Returns the trials that failed on their input in this
+    run of the sweep (`driver`), {key: line}, each printed as one line and not retried; one that failed on its input
+    in an earlier run is stranded (its restored experiment would not run it again), so it runs again here."""
     grid = run_phase(phase, trainable, trials, run.config, resources)
     results = [grid[i] for i in range(len(grid))]
-    clean = {r.config["trial"]["key"] for r in results if r.error is None and r.config is not None}
+    failed, earlier = outcomes.input_failures(results, driver)
+    clean = {r.config["trial"]["key"] for r in results if r.error is None and r.config is not None} - failed.keys()
     again = stranded(trials, clean, set(unfinished(client, run, trials)))
     if again:
-        print(f"sweep {run.config.name}: Ray Tune ended {len(again)} {phase} trial(s) without an error or a finished "
-              f"run ({', '.join(t.key for t in again[:5])}); running them again in a new experiment", file=sys.stderr)
-        run_phase(phase, trainable, again, run.config, resources, restore=False)
+        redo = [t.key for t in again if t.key in earlier]
+        lost = [t.key for t in again if t.key not in earlier]
+        if redo:
+            print(f"sweep {run.config.name}: {len(redo)} {phase} trial(s) failed on their input in an earlier run "
+                  f"({', '.join(redo[:5])}); running them again in a new experiment", file=sys.stderr)
+        if lost:
+            print(f"sweep {run.config.name}: Ray Tune ended {len(lost)} {phase} trial(s) without an error or a "
+                  f"finished run ({', '.join(lost[:5])}); running them again in a new experiment", file=sys.stderr)
+        retried = run_phase(phase, trainable, again, run.config, resources, restore=False)
+        failed |= outcomes.input_failures([retried[i] for i in range(len(retried))], driver)[0]
+    for key, line in failed.items():
+        print(f"sweep {run.config.name}: {key} failed on its input, not retried: {line}", file=sys.stderr)
+    return failed
 
 
 def found_circuits(client, run: SweepRun, trials: Sequence[DiscoveryTrial]) -> list[CircuitRef]:
@@ -317,6 +333,22 @@ def unfinished(client, run: SweepRun, trials: Sequence[DiscoveryTrial | EditTria
     return [t.key for t in trials if status.get(t.key) != "FINISHED"]
 
 
+def shown(keys: Sequence[str], most: int = 10) -> str:
+    """Up to `most` trial keys, and how many more there are."""
+    return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
+
+
+def summary(circuits: Sequence[CircuitRef], discoveries: Sequence[DiscoveryTrial], edits: Sequence[EditTrial],
+            failed: Sequence[str]) -> str:
+    """What a sweep produced, counting distinct circuits (dataset, seed, target) and distinct trials (their keys):
+    a list that names one twice is counted once, never as two results."""
+    n_circuits = len({(c.dataset, c.seed, density_key(c.target)) for c in circuits})
+    n_discoveries = len({t.key for t in discoveries})
+    n_edits = len({t.key for t in edits})
+    return (f"{n_circuits} circuits from {n_discoveries} discoveries, {n_edits} edit trials, "
+            f"{len(set(failed))} failed")
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
     try:
         args = parse_args(argv, prog)
@@ -340,6 +372,7 @@ def run_sweep(config: SweepConfig) -> int:
     """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished)."""
     from sweeps.trials import discovery_trial, edit_trial, trainable
 
+    driver = uuid.uuid4().hex  # this run of the sweep, as the trials it starts report it (sweeps.outcomes)
     cluster = connect_ray(config)
     resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
     assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
@@ -355,18 +388,22 @@ def run_sweep(config: SweepConfig) -> int:
     run = SweepRun(config, exp_id, parent)
 
     discoveries = discovery_trials(run)
-    settle_phase("discover", trainable(discovery_trial, DiscoveryTrial), discoveries, run, client, resources)
+    inputs = settle_phase("discover", trainable(discovery_trial, DiscoveryTrial, driver), discoveries, run, client,
+                          resources, driver)
     circuits = found_circuits(client, run, discoveries)
     edits = edit_trials(run, circuits)
     if edits:
-        settle_phase("edit", trainable(edit_trial, EditTrial), edits, run, client, resources)
-    failed = unfinished(client, run, [*discoveries, *edits])
+        inputs |= settle_phase("edit", trainable(edit_trial, EditTrial, driver), edits, run, client, resources, driver)
+    failed = list(dict.fromkeys(unfinished(client, run, [*discoveries, *edits])))  # each trial once
     client.set_terminated(parent, "FAILED" if failed else "FINISHED")
-    print(f"sweep {config.name}: {len(circuits)} circuits from {len(discoveries)} discoveries, "
-          f"{len(edits)} edit trials, {len(failed)} failed")
-    if failed:
-        shown = ", ".join(failed[:10]) + (f" and {len(failed) - 10} more" if len(failed) > 10 else "")
-        print(f"sweep {config.name}: not finished in MLflow: {shown}; rerun the same command to redo them",
+    print(f"sweep {config.name}: {summary(circuits, discoveries, edits, failed)}")
+    on_input = [key for key in failed if key in inputs]
+    if on_input:
+        print(f"sweep {config.name}: {len(on_input)} trial(s) failed on their input ({shown(on_input)}), each named "
+              "above; a retry cannot help them: fix the input, then run the sweep again to resume", file=sys.stderr)
+    others = [key for key in failed if key not in inputs]
+    if others:
+        print(f"sweep {config.name}: not finished in MLflow: {shown(others)}; rerun the same command to redo them",
               file=sys.stderr)
     print(f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open http://127.0.0.1:5000")
     print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")

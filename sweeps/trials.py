@@ -29,7 +29,7 @@ from circuitlib.editing import RequestResult, edit_requests, results_as_rows, su
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
-from sweeps import context, layout, tracking
+from sweeps import context, layout, outcomes, tracking
 from sweeps.config import SweepConfig
 from sweeps.specs import DiscoveryTrial, EditTrial, Spec, from_tune
 
@@ -41,9 +41,8 @@ EDIT_CHECKPOINT_EVERY = 4  # requests between edit-trial checkpoints
 def discovery_inputs(trial: DiscoveryTrial) -> tuple[data.SplitSpec, DiscoveryConfig]:
     """The rows and the config a discovery trial runs on: the sweep's settings with this dataset's seeds."""
     cfg = trial.sweep.config
-    seeds = trial.seeds
-    split = data.SplitSpec(trial.dataset, cfg.data_limit, cfg.eval_fraction, seeds.split_seed, cfg.min_eval_rows)
-    return split, dataclasses.replace(cfg.discovery, mask_seed=seeds.mask_seed)
+    config = dataclasses.replace(cfg.discovery, mask_seed=trial.seeds.mask_seed)
+    return cfg.split_spec(trial.dataset, trial.seed), config
 
 
 def discovery_model(cfg: SweepConfig) -> LoadedModel:
@@ -51,11 +50,21 @@ def discovery_model(cfg: SweepConfig) -> LoadedModel:
     return load_model(cfg.model, revision=cfg.model_revision)
 
 
-def trainable(run: Callable[[Spec], None], spec_type: type[Spec]) -> Callable[[dict[str, Any]], None]:
-    """`run` as a Tune function trainable: Tune passes {"trial": tune_config(spec)}; `run` gets the spec."""
+def trainable(run: Callable[[Spec], None], spec_type: type[Spec], driver: str = "") -> Callable[[dict[str, Any]], None]:
+    """`run` as a Tune function trainable: Tune passes {"trial": tune_config(spec)}; `run` gets the spec.
+
+    An error of the trial's input (`outcomes.INPUT_ERRORS`) is not raised, which Tune would retry to no avail: the
+    trial ends with one last result that carries its line and `driver`, the id of the sweep run that started it
+    (`sweeps.outcomes`); its MLflow run is marked FAILED (by `_trial_run`, or, where the error came before it, by the
+    driver's end check). Every other error is raised, for Tune to retry."""
 
     def tune_run(config: dict[str, Any]) -> None:
-        run(from_tune(spec_type, config["trial"]))
+        try:
+            run(from_tune(spec_type, config["trial"]))
+        except outcomes.INPUT_ERRORS as exc:
+            line = outcomes.input_error_line(exc)
+            log.warning("%s: %s (an error of its input: not retried)", config["trial"]["key"], line)
+            tune.report({outcomes.INPUT_ERROR: line, outcomes.DRIVER: driver, "skipped": False})
 
     tune_run.__name__ = run.__name__
     return tune_run
