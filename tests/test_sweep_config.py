@@ -16,7 +16,7 @@ from circuitlib.circuits import Circuit
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
-from circuitlib.types import MaskedParam
+from circuitlib.types import PAPER_DENSITIES, MaskedParam
 from sweeps import config as sweep_config
 from sweeps import layout, tracking
 from sweeps.config import SweepConfig, load_preset, preset_names
@@ -46,12 +46,26 @@ from sweeps.trials import snapshot_honesty
 REPO = Path(__file__).resolve().parents[1]
 
 
+SHARED_DATA = REPO.parent / "shared" / "data"  # the paper's sets, beside the repository (absent in a bare clone)
+
+
 def test_presets_exist_and_validate():
-    assert {"paper", "smollm2-cpu", "tiny"} <= set(preset_names())
+    assert {"paper", "smollm2-cpu", "smollm2-window", "tiny"} <= set(preset_names())
     for name in preset_names():
         config = load_preset(name)
         assert config.name == name
-        config.validate()
+        if name != "smollm2-window" or SHARED_DATA.is_dir():
+            config.validate()
+
+
+def test_the_window_preset_runs_the_papers_densities_with_an_edge_each_side():
+    window = load_preset("smollm2-window")
+    densities = window.discovery.densities
+    assert set(PAPER_DENSITIES) < set(densities)
+    assert max(densities) > max(PAPER_DENSITIES) and min(densities) < min(PAPER_DENSITIES)  # both edges observable
+    assert len(window.datasets) == 6 and len(window.seeds) == 2 and window.variants and window.include_full
+    assert window.discovery.select_rows > 0 and window.min_eval_rows >= 300 + window.discovery.select_rows
+    assert window.discovery.schedule == "controlled" and window.discovery.checkpoint_every >= 100
     paper = load_preset("paper")
     assert paper.model == "gpt2-xl" and paper.discovery.densities == (0.5, 0.35, 0.25, 0.15, 0.05)
     assert paper.require_gpu and set(paper.variants) == {"circuit", "complement", "random"} and paper.include_full
