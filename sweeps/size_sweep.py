@@ -24,6 +24,8 @@ import itertools
 import json
 import logging
 import os
+import shlex
+import signal
 import sys
 import tempfile
 import uuid
@@ -46,7 +48,7 @@ from sweeps.config import (
     preset_names,
     refuse_retired,
 )
-from sweeps.progress import Progress
+from sweeps.progress import STOP, Progress, TrackingWatch, stop_line
 from sweeps.specs import (
     CircuitRef,
     DiscoveryTrial,
@@ -58,6 +60,10 @@ from sweeps.specs import (
 )
 
 PROG = "size_sweep"
+
+
+class SweepStopped(Exception):
+    """The driver was asked to stop (`sweeps.progress.Stop`): nothing more is started, nothing retried."""
 
 
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
@@ -180,11 +186,18 @@ def connect_ray(config: SweepConfig) -> Mapping[str, float]:
     import ray
 
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")  # we keep 1 checkpoint
-    # Reused trial actors must not sit in a deleted trial folder, so trials keep their working directory.
-    env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0"}
+    # Reused trial actors must not sit in a deleted trial folder, so trials keep their working directory. What the
+    # trials write reaches the driver's output (log_to_driver), their warnings above all; the hub's and MLflow's
+    # progress bars (a model's "Loading weights", an artifact's download) and MLflow's hint on integer columns of
+    # logged tables would drown them.
+    env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+                "PYTHONWARNINGS": "ignore::UserWarning:mlflow.types.utils"}
+    if not (sys.stdout.isatty() and sys.stderr.isatty()):
+        os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # a log gets the trials' lines without colour codes
     local = "RAY_ADDRESS" not in os.environ  # a submitted job has RAY_ADDRESS; otherwise start a private local cluster
     ray.init(address="local" if local else None, runtime_env={"env_vars": env_vars},
-             ignore_reinit_error=True, log_to_driver=False, configure_logging=False)
+             ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
     return ray.cluster_resources()
 
 
@@ -243,6 +256,8 @@ def run_phase(
         name = next(retry for retry in retries if not tune.Tuner.can_restore(f"{root}/{retry}"))
     path = f"{root}/{name}"
     wrapped = tune.with_resources(trainable, phase_resources(config, resources, phase))
+    if STOP.requested:
+        raise SweepStopped(phase)
     if restore and tune.Tuner.can_restore(path):
         tuner = tune.Tuner.restore(path, trainable=wrapped, resume_unfinished=True, resume_errored=True)
     else:
@@ -264,7 +279,13 @@ def run_phase(
                 checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
             ),
         )
-    return tuner.fit()
+    try:
+        grid = tuner.fit()  # the first SIGINT or SIGTERM stops it as Tune stops on SIGINT (sweeps.progress.Stop)
+    finally:
+        STOP.detach()
+    if STOP.requested:  # its trials were cut short, not ended: nothing is retried, the rerun restores them
+        raise SweepStopped(phase)
+    return grid
 
 
 def stranded(
@@ -289,6 +310,8 @@ def settle_phase(
     failed, earlier = outcomes.input_failures(results, driver)
     clean = {r.config["trial"]["key"] for r in results if r.error is None and r.config is not None} - failed.keys()
     again = stranded(trials, clean, set(unfinished(client, run, trials)))
+    if again and STOP.requested:
+        raise SweepStopped(phase)
     if again:
         redo = [t.key for t in again if t.key in earlier]
         lost = [t.key for t in again if t.key not in earlier]
@@ -349,7 +372,20 @@ def summary(circuits: Sequence[CircuitRef], discoveries: Sequence[DiscoveryTrial
             f"{len(set(failed))} failed")
 
 
+def resume_command(prog: str, argv: Sequence[str]) -> str:
+    """The command line that runs this sweep again (so resumes it): as it was given, with this interpreter where it
+    lies under the working directory (`make demo`'s `.venv/bin/python`), `python` otherwise."""
+    try:
+        python = str(Path(sys.executable).relative_to(Path.cwd()))
+    except ValueError:
+        python = "python"
+    script = sys.argv[0] if prog == PROG and sys.argv[0].endswith(".py") else "sweeps/size_sweep.py"
+    head = [python, script] if prog == PROG else prog.split()
+    return shlex.join([*head, *argv])
+
+
 def main(argv: list[str] | None = None, prog: str = PROG) -> int:
+    given = list(sys.argv[1:] if argv is None else argv)
     try:
         args = parse_args(argv, prog)
         config = resolve_config(args)
@@ -362,18 +398,61 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             check_params(config)
             preflight(config)
             freeze_params(config)
-            return run_sweep(config)
+            return run_sweep(config, resume_command(prog, given))
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:  # before the sweep took SIGINT for itself (run_sweep): nothing ran yet
+        print(f"{prog}: stopped before any trial started", file=sys.stderr)
+        return 128 + signal.SIGINT
 
 
-def run_sweep(config: SweepConfig) -> int:
-    """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished)."""
+def stopped(client, run: SweepRun, phases: Sequence[tuple[str, Sequence[DiscoveryTrial | EditTrial]]],
+            not_started: Sequence[str], resume: str) -> int:
+    """After a stop (`SweepStopped`): the runs of the trials it cut short and the sweep's run are marked KILLED, one
+    line says what finished, what was cut short and how to resume; the exit code is 128 + the signal's number."""
+    status: dict[str, str] = {}
+    cut = set(STOP.cut_short())
+    for kind in ("discover", "edit"):
+        for logged in tracking.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash):
+            key = logged.data.tags.get(layout.TAG_TRIAL, "")
+            if logged.info.status == "RUNNING":  # its trial was cut short: Tune has stopped its actor by now
+                client.set_terminated(logged.info.run_id, "KILLED")
+                cut.add(key)
+            status.setdefault(key, logged.info.status)  # newest first: the newest run of a trial wins
+    client.set_terminated(run.parent_run_id, "KILLED")
+    rows = []
+    for phase, trials in phases:
+        keys = list(dict.fromkeys(t.key for t in trials))
+        finished = [k for k in keys if status.get(k) == "FINISHED"]
+        rows.append((phase, len(keys), finished, [k for k in keys if k in cut and k not in finished]))
+    signame = STOP.signal or "SIGINT"
+    print(stop_line(run.config.name, signame, rows, not_started, resume), file=sys.stderr, flush=True)
+    return 128 + signal.Signals[signame].value
+
+
+def run_sweep(config: SweepConfig, resume: str = "") -> int:
+    """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished; 128 + the
+    signal's number when a SIGINT or SIGTERM stopped it)."""
+    resume = resume or resume_command(PROG, sys.argv[1:])
+    STOP.install(last_words=f"sweep {config.name}: stopped at once, without waiting for its trials; resume with: "
+                            f"{resume}")
+    assert config.tracking_uri is not None, "a sweep runs on its resolved config"
+    watch = TrackingWatch(config.tracking_uri).start() if TrackingWatch.watches(config.tracking_uri) else None
+    try:
+        return _run_sweep(config, resume)
+    finally:
+        if watch is not None:
+            watch.close()
+        STOP.uninstall()
+
+
+def _run_sweep(config: SweepConfig, resume: str) -> int:
     from sweeps.trials import discovery_trial, edit_trial, trainable
 
     driver = uuid.uuid4().hex  # this run of the sweep, as the trials it starts report it (sweeps.outcomes)
     cluster = connect_ray(config)
+    STOP.take()  # ray.init set its own SIGTERM handler
     resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
     assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
     client = tracking.client_for(config.tracking_uri)
@@ -388,12 +467,19 @@ def run_sweep(config: SweepConfig) -> int:
     run = SweepRun(config, exp_id, parent)
 
     discoveries = discovery_trials(run)
-    inputs = settle_phase("discover", trainable(discovery_trial, DiscoveryTrial, driver), discoveries, run, client,
-                          resources, driver)
+    try:
+        inputs = settle_phase("discover", trainable(discovery_trial, DiscoveryTrial, driver), discoveries, run,
+                              client, resources, driver)
+    except SweepStopped:
+        return stopped(client, run, [("discover", discoveries)], ["edit"], resume)
     circuits = found_circuits(client, run, discoveries)
     edits = edit_trials(run, circuits)
     if edits:
-        inputs |= settle_phase("edit", trainable(edit_trial, EditTrial, driver), edits, run, client, resources, driver)
+        try:
+            inputs |= settle_phase("edit", trainable(edit_trial, EditTrial, driver), edits, run, client, resources,
+                                   driver)
+        except SweepStopped:
+            return stopped(client, run, [("discover", discoveries), ("edit", edits)], [], resume)
     failed = list(dict.fromkeys(unfinished(client, run, [*discoveries, *edits])))  # each trial once
     client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     print(f"sweep {config.name}: {summary(circuits, discoveries, edits, failed)}")

@@ -11,7 +11,9 @@ import json
 import logging
 import math
 import shutil
+import sys
 import tempfile
+import time
 from collections import defaultdict
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
@@ -29,13 +31,14 @@ from circuitlib.editing import RequestResult, edit_requests, results_as_rows, su
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
-from sweeps import context, layout, outcomes, tracking
+from sweeps import context, layout, outcomes, progress, tracking
 from sweeps.config import SweepConfig
 from sweeps.specs import DiscoveryTrial, EditTrial, Spec, from_tune
 
 log = logging.getLogger(__name__)
 ROWS_FILE = "rows.json"
 EDIT_CHECKPOINT_EVERY = 4  # requests between edit-trial checkpoints
+PROGRESS_REPORT_S = 10.0  # a discovery reports its progress (sweeps.progress) at most this often between checkpoints
 
 
 def discovery_inputs(trial: DiscoveryTrial) -> tuple[data.SplitSpec, DiscoveryConfig]:
@@ -59,6 +62,7 @@ def trainable(run: Callable[[Spec], None], spec_type: type[Spec], driver: str = 
     driver's end check). Every other error is raised, for Tune to retry."""
 
     def tune_run(config: dict[str, Any]) -> None:
+        quiet_worker()
         try:
             run(from_tune(spec_type, config["trial"]))
         except outcomes.INPUT_ERRORS as exc:
@@ -68,6 +72,26 @@ def trainable(run: Callable[[Spec], None], spec_type: type[Spec], driver: str = 
 
     tune_run.__name__ = run.__name__
     return tune_run
+
+
+def quiet_worker() -> None:
+    """What a trial's worker writes reaches the driver's output (`log_to_driver`): not Ray Train's line per checkpoint,
+    nor the traceback Python prints where Ray's SIGTERM handler (the actor stopped at the end of a phase, or of a
+    sweep) raises SystemExit inside a finalizer, which cannot raise."""
+    logging.getLogger("ray.train").setLevel(logging.WARNING)
+    if not isinstance(sys.unraisablehook, _QuietOnExit):
+        sys.unraisablehook = _QuietOnExit(sys.unraisablehook)
+
+
+class _QuietOnExit:
+    """An unraisable-exception hook that passes on all but SystemExit."""
+
+    def __init__(self, hook: Callable[[Any], object]) -> None:
+        self.hook = hook
+
+    def __call__(self, unraisable: Any) -> None:
+        if not isinstance(unraisable.exc_value, SystemExit):
+            self.hook(unraisable)
 
 
 def _client(cfg: SweepConfig) -> MlflowClient:
@@ -122,13 +146,56 @@ def _node_id() -> str:
 
 @contextmanager
 def _trial_run(client, run_id: str) -> Iterator[None]:
-    """Mark the child run FINISHED on success and FAILED on any error (which is re-raised for Tune to retry)."""
+    """Mark the child run FINISHED on success, KILLED where Tune stops the trial (its `tune.report` raises
+    SystemExit: the sweep was stopped, `sweeps.progress.Stop`) and FAILED on any other error (which is re-raised for
+    Tune to retry)."""
     try:
         yield
+    except SystemExit:
+        client.set_terminated(run_id, "KILLED")
+        raise
     except BaseException:
         client.set_terminated(run_id, "FAILED")
         raise
     client.set_terminated(run_id, "FINISHED")
+
+
+class _Speed:
+    """Units (steps, requests) per second since the first `at` call of this run of the trial (a resumed trial counts
+    from where it resumed)."""
+
+    def __init__(self) -> None:
+        self.start: tuple[float, float] | None = None
+        self.last: float | None = None  # the speed at the last `at` that could tell
+
+    def at(self, units: float) -> float | None:
+        now = time.monotonic()
+        if self.start is None or units < self.start[1]:
+            self.start, self.last = (now, units), None
+            return None
+        seconds, done = now - self.start[0], units - self.start[1]
+        if done > 0 and seconds > 0:
+            self.last = done / seconds
+        return self.last
+
+
+def discovery_progress(latest: dict[str, float], max_steps: int, speed: float | None) -> dict[str, float]:
+    """What a discovery trial reports to Tune for the driver's progress lines (`sweeps.progress.trial_line`)."""
+    fields = {progress.STEP: latest.get("step", 0), progress.MAX_STEPS: max_steps,
+              progress.DENSITY: latest.get("density", 1.0)}
+    if "faithfulness" in latest:
+        fields[progress.FAITHFULNESS] = latest["faithfulness"]
+    if speed is not None:
+        fields[progress.STEPS_PER_S] = speed
+    return fields
+
+
+def edit_progress(done: int, total: int, speed: float | None) -> dict[str, float]:
+    """What an edit trial reports to Tune for the driver's progress lines."""
+    fields: dict[str, float] = {progress.REQUESTS_DONE: done, progress.REQUESTS_TOTAL: total}
+    if speed is not None:
+        fields[progress.REQUESTS_PER_S] = speed
+    return fields
 
 
 def _restored_checkpoint(into: Path) -> Path | None:
@@ -168,11 +235,17 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         logged = tracking.last_logged_step(client, run_id, "density")
         pending: list[dict[str, float]] = []
         latest: dict[str, float] = {}
+        speed = _Speed()
+        reported = [-math.inf]  # when it last reported its progress
 
         def on_eval(row: dict[str, float]) -> None:
             latest.update(row)
             if row["step"] > logged:
                 pending.append(row)
+            rate = speed.at(row["step"])
+            if time.monotonic() - reported[0] >= PROGRESS_REPORT_S:
+                reported[0] = time.monotonic()
+                tune.report(discovery_progress(latest, config.max_steps, rate))
 
         def flush() -> None:
             tracking.log_metrics(client, run_id, pending, step_key="step")
@@ -185,8 +258,9 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
 
         def on_checkpoint(directory: Path) -> None:
             flush()
-            progress = {"step": latest.get("step", 0), "density": latest.get("density", 1.0)}
-            tune.report(progress, checkpoint=tune.Checkpoint.from_directory(str(directory)))
+            reported[0] = time.monotonic()
+            tune.report(discovery_progress(latest, config.max_steps, speed.last),
+                        checkpoint=tune.Checkpoint.from_directory(str(directory)))
 
         def run() -> DiscoveryResult:
             return discover(lm, train, eval_data, config, checkpoint_dir=checkpoint_dir,
@@ -221,10 +295,11 @@ def _edit_rows(checkpoint_dir: Path | None) -> list[dict[str, Any]]:
         return []
 
 
-def _save_rows(directory: Path, rows: list[dict[str, Any]], report: Callable[..., None]) -> None:
+def _save_rows(directory: Path, rows: list[dict[str, Any]], report: Callable[..., None],
+               fields: dict[str, float] | None = None) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ROWS_FILE).write_text(json.dumps(rows))
-    report({"edited": len(rows)}, checkpoint=tune.Checkpoint.from_directory(str(directory)))
+    report({"edited": len(rows), **(fields or {})}, checkpoint=tune.Checkpoint.from_directory(str(directory)))
 
 
 def edit_trial(trial: EditTrial) -> None:
@@ -271,10 +346,14 @@ def edit_trial(trial: EditTrial) -> None:
         rows = _edit_rows(_restored_checkpoint(work / "restored"))
         done = {r["case_id"] for r in rows}
         todo = [r for r in requests if r.case_id not in done]
+        speed = _Speed()
+        speed.at(len(rows))
+        tune.report(edit_progress(len(rows), len(requests), None))
         for start in range(0, len(todo), EDIT_CHECKPOINT_EVERY):
             chunk = todo[start : start + EDIT_CHECKPOINT_EVERY]
             rows += results_as_rows(edit_requests(lm, chunk, trial.variant, masks, cfg.edit, pool=pool, progress=False))
-            _save_rows(work / "checkpoint", rows, tune.report)
+            _save_rows(work / "checkpoint", rows, tune.report, edit_progress(len(rows), len(requests),
+                                                                             speed.at(len(rows))))
         summary = summarize([RequestResult(**r) for r in rows])
         tracking.log_metrics(client, run_id, [summary | context.edit_figures(circuit)])
         context.log_edit_table(client, run_id, context.edit_table(rows, requests))
