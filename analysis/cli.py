@@ -42,8 +42,10 @@ def cmd_report(args: argparse.Namespace) -> None:
     analysis = analyse(sweep, options)
     report = write_report(analysis, out)
     print(f"report: {report.markdown} and {report.html.name}")
-    print(f"circuits: {len(analysis.used)} faithful and used, {len(analysis.excluded)} excluded "
-          f"(faithfulness below {options.faithfulness_threshold:g} or unknown)")
+    print(
+        f"circuits: {len(analysis.used)} faithful and used, {len(analysis.excluded)} excluded "
+        f"(faithfulness below {options.faithfulness_threshold:g} or unknown)"
+    )
     print(f"size window: {analysis.window.describe()}; missing pieces: {len(analysis.notes)}")
     if not args.no_log:
         print(f"analysis run: {log_analysis(sweep, report, options)} (child of sweep run {sweep.run_id})")
@@ -55,13 +57,20 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="overlap, size window and composition of a sweep, with plots and a report")
     r.add_argument("--experiment", required=True, help="MLflow experiment name")
     r.add_argument("--sweep", default=None, help="the sweep's parent run id; default: the experiment's latest sweep")
-    r.add_argument("--tracking-uri", default=None,
-                   help="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db")
+    r.add_argument(
+        "--tracking-uri",
+        default=None,
+        help="MLflow tracking URI; default: MLFLOW_TRACKING_URI, else sqlite:///mlflow.db",
+    )
     r.add_argument("--out", default=None, help="report folder; default: reports/<sweep name>")
     r.add_argument("--cache", default=None, help="artifact download cache; default: ~/.cache/circuitlib-analysis")
-    r.add_argument("--faithfulness", type=float, default=0.9,
-                   help="faithfulness threshold: a circuit below it (or of unknown faithfulness) is left out of every "
-                        "finding (0.9)")
+    r.add_argument(
+        "--faithfulness",
+        type=float,
+        default=0.9,
+        help="faithfulness threshold: a circuit below it (or of unknown faithfulness) is left out of every "
+        "finding (0.9)",
+    )
     r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per interval (2000)")
     r.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (0.95)")
     r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")

@@ -33,10 +33,20 @@ def _entries(source: str, density: float, rows: Sequence[CompositionRow], model_
     out = []
     for r in rows:
         share_of_model = r.total / model_total
-        out.append(CompositionEntry(
-            source, density, r.module_type, r.layer, r.kept, r.total, r.share_of_circuit, r.fraction_kept,
-            share_of_model, r.share_of_circuit / share_of_model,
-        ))
+        out.append(
+            CompositionEntry(
+                source,
+                density,
+                r.module_type,
+                r.layer,
+                r.kept,
+                r.total,
+                r.share_of_circuit,
+                r.fraction_kept,
+                share_of_model,
+                r.share_of_circuit / share_of_model,
+            )
+        )
     return out
 
 

@@ -80,8 +80,11 @@ def headline(a: Analysis) -> Headline:
     pooled = [r for r in a.window_rows if r.scope == ALL]
     gaps = [(r.density, r.gap_complement) for r in pooled if r.gap_complement is not None]
     sources = {label: s for s, label in a.labels.items()}
-    whole = [r for r in a.overlaps if r.module == WHOLE_MODEL and not math.isnan(r.jaccard)
-             and pair_kind(sources[r.a], sources[r.b]) is not None]
+    whole = [
+        r
+        for r in a.overlaps
+        if r.module == WHOLE_MODEL and not math.isnan(r.jaccard) and pair_kind(sources[r.a], sources[r.b]) is not None
+    ]
     cross = [r for r in whole if pair_kind(sources[r.a], sources[r.b]) == CROSS]
     inside = [r.actual_density for r in pooled if r.in_window and not math.isnan(r.actual_density)]
     norm = [e for e in a.composition if e.layer == ALL_LAYERS and e.module_type == "norm"]
@@ -100,8 +103,9 @@ def headline(a: Analysis) -> Headline:
         window_actual=(min(inside), max(inside)) if inside else None,
         above_window=min((d for d, _ in gaps if d > high), default=None) if high is not None else None,
         below_window=max((d for d, _ in gaps if d < low), default=None) if low is not None else None,
-        gap_actual=tuple(r.actual_density for r in pooled
-                         if r.gap_complement is not None and not math.isnan(r.actual_density)),
+        gap_actual=tuple(
+            r.actual_density for r in pooled if r.gap_complement is not None and not math.isnan(r.actual_density)
+        ),
         faithful_datasets=tuple(sorted({s.dataset for s in a.used})),
         overlap=next((b for b in a.baselines if b.scope == POOLED), None),
         overlap_circuits=len({(c, r.density) for r in whole for c in (r.a, r.b)}),
@@ -169,29 +173,42 @@ def _size_window(h: Headline, threshold: float) -> Finding:
         return _finding(1, h, 0, "no faithful circuit has both circuit and complement edits", NOT_ASSESSABLE)
     if not any(PAPER_WINDOW[0] <= d <= PAPER_WINDOW[1] for d in h.gap_actual):
         tested = ", ".join(f"{d:.3g}" for d in sorted(h.gap_actual)) or "none known"
-        return _finding(1, h, h.gap_circuits, f"no faithful circuit with circuit and complement edits lies within "
-                        f"{PAPER_WINDOW[0]:.0%}–{PAPER_WINDOW[1]:.0%} (actual densities {tested}): the sweep does not "
-                        "test the claimed range", NOT_ASSESSABLE)
+        return _finding(
+            1,
+            h,
+            h.gap_circuits,
+            f"no faithful circuit with circuit and complement edits lies within "
+            f"{PAPER_WINDOW[0]:.0%}–{PAPER_WINDOW[1]:.0%} (actual densities {tested}): the sweep does not "
+            "test the claimed range",
+            NOT_ASSESSABLE,
+        )
     w = h.window
     actual = f", actual density {h.window_actual[0]:.3g}–{h.window_actual[1]:.3g}" if h.window_actual else ""
-    result = (f"window {w.describe()} in target density{actual} (gap interval above 0 and faithfulness ≥ "
-              f"{threshold:g}; faithful circuits pooled)")
+    result = (
+        f"window {w.describe()} in target density{actual} (gap interval above 0 and faithfulness ≥ "
+        f"{threshold:g}; faithful circuits pooled)"
+    )
     if w.low is None or w.high is None:
         return _finding(1, h, h.gap_circuits, result, NOT_CONSISTENT)
     paper = f"{PAPER_WINDOW[0]:.0%}–{PAPER_WINDOW[1]:.0%}"
     notes = []
     if h.above_window is None:
-        notes.append(f"upper edge not observed: {w.high:g} is the highest density tested with faithful, edited "
-                     f"circuits; test a density above it (e.g. {_beyond(w.high, up=True)})")
+        notes.append(
+            f"upper edge not observed: {w.high:g} is the highest density tested with faithful, edited "
+            f"circuits; test a density above it (e.g. {_beyond(w.high, up=True)})"
+        )
     else:
         notes.append(f"upper edge observed (no significant resistance at {h.above_window:g})")
     if h.below_window is None:
-        notes.append(f"lower edge not observed: {w.low:g} is the lowest density tested with faithful, edited "
-                     f"circuits; test a density below it (e.g. {_beyond(w.low, up=False)})")
+        notes.append(
+            f"lower edge not observed: {w.low:g} is the lowest density tested with faithful, edited "
+            f"circuits; test a density below it (e.g. {_beyond(w.low, up=False)})"
+        )
     else:
         notes.append(f"lower edge observed (no significant resistance at {h.below_window:g})")
-    inside = h.window_actual is not None and (PAPER_WINDOW[0] <= h.window_actual[0]
-                                              and h.window_actual[1] <= PAPER_WINDOW[1])
+    inside = h.window_actual is not None and (
+        PAPER_WINDOW[0] <= h.window_actual[0] and h.window_actual[1] <= PAPER_WINDOW[1]
+    )
     if h.window_actual is None:
         notes.append(f"the actual density of its circuits is unknown, so it cannot be placed within {paper}")
     elif not inside:
@@ -208,13 +225,18 @@ def _overlap(h: Headline) -> Finding:
     o, used = h.overlap, h.overlap_circuits
     if len(h.faithful_datasets) < 2:
         have = ", ".join(h.faithful_datasets) or "none"
-        return _finding(2, h, used, f"needs faithful circuits from at least two datasets; from: {have}",
-                        NOT_ASSESSABLE)
+        return _finding(2, h, used, f"needs faithful circuits from at least two datasets; from: {have}", NOT_ASSESSABLE)
     above = o.above_chance if o else None
     if o is None or above is None or above.n < MIN_PAIRS:
         pairs = above.n if above else 0
-        return _finding(2, h, used, f"{pairs} pair(s) of faithful circuits of one density from different datasets; "
-                                    f"an interval needs {MIN_PAIRS}", NOT_ASSESSABLE)
+        return _finding(
+            2,
+            h,
+            used,
+            f"{pairs} pair(s) of faithful circuits of one density from different datasets; "
+            f"an interval needs {MIN_PAIRS}",
+            NOT_ASSESSABLE,
+        )
     result = (
         f"cross-dataset Jaccard {estimate(o.cross_dataset)} over {above.n} pairs "
         f"({h.mean_jaccard_ratio:.3g}× chance; overlap coefficient {h.mean_overlap_coefficient:.3g}, "
@@ -224,11 +246,19 @@ def _overlap(h: Headline) -> Finding:
         return _finding(2, h, used, f"{result}: not significantly above chance", NOT_CONSISTENT)
     below = o.below_stability
     if below is None or o.stability is None or below.n < MIN_PAIRS:
-        return _finding(2, h, used, f"{result}: above chance, but too few same-dataset pairs from other seeds at the "
-                                    f"same densities for a stability baseline, so \"moderate\" cannot be judged "
-                                    f"(needs two or more seeds)", NOT_ASSESSABLE)
-    result += (f"; stability (same dataset, other seed) {estimate(o.stability)} over {o.stability.n} pairs, "
-               f"stability − cross-dataset {estimate(below)} (within densities)")
+        return _finding(
+            2,
+            h,
+            used,
+            f"{result}: above chance, but too few same-dataset pairs from other seeds at the "
+            f'same densities for a stability baseline, so "moderate" cannot be judged '
+            f"(needs two or more seeds)",
+            NOT_ASSESSABLE,
+        )
+    result += (
+        f"; stability (same dataset, other seed) {estimate(o.stability)} over {o.stability.n} pairs, "
+        f"stability − cross-dataset {estimate(below)} (within densities)"
+    )
     if below.above_zero:
         return _finding(2, h, used, f"{result}: above chance and below stability", CONSISTENT)
     return _finding(2, h, used, f"{result}: above chance but not significantly below stability", PARTLY)

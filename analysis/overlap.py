@@ -40,9 +40,15 @@ def _ratio(num: float, den: float) -> float:
 def _row(density: float, a: str, b: str, module: str, o: Overlap) -> OverlapRow:
     """One row from circuitlib's set sizes."""
     return OverlapRow(
-        density, a, b, module,
-        o.jaccard, o.expected_jaccard, _ratio(o.jaccard, o.expected_jaccard),
-        o.overlap_coefficient, o.expected_overlap_coefficient,
+        density,
+        a,
+        b,
+        module,
+        o.jaccard,
+        o.expected_jaccard,
+        _ratio(o.jaccard, o.expected_jaccard),
+        o.overlap_coefficient,
+        o.expected_overlap_coefficient,
         _ratio(o.overlap_coefficient, o.expected_overlap_coefficient),
     )
 
@@ -55,8 +61,12 @@ def _missing(density: float, a: str, b: str) -> OverlapRow:
 def pair_overlap(density: float, a: str, ca: Circuit, b: str, cb: Circuit) -> list[OverlapRow]:
     """Whole-model and per-module-type rows for one pair, from a single packed pass over both circuits."""
     by_module = overlap_by_module(ca, cb)
-    whole = Overlap(*(sum(getattr(o, f) for o in by_module.values())
-                      for f in ("intersection", "union", "kept_a", "kept_b", "total")))
+    whole = Overlap(
+        *(
+            sum(getattr(o, f) for o in by_module.values())
+            for f in ("intersection", "union", "kept_a", "kept_b", "total")
+        )
+    )
     return [_row(density, a, b, ALL, whole)] + [_row(density, a, b, m, o) for m, o in by_module.items()]
 
 

@@ -102,8 +102,15 @@ def analyse(sweep: Sweep, options: Options = Options()) -> Analysis:
     snapshots = flag_shared(snapshots)
     rng = np.random.default_rng(options.seed)
     rows = window_rows(
-        sweep.edits, {s.key: s.faithfulness for s in snapshots}, labels, sweep.densities,
-        options.faithfulness_threshold, rng, options.n_boot, options.confidence, {s.key: s.density for s in snapshots},
+        sweep.edits,
+        {s.key: s.faithfulness for s in snapshots},
+        labels,
+        sweep.densities,
+        options.faithfulness_threshold,
+        rng,
+        options.n_boot,
+        options.confidence,
+        {s.key: s.density for s in snapshots},
     )
     notes += missing_edits(sweep.edits, [s.key for s in snapshots], labels)
     windows = [estimate_window(rows, scope) for scope in (ALL, *labels.values())]

@@ -64,18 +64,35 @@ def _footnote(fig: Figure, lines: Sequence[str]) -> None:
 def _faithfulness_panel(ax: Axes, snapshots: Sequence[Snapshot], threshold: float) -> None:
     """Every snapshot's faithfulness (with its interval where known) at its actual density: filled where the circuit
     is used, a cross where it is left out; flagged snapshots ringed in red."""
-    for used, marker, color, label in ((True, "o", "tab:purple", "faithful circuit (used)"),
-                                       (False, "x", "gray", "left out")):
+    for used, marker, color, label in (
+        (True, "o", "tab:purple", "faithful circuit (used)"),
+        (False, "x", "gray", "left out"),
+    ):
         shots = [s for s in snapshots if (not s.excluded) == used]
         if shots:
             low = [max(0.0, s.faithfulness - s.faithfulness_low) for s in shots]  # 0 where unrecorded
             high = [max(0.0, s.faithfulness_high - s.faithfulness) for s in shots]
-            ax.errorbar([s.density for s in shots], [s.faithfulness for s in shots], yerr=[low, high],
-                        linestyle="none", capsize=2, marker=marker, color=color, label=label)
+            ax.errorbar(
+                [s.density for s in shots],
+                [s.faithfulness for s in shots],
+                yerr=[low, high],
+                linestyle="none",
+                capsize=2,
+                marker=marker,
+                color=color,
+                label=label,
+            )
     flagged = [s for s in snapshots if s.below_target or s.shares_with]
     if flagged:
-        ax.scatter([s.density for s in flagged], [s.faithfulness for s in flagged], s=140, facecolors="none",
-                   edgecolors="tab:red", label="flagged snapshot (listed below)", zorder=3)
+        ax.scatter(
+            [s.density for s in flagged],
+            [s.faithfulness for s in flagged],
+            s=140,
+            facecolors="none",
+            edgecolors="tab:red",
+            label="flagged snapshot (listed below)",
+            zorder=3,
+        )
     ax.axhline(threshold, color="tab:purple", linestyle=":", label=f"threshold {threshold:g}")
     ax.set_ylabel("faithfulness")
     ax.set_ylim(0, 1.05)
@@ -100,8 +117,9 @@ def size_window_figure(
     for r in placed:
         targets.setdefault(r.actual_density, []).append(f"{r.density:g}")
     for at, names in targets.items():
-        learn.annotate(f"t={', '.join(names)}", (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7,
-                       ha="center", va="bottom")
+        learn.annotate(
+            f"t={', '.join(names)}", (at, 1.0), xycoords=("data", "axes fraction"), fontsize=7, ha="center", va="bottom"
+        )
     learn.set_ylabel("drop in NLL of new target")
     learn.set_title("Learning of the new target (mean, 95% CI over requests; t = target density)", pad=14)
     _band(gap, x, [r.gap_complement for r in placed], "complement − circuit")
@@ -109,8 +127,13 @@ def size_window_figure(
     gap.axhline(0, color="gray", linewidth=0.8)
     inside = [r.actual_density for r in placed if r.in_window]
     if inside:
-        gap.axvspan(min(inside) * 0.95, max(inside) * 1.05, color="green", alpha=0.12,
-                    label=f"window {window.describe()} (targets)")
+        gap.axvspan(
+            min(inside) * 0.95,
+            max(inside) * 1.05,
+            color="green",
+            alpha=0.12,
+            label=f"window {window.describe()} (targets)",
+        )
     gap.set_ylabel("gap in NLL drop")
     gap.set_title("Resistance of the circuit (gap > 0: the circuit learns less)")
     _faithfulness_panel(faith, snapshots, threshold)
@@ -162,9 +185,11 @@ def overlap_figure(rows: Sequence[OverlapRow], labels: Sequence[str], densities:
     image = None
     for col, d in enumerate(densities):
         at = [r for r in whole if r.density == d]
-        for ax, (value, ratio, title) in zip(axes[:, col], (("jaccard", "jaccard_ratio", "Jaccard"),
-                                                            ("overlap_coefficient", "overlap_ratio", "overlap coef.")),
-                                             strict=True):
+        for ax, (value, ratio, title) in zip(
+            axes[:, col],
+            (("jaccard", "jaccard_ratio", "Jaccard"), ("overlap_coefficient", "overlap_ratio", "overlap coef.")),
+            strict=True,
+        ):
             m, r = _matrix(at, labels, value), _matrix(at, labels, ratio)
             image = ax.imshow(np.ma.masked_invalid(r), norm=norm, cmap=RATIO)
             for i in range(len(labels)):
@@ -180,8 +205,12 @@ def overlap_figure(rows: Sequence[OverlapRow], labels: Sequence[str], densities:
     if image is None:
         axes[0, 0].text(0.5, 0.5, "no circuits", ha="center")
     else:
-        fig.colorbar(image, ax=axes, shrink=0.6,
-                     label="colour: ratio to chance (1 = independent masks)\ndiagonal masked (hatched), grey: missing")
+        fig.colorbar(
+            image,
+            ax=axes,
+            shrink=0.6,
+            label="colour: ratio to chance (1 = independent masks)\ndiagonal masked (hatched), grey: missing",
+        )
     return fig
 
 
@@ -224,8 +253,11 @@ def composition_figure(entries: Sequence[CompositionEntry], densities: Sequence[
     handles, names = axes[0, 0].get_legend_handles_labels()
     if handles:
         fig.legend(handles, names, loc="outside right upper", fontsize=8)
-    fig.suptitle("Composition: each module type's share of the circuit, by layer, per dataset\n"
-                 "(dashed: its share of the model, what a random circuit of any density keeps)", fontsize=10)
+    fig.suptitle(
+        "Composition: each module type's share of the circuit, by layer, per dataset\n"
+        "(dashed: its share of the model, what a random circuit of any density keeps)",
+        fontsize=10,
+    )
     return fig
 
 

@@ -25,7 +25,13 @@ from analysis.window import ALL
 PLOTS = "plots"
 TABLES = "tables"
 SECTIONS = (
-    "Circuits judged", "Headline findings", "Missing pieces", "Size window", "Overlap", "Composition", "Discovery",
+    "Circuits judged",
+    "Headline findings",
+    "Missing pieces",
+    "Size window",
+    "Overlap",
+    "Composition",
+    "Discovery",
     "Tables",
 )
 HTML = """<!doctype html>
@@ -70,8 +76,10 @@ def _flag(s: Snapshot) -> str:
 
 def _circuits(a: Analysis) -> str:
     n, excluded = len(a.snapshots), a.excluded
-    text = (f"Findings are judged only from faithful circuits: held-out faithfulness (agreement with the full model) "
-            f"of at least {a.options.faithfulness_threshold:g} (`--faithfulness`). ")
+    text = (
+        f"Findings are judged only from faithful circuits: held-out faithfulness (agreement with the full model) "
+        f"of at least {a.options.faithfulness_threshold:g} (`--faithfulness`). "
+    )
     if not n:
         text += "The sweep has no circuit to judge from.\n"
     elif not excluded:
@@ -86,16 +94,23 @@ def _circuits(a: Analysis) -> str:
             ("faithfulness", _faithfulness),
             ("why excluded", lambda s: s.excluded),
         ]
-        text += (f"**{len(excluded)} of {n} circuits excluded** from every finding, {n - len(excluded)} used:\n\n"
-                 + markdown_table(columns, excluded))
+        text += (
+            f"**{len(excluded)} of {n} circuits excluded** from every finding, {n - len(excluded)} used:\n\n"
+            + markdown_table(columns, excluded)
+        )
     text += _optimism(a.snapshots)
     lines = flags(a.snapshots)
     text += "\n### Snapshots\n\n"
     if not lines:
-        return text + (f"No snapshot falls well below its target (actual density < {WELL_BELOW:g} × target) and no "
-                       f"two targets share one snapshot.\n")
-    return text + ("Snapshots that do not stand for their target alone (also marked on the size-window plot):\n\n"
-                   + "\n".join(f"- {line}" for line in lines) + "\n")
+        return text + (
+            f"No snapshot falls well below its target (actual density < {WELL_BELOW:g} × target) and no "
+            f"two targets share one snapshot.\n"
+        )
+    return text + (
+        "Snapshots that do not stand for their target alone (also marked on the size-window plot):\n\n"
+        + "\n".join(f"- {line}" for line in lines)
+        + "\n"
+    )
 
 
 def _optimism(snapshots: Sequence[Snapshot]) -> str:
@@ -104,9 +119,11 @@ def _optimism(snapshots: Sequence[Snapshot]) -> str:
     if not chosen:
         return ""
     looks = max(int(s.selected_among) for s in chosen)
-    return (f"\n{len(chosen)} of {len(snapshots)} snapshots were chosen as the most faithful of several held-out "
-            f"evaluations (up to {looks}) on the very rows that give their faithfulness, so it is optimistic by up to "
-            f"about those rows' sampling noise; `discovery.select_rows` chooses on held-out rows of their own.\n")
+    return (
+        f"\n{len(chosen)} of {len(snapshots)} snapshots were chosen as the most faithful of several held-out "
+        f"evaluations (up to {looks}) on the very rows that give their faithfulness, so it is optimistic by up to "
+        f"about those rows' sampling noise; `discovery.select_rows` chooses on held-out rows of their own.\n"
+    )
 
 
 def _findings(items: Sequence[Finding]) -> str:
@@ -124,8 +141,11 @@ def _findings(items: Sequence[Finding]) -> str:
 def _missing(notes: Sequence[str]) -> str:
     if not notes:
         return "None: every trial finished and every target density was reached.\n"
-    return ("Shown as gaps (—, grey or a broken line) in the tables and plots below.\n\n"
-            + "\n".join(f"- {n}" for n in notes) + "\n")
+    return (
+        "Shown as gaps (—, grey or a broken line) in the tables and plots below.\n\n"
+        + "\n".join(f"- {n}" for n in notes)
+        + "\n"
+    )
 
 
 def _window(a: Analysis) -> str:
@@ -275,7 +295,7 @@ def _markdown(a: Analysis, h: Headline, tables: Sequence[Path]) -> str:
         f"Experiment `{s.experiment}`, sweep run `{s.run_id}`, model `{s.model or 'unknown'}`. "
         f"Circuits: {sources}; target densities: {', '.join(f'{d:g}' for d in s.densities) or 'none'}; "
         f"{len(s.discoveries)} discovery and {len(s.edits)} edit runs. Claims are those of Ge, Rudzicz and Zhu "
-        f"(2024), \"What Do the Circuits Mean? A Knowledge Edit View\".\n"
+        f'(2024), "What Do the Circuits Mean? A Knowledge Edit View".\n'
     )
     return head + "".join(f"\n## {name}\n\n{body[name]}" for name in SECTIONS)
 
@@ -289,8 +309,9 @@ def self_contained(html: str, folder: Path) -> str:
         return f'src="data:image/png;base64,{png}"'
 
     html = re.sub(rf'src="({PLOTS}/[^"]+\.png)"', inline, html)
-    return re.sub(rf'<a href="{TABLES}/([^"]+)">[^<]*</a>', rf"<code>{TABLES}/\1</code> (in the analysis run's files)",
-                  html)
+    return re.sub(
+        rf'<a href="{TABLES}/([^"]+)">[^<]*</a>', rf"<code>{TABLES}/\1</code> (in the analysis run's files)", html
+    )
 
 
 def write_report(a: Analysis, folder: Path) -> Report:

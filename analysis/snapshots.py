@@ -71,7 +71,11 @@ def _at_step(history: Sequence[tuple[int, float]], step: float) -> float:
 
 
 def snapshot(
-    label: str, source: Source, target: float, c: Circuit, history: Mapping[str, Sequence[tuple[int, float]]],
+    label: str,
+    source: Source,
+    target: float,
+    c: Circuit,
+    history: Mapping[str, Sequence[tuple[int, float]]],
     threshold: float,
 ) -> Snapshot:
     """A circuit's summary from its provenance (the discovery's history row at the snapshot); faithfulness falls
@@ -83,11 +87,24 @@ def snapshot(
     kept = c.kept
     density = kept / c.total
     return Snapshot(
-        source=label, dataset=source.dataset, seed=source.seed, target=target, density=density, kept=kept,
-        total=c.total, step=r.step, faithfulness=faithfulness, faithfulness_low=r.faithfulness_low,
-        faithfulness_high=r.faithfulness_high, complement_accuracy=r.complement_accuracy, kl=r.kl, digest=c.digest,
-        excluded=exclusion(faithfulness, threshold), below_target=well_below(density, target),
-        selected_among=r.selected_among, chosen_apart=r.chosen_apart,
+        source=label,
+        dataset=source.dataset,
+        seed=source.seed,
+        target=target,
+        density=density,
+        kept=kept,
+        total=c.total,
+        step=r.step,
+        faithfulness=faithfulness,
+        faithfulness_low=r.faithfulness_low,
+        faithfulness_high=r.faithfulness_high,
+        complement_accuracy=r.complement_accuracy,
+        kl=r.kl,
+        digest=c.digest,
+        excluded=exclusion(faithfulness, threshold),
+        below_target=well_below(density, target),
+        selected_among=r.selected_among,
+        chosen_apart=r.chosen_apart,
     )
 
 
@@ -98,8 +115,11 @@ def flag_shared(snapshots: Sequence[Snapshot]) -> list[Snapshot]:
         by_source[s.dataset, s.seed].append(s)
 
     def shared(s: Snapshot) -> tuple[float, ...]:
-        same = [o.target for o in by_source[s.dataset, s.seed]
-                if o.target != s.target and (o.digest == s.digest or o.step == s.step)]  # NaN steps never match
+        same = [
+            o.target
+            for o in by_source[s.dataset, s.seed]
+            if o.target != s.target and (o.digest == s.digest or o.step == s.step)
+        ]  # NaN steps never match
         return tuple(sorted(same, reverse=True))
 
     return [replace(s, shares_with=shared(s)) for s in snapshots]
@@ -118,12 +138,15 @@ def flags(snapshots: Sequence[Snapshot]) -> list[str]:
     lines, seen = [], set()
     for s in snapshots:
         if s.below_target:
-            lines.append(f"{s.source} target {s.target:g}: actual density {s.density:.3g} is below "
-                         f"{WELL_BELOW:g} × target")
+            lines.append(
+                f"{s.source} target {s.target:g}: actual density {s.density:.3g} is below {WELL_BELOW:g} × target"
+            )
         targets = tuple(sorted((s.target, *s.shares_with), reverse=True))
         if s.shares_with and (s.source, targets) not in seen:
             seen.add((s.source, targets))
             group = [o for o in snapshots if o.source == s.source and o.target in targets]
-            lines.append(f"{s.source} targets {', '.join(f'{t:g}' for t in targets)} share one snapshot "
-                         f"({_why_shared(group)}; density {s.density:.3g})")
+            lines.append(
+                f"{s.source} targets {', '.join(f'{t:g}' for t in targets)} share one snapshot "
+                f"({_why_shared(group)}; density {s.density:.3g})"
+            )
     return lines

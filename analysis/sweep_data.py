@@ -108,7 +108,9 @@ def find_sweep_run(client: MlflowClient, experiment: str, run_id: str | None) ->
         raise InputError(f"experiment {experiment!r} not found at {client.tracking_uri}")
     if run_id is None:
         runs = client.search_runs(
-            [exp.experiment_id], f"tags.`{layout.TAG_KIND}` = 'sweep'", order_by=["attributes.start_time DESC"],
+            [exp.experiment_id],
+            f"tags.`{layout.TAG_KIND}` = 'sweep'",
+            order_by=["attributes.start_time DESC"],
             max_results=1,
         )
         if not runs:
@@ -174,9 +176,7 @@ def _read_discovery(client: MlflowClient, run: Run, cache: Path, notes: list[str
         if artifact.endswith(".safetensors") and stem.startswith("d"):
             circuits[normalize_density(stem[1:])] = _cached(client, run, artifact, cache)
     unreached = [normalize_density(t) for t in tags.get(layout.TAG_UNREACHED, "").split(",") if t.strip()]
-    history = {
-        key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in CURVES
-    }
+    history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in CURVES}
     note = _status_note(run, f"{len(circuits)} circuit(s) kept")
     if note:
         notes.append(note)

@@ -52,15 +52,19 @@ def log_analysis(sweep: Sweep, report: Report, options: Options) -> str:
 def sweep_note(sweep: Sweep, report: Report, options: Options, analysis_run_id: str) -> str:
     """The sweep run's description: each claim's verdict and result, and where the full report is."""
     h = report.headline
-    lines = [f"| {i} | {f.claim} | **{f.verdict}** | {f.result} |"
-             for i, f in enumerate(findings(h, options.faithfulness_threshold), 1)]
+    lines = [
+        f"| {i} | {f.claim} | **{f.verdict}** | {f.result} |"
+        for i, f in enumerate(findings(h, options.faithfulness_threshold), 1)
+    ]
     analysis = layout.run_link(sweep.experiment_id, analysis_run_id, "analysis run")
-    return (f"## Headline findings of sweep {sweep.name}\n\n"
-            f"Judged from {h.circuits - h.excluded} faithful circuits of {h.circuits} (faithfulness at least "
-            f"{options.faithfulness_threshold:g}); size window (targets): **{h.window.describe()}**.\n\n"
-            "| # | paper's claim | verdict | this sweep |\n|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
-            f"The full report is `{report.html.name}` in this run's artifacts and in the {analysis} (with its "
-            "tables and plots).")
+    return (
+        f"## Headline findings of sweep {sweep.name}\n\n"
+        f"Judged from {h.circuits - h.excluded} faithful circuits of {h.circuits} (faithfulness at least "
+        f"{options.faithfulness_threshold:g}); size window (targets): **{h.window.describe()}**.\n\n"
+        "| # | paper's claim | verdict | this sweep |\n|---|---|---|---|\n" + "\n".join(lines) + "\n\n"
+        f"The full report is `{report.html.name}` in this run's artifacts and in the {analysis} (with its "
+        "tables and plots)."
+    )
 
 
 def log_to_sweep(client: MlflowClient, sweep: Sweep, report: Report, options: Options, analysis_run_id: str) -> None:

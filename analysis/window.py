@@ -92,9 +92,17 @@ def _column(rows: Mapping[Key, dict], field: str) -> dict[Key, float]:
 
 
 def _row(
-    scope: str, density: float, cells: Mapping[str, Mapping[Key, dict]], faithfulness: float, circuits: int,
-    actual_density: float, full: tuple[Estimate | None, float], threshold: float, rng: np.random.Generator,
-    n_boot: int, confidence: float,
+    scope: str,
+    density: float,
+    cells: Mapping[str, Mapping[Key, dict]],
+    faithfulness: float,
+    circuits: int,
+    actual_density: float,
+    full: tuple[Estimate | None, float],
+    threshold: float,
+    rng: np.random.Generator,
+    n_boot: int,
+    confidence: float,
 ) -> WindowRow:
     """The row of one scope and density from its per-variant request rows and the full model's (drop, success)."""
     drop = {v: _column(cells[v], "nll_new_drop") for v in MASKED}
@@ -103,16 +111,24 @@ def _row(
     mean = {v: bootstrap_mean(drop[v].values(), rng, n_boot, confidence) for v in MASKED}
     gap_complement = bootstrap_gap(drop["complement"], drop["circuit"], rng, n_boot, confidence)
     return WindowRow(
-        scope=scope, density=density, faithfulness=faithfulness,
-        drop_circuit=mean["circuit"], drop_complement=mean["complement"], drop_random=mean["random"],
+        scope=scope,
+        density=density,
+        faithfulness=faithfulness,
+        drop_circuit=mean["circuit"],
+        drop_complement=mean["complement"],
+        drop_random=mean["random"],
         drop_full=full[0],
         gap_complement=gap_complement,
         gap_random=bootstrap_gap(drop["random"], drop["circuit"], rng, n_boot, confidence),
-        success_circuit=success["circuit"], success_complement=success["complement"],
-        success_random=success["random"], success_full=full[1],
-        knowledge_circuit=knowledge["circuit"], knowledge_complement=knowledge["complement"],
+        success_circuit=success["circuit"],
+        success_complement=success["complement"],
+        success_random=success["random"],
+        success_full=full[1],
+        knowledge_circuit=knowledge["circuit"],
+        knowledge_complement=knowledge["complement"],
         in_window=gap_complement is not None and gap_complement.above_zero and is_faithful(faithfulness, threshold),
-        circuits=circuits, actual_density=actual_density,
+        circuits=circuits,
+        actual_density=actual_density,
     )
 
 
@@ -136,18 +152,31 @@ def window_rows(
     faithful = {key for key, f in faithfulness.items() if is_faithful(f, threshold)}
     cells = {key: rows for key, rows in _index(edits).items() if key[:2] in faithful}
     full_rows = {int(r["case_id"]): r for e in edits if e.variant == FULL for r in e.rows}.values()
-    full = (bootstrap_mean([r["nll_new_drop"] for r in full_rows], rng, n_boot, confidence),
-            finite_mean(r["efficacy_score"] for r in full_rows))
+    full = (
+        bootstrap_mean([r["nll_new_drop"] for r in full_rows], rng, n_boot, confidence),
+        finite_mean(r["efficacy_score"] for r in full_rows),
+    )
     scopes: list[tuple[str, list[Source]]] = [(ALL, list(labels))] + [(labels[s], [s]) for s in labels]
     rows = []
     for scope, sources in scopes:
         for d in densities:
             merged = {v: {k: r for s in sources for k, r in cells.get((s, d, v), {}).items()} for v in MASKED}
             used = [(s, d) for s in sources if (s, d) in faithful]
-            rows.append(_row(
-                scope, d, merged, finite_mean(faithfulness[k] for k in used), len(used),
-                finite_mean(actual.get(k, math.nan) for k in used), full, threshold, rng, n_boot, confidence,
-            ))
+            rows.append(
+                _row(
+                    scope,
+                    d,
+                    merged,
+                    finite_mean(faithfulness[k] for k in used),
+                    len(used),
+                    finite_mean(actual.get(k, math.nan) for k in used),
+                    full,
+                    threshold,
+                    rng,
+                    n_boot,
+                    confidence,
+                )
+            )
     return rows
 
 

@@ -111,9 +111,13 @@ def timed(fn: Callable[[], Any], repeats: int, warmup: int = 1) -> dict[str, Any
         sync()
         times.append(time.perf_counter() - start)
         cpu.append(time.process_time() - start_cpu)
-    result = {"median_s": round(statistics.median(times), 4), "times_s": [round(t, 4) for t in times],
-              "median_cpu_s": round(statistics.median(cpu), 4),
-              "peak_rss_mib": round(peak_rss_mib(), 1), "peak_rss_is_phase_peak": reset_ok}
+    result = {
+        "median_s": round(statistics.median(times), 4),
+        "times_s": [round(t, 4) for t in times],
+        "median_cpu_s": round(statistics.median(cpu), 4),
+        "peak_rss_mib": round(peak_rss_mib(), 1),
+        "peak_rss_is_phase_peak": reset_ok,
+    }
     if torch.cuda.is_available():
         result["peak_gpu_mib"] = round(torch.cuda.max_memory_allocated() / 2**20, 1)
     return result
@@ -154,8 +158,12 @@ class NaiveMaskTrainer:
         self.original = [p.detach().clone() for p in self.params]
         device = lm.device
         gen = torch.Generator(device=device).manual_seed(config.mask_seed)
-        self.logits = [(torch.randn(p.shape, generator=gen, device=device) * config.init_std + config.init_mean)
-                       .requires_grad_(True) for p in self.params]
+        self.logits = [
+            (torch.randn(p.shape, generator=gen, device=device) * config.init_std + config.init_mean).requires_grad_(
+                True
+            )
+            for p in self.params
+        ]
         self.total = sum(t.numel() for t in self.logits)
         self.optimizer = torch.optim.AdamW(self.logits, lr=config.lr, weight_decay=config.weight_decay)
         self.noise_gen = torch.Generator(device=device).manual_seed(config.mask_seed + 1)
@@ -268,8 +276,9 @@ def random_model(name: str, device: torch.device) -> LoadedModel:
 # --- one model --------------------------------------------------------------------------------------
 
 
-def plain_training_step(lm: LoadedModel, task, precision: str, batch_size: int,
-                        width: int | None) -> Callable[[], None]:
+def plain_training_step(
+    lm: LoadedModel, task, precision: str, batch_size: int, width: int | None
+) -> Callable[[], None]:
     """One training step of the masked weights themselves on the mask step's batch: forward, backward with weight
     gradients, fused AdamW, no mask. A mask step does the same matrix products, so this is its floor."""
     named = dict(lm.model.named_parameters())
@@ -298,8 +307,14 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
     result: dict[str, Any] = {"fused_kernels": fused, "compiled_model": compiled}
     width = task.train.max_width if compiled else None
     for precision in args.precisions.split(","):
-        config = DiscoveryConfig(batch_size=args.batch_size, head_epochs=20, max_steps=10**9, precision=precision,
-                                 loss=args.loss, noise=args.noise)
+        config = DiscoveryConfig(
+            batch_size=args.batch_size,
+            head_epochs=20,
+            max_steps=10**9,
+            precision=precision,
+            loss=args.loss,
+            noise=args.noise,
+        )
         state = DiscoveryState(lm, config, len(dataset))
         buffers = StepBuffers.for_run(lm, state.layout, config)
         forward = masked_features(lm, state.layout, precision, compiled, buffers.grad)
@@ -350,8 +365,9 @@ def bench_model(spec: str, args: argparse.Namespace, result: dict[str, Any], che
     features = cached_features(lm, tok, args.batch_size)
     head_ours = timed(lambda: train_head(features, labels, epochs, 1e-3, args.batch_size), max(1, repeats // 2))
     naive_epochs = 1 if quick else 3
-    head_naive = timed(lambda: naive_head_epochs(lm, tok, labels, naive_epochs, args.batch_size, 1e-3),
-                       max(1, repeats // 2), warmup=0)
+    head_naive = timed(
+        lambda: naive_head_epochs(lm, tok, labels, naive_epochs, args.batch_size, 1e-3), max(1, repeats // 2), warmup=0
+    )
     naive_400 = head_naive["median_s"] * epochs / naive_epochs
     ours_total = head_ours["median_s"] + feature_pass["median_s"]
     result["head_training"] = {
@@ -400,8 +416,12 @@ def main() -> None:
     parser.add_argument("--precisions", default="fp32,bf16", help="precisions of our mask step to time")
     parser.add_argument("--compile-model", action="store_true", help="time our mask step with compile_model=True")
     parser.add_argument("--loss", default="ce", help="DiscoveryConfig.loss of our mask step (the window's: features)")
-    parser.add_argument("--noise", default=True, action=argparse.BooleanOptionalAction,
-                        help="Gumbel noise in our mask step (--no-noise: the deterministic mask, the window's)")
+    parser.add_argument(
+        "--noise",
+        default=True,
+        action=argparse.BooleanOptionalAction,
+        help="Gumbel noise in our mask step (--no-noise: the deterministic mask, the window's)",
+    )
     parser.add_argument("--out", default=None, help="also write the JSON here")
     args = parser.parse_args()
     if args.threads:
@@ -452,8 +472,11 @@ def _goals(report: dict[str, Any]) -> dict[str, Any]:
     return {
         "measured": True,
         "model": name,
-        **{f"mask_step_{p}_speedup>=3": r["mask_step"][f"ours_{p}_over_naive"] >= 3
-           for p in PRECISIONS if f"ours_{p}_over_naive" in r["mask_step"]},
+        **{
+            f"mask_step_{p}_speedup>=3": r["mask_step"][f"ours_{p}_over_naive"] >= 3
+            for p in PRECISIONS
+            if f"ours_{p}_over_naive" in r["mask_step"]
+        },
         "edit_speedup>=3": r["edits"]["ours_over_naive"] >= 3,
         "head_speedup>=50": r["head_training"]["ours_over_naive"] >= 50,
     }

@@ -40,15 +40,20 @@ def shared_datasets() -> list[str]:
 
 def table(report: dict) -> str:
     """The markdown table of the measured snapshots; `steps` is how many mask steps the whole discovery took."""
-    lines = ["| dataset | target | density | faithfulness (95% CI) | circuit acc. | complement acc. | full acc. "
-             "| eval rows | snapshot step | chosen among | on its own rows | steps | seconds |", "|" + " --- |" * 13]
+    lines = [
+        "| dataset | target | density | faithfulness (95% CI) | circuit acc. | complement acc. | full acc. "
+        "| eval rows | snapshot step | chosen among | on its own rows | steps | seconds |",
+        "|" + " --- |" * 13,
+    ]
     for r in report["rows"]:
         steps = report["history"][r["dataset"]][-1]["step"]
         apart = f"{r['selection_faithfulness']:.3f} ({r['selection_rows']} rows)" if "selection_rows" in r else "—"
-        lines.append(f"| {r['dataset']} | {r['target']:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
-                     f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {r['circuit_accuracy']:.3f} "
-                     f"| {r['complement_accuracy']:.3f} | {r['full_accuracy']:.3f} | {r['eval_rows']} | {r['step']} "
-                     f"| {r['selected_among']} | {apart} | {steps} | {r['seconds']:.0f} |")
+        lines.append(
+            f"| {r['dataset']} | {r['target']:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
+            f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {r['circuit_accuracy']:.3f} "
+            f"| {r['complement_accuracy']:.3f} | {r['full_accuracy']:.3f} | {r['eval_rows']} | {r['step']} "
+            f"| {r['selected_among']} | {apart} | {steps} | {r['seconds']:.0f} |"
+        )
     return "\n".join(lines)
 
 
@@ -63,8 +68,9 @@ def main() -> None:
     args = parser.parse_args()
     preset = load_preset(args.preset)
     changes = options.given(args, DiscoveryConfig, "discovery.")
-    preset.discovery = options.build(DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes),
-                                     lambda key: f"--discovery.{key}")
+    preset.discovery = options.build(
+        DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes), lambda key: f"--discovery.{key}"
+    )
     if args.min_eval_rows is not None:
         preset.min_eval_rows = args.min_eval_rows
     specs = args.datasets.split(",") if args.datasets else shared_datasets()
@@ -73,18 +79,27 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     report = {
-        "benchmark": "bench_faithful", "preset": args.preset, "model": preset.model, "date": stamp,
+        "benchmark": "bench_faithful",
+        "preset": args.preset,
+        "model": preset.model,
+        "date": stamp,
         "command": " ".join(["python", "benchmarks/bench_faithful.py", *sys.argv[1:]]),
-        "data_limit": preset.data_limit, "eval_fraction": preset.eval_fraction, "min_eval_rows": preset.min_eval_rows,
-        "discovery": dataclasses.asdict(preset.discovery), "torch_threads": torch.get_num_threads(),
-        "cpu_count": os.cpu_count(), "machine": platform.machine(), "rows": [],
+        "data_limit": preset.data_limit,
+        "eval_fraction": preset.eval_fraction,
+        "min_eval_rows": preset.min_eval_rows,
+        "discovery": dataclasses.asdict(preset.discovery),
+        "torch_threads": torch.get_num_threads(),
+        "cpu_count": os.cpu_count(),
+        "machine": platform.machine(),
+        "rows": [],
     }
     lm = load_model(preset.model)
     for spec in specs:
         name = data.dataset_name(spec)
         seed = seeds.sweep_seeds(name, 0)
-        train, held_out = data.SplitSpec(spec, preset.data_limit, preset.eval_fraction, seed.split_seed,
-                                         preset.min_eval_rows).load()  # the rows a sweep's trial uses
+        train, held_out = data.SplitSpec(
+            spec, preset.data_limit, preset.eval_fraction, seed.split_seed, preset.min_eval_rows
+        ).load()  # the rows a sweep's trial uses
         config = dataclasses.replace(preset.discovery, mask_seed=seed.mask_seed)
         start = time.perf_counter()
         curve = report.setdefault("history", {}).setdefault(name, [])
@@ -97,13 +112,31 @@ def main() -> None:
         seconds = time.perf_counter() - start
         for circuit in result.circuits:
             p = circuit.provenance
-            report["rows"].append({
-                "dataset": name, "target": circuit.target_density, "density": circuit.density, "step": p["step"],
-                "seconds": seconds, "train_rows": len(train), **{k: p[k] for k in (
-                    "faithfulness", "faithfulness_low", "faithfulness_high", "kl", "circuit_accuracy",
-                    "complement_accuracy", "full_accuracy", "eval_rows", "selected_among")},
-                **{k: p[k] for k in ("selection_faithfulness", "selection_rows") if k in p},
-            })
+            report["rows"].append(
+                {
+                    "dataset": name,
+                    "target": circuit.target_density,
+                    "density": circuit.density,
+                    "step": p["step"],
+                    "seconds": seconds,
+                    "train_rows": len(train),
+                    **{
+                        k: p[k]
+                        for k in (
+                            "faithfulness",
+                            "faithfulness_low",
+                            "faithfulness_high",
+                            "kl",
+                            "circuit_accuracy",
+                            "complement_accuracy",
+                            "full_accuracy",
+                            "eval_rows",
+                            "selected_among",
+                        )
+                    },
+                    **{k: p[k] for k in ("selection_faithfulness", "selection_rows") if k in p},
+                }
+            )
         report.setdefault("unreached", {})[name] = result.unreached
         write_json(out / f"{stem}.json", report)  # NaN (no loss at step 0) as null
         (out / f"{stem}.md").write_text(table(report) + "\n")

@@ -93,11 +93,18 @@ def bench_discovery(lm: LoadedModel, sweep: SweepConfig, args: argparse.Namespac
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None
-    median, times = median_s(lambda: mask_step(lm, task, state, config, buffers, fused, forward, width), lm.device,
-                             args.repeats, warmup=3)
-    return {"mask_step_s": round(median, 4), "mask_step_times_s": times, "discovery_peak_gpu_gib": peak_gib(lm.device),
-            "fused_kernels": fused, "masked_weights": state.layout.total, "rows": len(rows),
-            "tokens_per_row_max": task.train.max_width}
+    median, times = median_s(
+        lambda: mask_step(lm, task, state, config, buffers, fused, forward, width), lm.device, args.repeats, warmup=3
+    )
+    return {
+        "mask_step_s": round(median, 4),
+        "mask_step_times_s": times,
+        "discovery_peak_gpu_gib": peak_gib(lm.device),
+        "fused_kernels": fused,
+        "masked_weights": state.layout.total,
+        "rows": len(rows),
+        "tokens_per_row_max": task.train.max_width,
+    }
 
 
 def bench_edits(lm: LoadedModel, sweep: SweepConfig, args: argparse.Namespace) -> dict[str, Any]:
@@ -115,8 +122,13 @@ def bench_edits(lm: LoadedModel, sweep: SweepConfig, args: argparse.Namespace) -
         sync(lm.device)
         if i:  # the first request warms up
             times.append(time.perf_counter() - start)
-    return {"edit_request_s": round(statistics.median(times), 4), "edit_request_times_s": [round(t, 4) for t in times],
-            "edit_peak_gpu_gib": peak_gib(lm.device), "edit_steps": config.max_steps, "variant": "circuit"}
+    return {
+        "edit_request_s": round(statistics.median(times), 4),
+        "edit_request_times_s": [round(t, 4) for t in times],
+        "edit_peak_gpu_gib": peak_gib(lm.device),
+        "edit_steps": config.max_steps,
+        "variant": "circuit",
+    }
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -145,15 +157,25 @@ def main(argv: list[str] | None = None) -> int:
         "edit_request_s": edits.pop("edit_request_s"),
         "discovery_peak_gpu_gib": discovery.pop("discovery_peak_gpu_gib"),
         "edit_peak_gpu_gib": edits.pop("edit_peak_gpu_gib"),
-        "settings": {"preset": "paper", "model": args.model, "device": args.device, "model_dtype": "float32",
-                     "discovery": dataclasses.asdict(sweep.discovery), "edit": dataclasses.asdict(sweep.edit),
-                     "edit_stop_loss": 0.0, "rows": args.rows, "repeats": args.repeats, "requests": args.requests},
+        "settings": {
+            "preset": "paper",
+            "model": args.model,
+            "device": args.device,
+            "model_dtype": "float32",
+            "discovery": dataclasses.asdict(sweep.discovery),
+            "edit": dataclasses.asdict(sweep.edit),
+            "edit_stop_loss": 0.0,
+            "rows": args.rows,
+            "repeats": args.repeats,
+            "requests": args.requests,
+        },
         "discovery": discovery,
         "edits": edits,
         "torch": torch.__version__,
     }
-    result["goals"] = {key: {"goal_max": goal, "met": result[key] is not None and result[key] <= goal}
-                       for key, goal in GOALS.items()}
+    result["goals"] = {
+        key: {"goal_max": goal, "met": result[key] is not None and result[key] <= goal} for key, goal in GOALS.items()
+    }
     result["wall_s"] = round(time.perf_counter() - started, 1)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)

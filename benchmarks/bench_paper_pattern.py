@@ -169,8 +169,13 @@ def workload(args: argparse.Namespace, steps: int, requests: int, edit_steps: in
     train, held_out = data.split(rows, args.eval_rows / (args.rows + args.eval_rows), seed=0)
     # No target is reached within the budget (the paper's schedule keeps the density near 1 for hundreds of steps),
     # and eval_every and checkpoint_every beyond it: the project's loop evaluates once, at step 0.
-    discovery = DiscoveryConfig(batch_size=args.batch_size, head_epochs=args.head_epochs, max_steps=steps,
-                                eval_every=10**6, checkpoint_every=10**6)
+    discovery = DiscoveryConfig(
+        batch_size=args.batch_size,
+        head_epochs=args.head_epochs,
+        max_steps=steps,
+        eval_every=10**6,
+        checkpoint_every=10**6,
+    )
     edit = EditConfig(max_steps=edit_steps, stop_loss=0.0)  # every edit takes all its steps, on both sides
     return Workload(train, held_out, discovery, data.load_requests("builtin:hierarchy", limit=requests), edit)
 
@@ -189,11 +194,21 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     """Warm up, then time both sides of both workloads `repeats` times, interleaved."""
     lm = load_model(args.model, device=args.device)
     warm = workload(args, 1, 1, 1)
-    warmup_s, _ = clock(lambda: (project_discovery(lm, warm), project_edits(lm, warm),
-                                 baseline_discovery(lm, warm), baseline_edits(lm, warm)))
+    warmup_s, _ = clock(
+        lambda: (
+            project_discovery(lm, warm),
+            project_edits(lm, warm),
+            baseline_discovery(lm, warm),
+            baseline_edits(lm, warm),
+        )
+    )
     work = workload(args, args.mask_steps, args.requests, args.edit_steps)
-    times: dict[str, list[float]] = {"project_discovery": [], "baseline_discovery": [], "project_edits": [],
-                                     "baseline_edits": []}
+    times: dict[str, list[float]] = {
+        "project_discovery": [],
+        "baseline_discovery": [],
+        "project_edits": [],
+        "baseline_edits": [],
+    }
     nll_gap = 0.0
     for _ in range(args.repeats):
         t, _ = clock(lambda: project_discovery(lm, work))
@@ -208,8 +223,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     report: dict[str, Any] = {}
     for part in ("discovery", "edits"):
         ours, theirs = summary(times[f"project_{part}"]), summary(times[f"baseline_{part}"])
-        report[part] = {"project": ours, "baseline": theirs,
-                        "ratio_baseline_over_project": round(theirs["median_s"] / ours["median_s"], 2)}
+        report[part] = {
+            "project": ours,
+            "baseline": theirs,
+            "ratio_baseline_over_project": round(theirs["median_s"] / ours["median_s"], 2),
+        }
         report[part]["meets_3x"] = report[part]["ratio_baseline_over_project"] >= 3
     report["edits"]["max_abs_diff_nll_new_post"] = nll_gap
     report["warmup_s"] = round(warmup_s, 1)
@@ -260,29 +278,33 @@ def main(argv: list[str] | None = None) -> int:
 
 def markdown(result: dict[str, Any]) -> str:
     """The short table of a run, with its command and conditions."""
-    rows = [f"| {part} | {r['project']['median_s']} | {r['baseline']['median_s']} | "
-            f"{r['ratio_baseline_over_project']} | {'yes' if r['meets_3x'] else 'no'} |"
-            for part, r in (("discovery", result["discovery"]), ("edits", result["edits"]))]
+    rows = [
+        f"| {part} | {r['project']['median_s']} | {r['baseline']['median_s']} | "
+        f"{r['ratio_baseline_over_project']} | {'yes' if r['meets_3x'] else 'no'} |"
+        for part, r in (("discovery", result["discovery"]), ("edits", result["edits"]))
+    ]
     s = result["settings"]
-    return "\n".join([
-        f"# The project against the paper's pattern: {result['model']} on {result['device']}",
-        "",
-        f"`{result['command']}` (commit {result['commit']}, torch {result['torch']}, "
-        f"{result['torch_threads']} torch threads, OMP_NUM_THREADS={result['omp_num_threads']}, "
-        f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end).",
-        "",
-        f"Discovery: {s['head_epochs']} head epochs over {s['rows']} rows, then {s['mask_steps']} mask steps at batch "
-        f"{s['batch_size']}. Edits: {s['requests']} requests x {s['edit_steps']} steps on the full model, with pre- "
-        f"and post-edit scores. Medians of {s['repeats']} runs, seconds, end to end (the baseline is described in "
-        "`benchmarks/bench_paper_pattern.py`).",
-        "",
-        "| workload | project | paper's pattern | ratio | >= 3x |",
-        "| --- | --- | --- | --- | --- |",
-        *rows,
-        "",
-        f"Post-edit NLLs of the two sides differ by at most {result['edits']['max_abs_diff_nll_new_post']:.2e}.",
-        "",
-    ])
+    return "\n".join(
+        [
+            f"# The project against the paper's pattern: {result['model']} on {result['device']}",
+            "",
+            f"`{result['command']}` (commit {result['commit']}, torch {result['torch']}, "
+            f"{result['torch_threads']} torch threads, OMP_NUM_THREADS={result['omp_num_threads']}, "
+            f"load average {result['load_average_at_start']} at start, {result['load_average_at_end']} at end).",
+            "",
+            f"Discovery: {s['head_epochs']} head epochs over {s['rows']} rows, then {s['mask_steps']} mask steps "
+            f"at batch {s['batch_size']}. Edits: {s['requests']} requests x {s['edit_steps']} steps on the full "
+            f"model, with pre- and post-edit scores. Medians of {s['repeats']} runs, seconds, end to end (the "
+            "baseline is described in `benchmarks/bench_paper_pattern.py`).",
+            "",
+            "| workload | project | paper's pattern | ratio | >= 3x |",
+            "| --- | --- | --- | --- | --- |",
+            *rows,
+            "",
+            f"Post-edit NLLs of the two sides differ by at most {result['edits']['max_abs_diff_nll_new_post']:.2e}.",
+            "",
+        ]
+    )
 
 
 if __name__ == "__main__":

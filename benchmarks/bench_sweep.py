@@ -60,8 +60,12 @@ def through_ray(preset: str) -> float:
     env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     with tempfile.TemporaryDirectory() as work:
         start = time.perf_counter()
-        subprocess.run([sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", preset,
-                        "--work-dir", work], check=True, capture_output=True, env=env | {"HF_HUB_OFFLINE": "1"})
+        subprocess.run(
+            [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", preset, "--work-dir", work],
+            check=True,
+            capture_output=True,
+            env=env | {"HF_HUB_OFFLINE": "1"},
+        )
         return time.perf_counter() - start
 
 

@@ -36,16 +36,21 @@ def snapshots(report: dict, rows: list[dict]) -> list[tuple[float, dict]]:
 
 def table(reports: list[tuple[str, dict]]) -> str:
     """Markdown: one row per reached target of each run."""
-    lines = ["| run | dataset | target | density | faithfulness (95% CI) | chosen on | complement acc. | full acc. "
-             "| reporting rows | step | seconds |", "|" + " --- |" * 11]
+    lines = [
+        "| run | dataset | target | density | faithfulness (95% CI) | chosen on | complement acc. | full acc. "
+        "| reporting rows | step | seconds |",
+        "|" + " --- |" * 11,
+    ]
     for label, report in reports:
         for dataset, rows in report["history"].items():
             for target, r in snapshots(report, rows):
                 chose = f"{r['selection_faithfulness']:.3f} (best of {r['looks']})" if "selection_rows" in r else "—"
-                lines.append(f"| {label} | {dataset} | {target:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
-                             f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {chose} "
-                             f"| {r['complement_accuracy']:.2f} | {r['full_accuracy']:.3f} | {r['eval_rows']} "
-                             f"| {r['step']} | {r.get('seconds', float('nan')):.0f} |")
+                lines.append(
+                    f"| {label} | {dataset} | {target:g} | {r['density']:.3f} | {r['faithfulness']:.3f} "
+                    f"({r['faithfulness_low']:.2f}–{r['faithfulness_high']:.2f}) | {chose} "
+                    f"| {r['complement_accuracy']:.2f} | {r['full_accuracy']:.3f} | {r['eval_rows']} "
+                    f"| {r['step']} | {r.get('seconds', float('nan')):.0f} |"
+                )
     return "\n".join(lines)
 
 
@@ -65,9 +70,14 @@ def main() -> None:
         for dataset, rows in report["history"].items():
             steps = [r["step"] for r in rows]
             name = f"{label}: {dataset}" if len(report["history"]) > 1 else label
-            line, = faith.plot(steps, [r["faithfulness"] for r in rows], marker=".", label=name)
-            faith.fill_between(steps, [r["faithfulness_low"] for r in rows], [r["faithfulness_high"] for r in rows],
-                               color=line.get_color(), alpha=0.15)
+            (line,) = faith.plot(steps, [r["faithfulness"] for r in rows], marker=".", label=name)
+            faith.fill_between(
+                steps,
+                [r["faithfulness_low"] for r in rows],
+                [r["faithfulness_high"] for r in rows],
+                color=line.get_color(),
+                alpha=0.15,
+            )
             dens.plot(steps, [r["density"] for r in rows], color=line.get_color())
     faith.axhline(0.9, color="grey", linestyle=":")
     for t in targets:
@@ -80,8 +90,11 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     if args.table:
-        print(table([(label, json.loads(Path(path).read_text())) for path, label in zip(args.results, labels,
-                                                                                         strict=True)]))
+        print(
+            table(
+                [(label, json.loads(Path(path).read_text())) for path, label in zip(args.results, labels, strict=True)]
+            )
+        )
 
 
 if __name__ == "__main__":

@@ -183,7 +183,12 @@ def random_like(c: Circuit, seed: int) -> Circuit:
             packed = np.packbits(keep, bitorder="little")
             bits[start + w // 8 : start + w // 8 + packed.size] = packed
     return Circuit(
-        c.params, bits, c.offsets.copy(), c.model_id, c.model_revision, c.target_density,
+        c.params,
+        bits,
+        c.offsets.copy(),
+        c.model_id,
+        c.model_revision,
+        c.target_density,
         {"random_of": c.digest, "seed": seed},
     )
 
@@ -336,11 +341,14 @@ def check_compatible(c: Circuit, params: list[MaskedParam], source: str = "circu
     missing = sorted(set(theirs) - set(ours))
     extra = sorted(set(ours) - set(theirs))
     reshaped = sorted(n for n in set(ours) & set(theirs) if ours[n] != theirs[n])
-    detail = "; ".join(
-        f"{label} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
-        for label, names in (("model has no", extra), ("circuit lacks", missing), ("shape differs for", reshaped))
-        if names
-    ) or "parameter order differs"
+    detail = (
+        "; ".join(
+            f"{label} {names[0]}" + (f" and {len(names) - 1} more" if len(names) > 1 else "")
+            for label, names in (("model has no", extra), ("circuit lacks", missing), ("shape differs for", reshaped))
+            if names
+        )
+        or "parameter order differs"
+    )
     raise InputError(f"{source}: circuit of {c.model_id} does not fit this model ({detail})")
 
 

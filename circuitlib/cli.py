@@ -25,6 +25,7 @@ from circuitlib.types import VARIANTS, density_key
 
 T = TypeVar("T")
 
+
 def writable(path: Path, what: str) -> Path:
     """`path` once its folder exists and it can be written; else one clear error, before any work is done."""
     try:
@@ -62,13 +63,20 @@ def cmd_discover(args: argparse.Namespace) -> None:
     config = config_from_args(DiscoveryConfig, args)
     split = config_from_args(SplitSpec, args)
     if args.dtype not in (None, "float32"):
-        raise InputError(f"--dtype {args.dtype}: retired; discovery runs on float32 weights and --precision bf16 "
-                         "selects bfloat16 autocast over them")
+        raise InputError(
+            f"--dtype {args.dtype}: retired; discovery runs on float32 weights and --precision bf16 "
+            "selects bfloat16 autocast over them"
+        )
     train, eval_data = split.load()
     out = writable(Path(args.out) / "history.json", "--out").parent
     # "dtype" is always float32 now; it stays in the frozen run so a checkpoint of an older bfloat16 run is refused.
-    run = {"model": args.model, "revision": args.revision, "dtype": "float32", "split": asdict(split),
-           "config": asdict(config)}
+    run = {
+        "model": args.model,
+        "revision": args.revision,
+        "dtype": "float32",
+        "split": asdict(split),
+        "config": asdict(config),
+    }
     _claim_checkpoint(out / "checkpoint", run)
     lm = load_model(args.model, device=args.device, revision=args.revision)
     result = discover(lm, train, eval_data, config, checkpoint_dir=out / "checkpoint")
@@ -81,11 +89,18 @@ def cmd_discover(args: argparse.Namespace) -> None:
         print(f"density {circuit.density:.4f} (target {target}) -> {path}")
     for target in result.unreached:
         print(f"target density {density_key(target)} not reached within {config.max_steps} steps")
-    write_json(out / "history.json", {
-        "model": args.model, "split": asdict(split), "config": asdict(config),
-        "full_accuracy": result.full_accuracy, "circuits": files,
-        "unreached": result.unreached, "history": result.history,
-    })
+    write_json(
+        out / "history.json",
+        {
+            "model": args.model,
+            "split": asdict(split),
+            "config": asdict(config),
+            "full_accuracy": result.full_accuracy,
+            "circuits": files,
+            "unreached": result.unreached,
+            "history": result.history,
+        },
+    )
 
 
 # Settings that change speed or the step budget but not what a resumed run computes. Not eval_every: snapshots keep
@@ -105,13 +120,17 @@ def _claim_checkpoint(folder: Path, run: dict) -> None:
 
         frozen = json.loads(params.read_text())
         defaults = _as_json(asdict(DiscoveryConfig()))
-        before = frozen | {"config": defaults | frozen.get("config", {}),
-                           "split": SPLIT_BEFORE_RECORDED | frozen.get("split", {})}
+        before = frozen | {
+            "config": defaults | frozen.get("config", {}),
+            "split": SPLIT_BEFORE_RECORDED | frozen.get("split", {}),
+        }
         resumable = {f"config.{name}" for name in _RESUMABLE_CHANGES}
         changed = [k for k in settings.changed(before, _as_json(run)) if k not in resumable]
         if changed:
-            raise InputError(f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
-                             "differ); use another --out, or delete its checkpoint folder to start over")
+            raise InputError(
+                f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
+                "differ); use another --out, or delete its checkpoint folder to start over"
+            )
     write_json(params, run)
 
 
@@ -138,13 +157,23 @@ def cmd_edit(args: argparse.Namespace) -> None:
     masks = variant_masks(circuit, args.variant, args.random_mask_seed)
     results = edit_requests(lm, subset, args.variant, masks, config, pool=requests)
     summary = summarize(results)
-    write_json(out, {
-        "model": args.model, "variant": args.variant, "circuit": args.circuit, "requests": args.requests,
-        "random_mask_seed": args.random_mask_seed, "config": asdict(config), "summary": summary,
-        "results": results_as_rows(results),
-    })
-    print(f"{args.variant}: {len(results)} edits, efficacy {summary['efficacy_score']:.2f}, "
-          f"NLL(new) drop {summary['nll_new_drop']:.3f}, overall {summary['overall_score']:.2f} -> {args.out}")
+    write_json(
+        out,
+        {
+            "model": args.model,
+            "variant": args.variant,
+            "circuit": args.circuit,
+            "requests": args.requests,
+            "random_mask_seed": args.random_mask_seed,
+            "config": asdict(config),
+            "summary": summary,
+            "results": results_as_rows(results),
+        },
+    )
+    print(
+        f"{args.variant}: {len(results)} edits, efficacy {summary['efficacy_score']:.2f}, "
+        f"NLL(new) drop {summary['nll_new_drop']:.3f}, overall {summary['overall_score']:.2f} -> {args.out}"
+    )
 
 
 def _fmt(x: float | None) -> str:
@@ -189,8 +218,9 @@ def delegated() -> dict[str, metadata.EntryPoint]:
 
 def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     """The command line; the config options of `discover` and `edit` are added for `command` only, when given."""
-    parser = options.OptionParser(prog="circuitlib", description=__doc__,
-                                  formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser = options.OptionParser(
+        prog="circuitlib", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     sub = parser.add_subparsers(dest="command", required=True)
 
     d = sub.add_parser("discover", help="learn circuits (weight masks) for a classification dataset")

@@ -125,8 +125,10 @@ def _load_csv(spec: str, value: str) -> tuple[list[Any], list[Any]]:
     except (pd.errors.EmptyDataError, pd.errors.ParserError, UnicodeDecodeError) as exc:
         raise InputError(f"dataset {spec}: {path} could not be read as CSV ({_first_line(exc)})") from exc
     if len(frame) > MAX_CSV_ROWS:
-        raise InputError(f"dataset {spec}: {path} has more than {MAX_CSV_ROWS} rows (circuitlib.data.MAX_CSV_ROWS); "
-                         "subsample it to a smaller file")
+        raise InputError(
+            f"dataset {spec}: {path} has more than {MAX_CSV_ROWS} rows (circuitlib.data.MAX_CSV_ROWS); "
+            "subsample it to a smaller file"
+        )
     for column in ("text", "label"):
         if column not in frame.columns:
             found = ", ".join(map(str, frame.columns))
@@ -271,8 +273,9 @@ class SplitSpec:
     limit: int | None = setting(None, "use a label-balanced subsample of this many rows (none: every row)")
     eval_fraction: float = setting(0.2, "share of the rows held out for evaluation")
     split_seed: int = setting(0, "seed of the subsample and of the train/eval split")
-    min_eval_rows: int = setting(100, "hold out at least this many rows where the data allows (at most half of "
-                                 "each label)")
+    min_eval_rows: int = setting(
+        100, "hold out at least this many rows where the data allows (at most half of each label)"
+    )
 
     def load(self) -> tuple[ClassificationData, ClassificationData]:
         """The (train, eval) rows."""

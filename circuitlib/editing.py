@@ -31,11 +31,13 @@ class EditConfig:
 
     lr: float = setting(5e-4, "SGD learning rate of an edit", check=settings.positive)
     max_steps: int = setting(25, "most SGD steps per request", check=settings.at_least(1))
-    stop_loss: float = setting(1e-2, "stop a request's edit once the NLL of the new target falls below this",
-                               check=settings.non_negative)
+    stop_loss: float = setting(
+        1e-2, "stop a request's edit once the NLL of the new target falls below this", check=settings.non_negative
+    )
     max_change: float = setting(5e-4, "each weight stays within this of its pre-edit value", check=settings.positive)
-    neighbors: int = setting(5, "other requests' prompts scored when a request has no neighborhood prompts",
-                             check=settings.at_least(0))
+    neighbors: int = setting(
+        5, "other requests' prompts scored when a request has no neighborhood prompts", check=settings.at_least(0)
+    )
 
     def __post_init__(self) -> None:
         settings.validate(self)
@@ -148,10 +150,14 @@ def score_request(lm: LoadedModel, request: EditRequest, neighbors: list[str]) -
     para = slice(1, 1 + len(request.paraphrase_prompts))
     neigh = slice(1 + len(request.paraphrase_prompts), len(prompts))
     return Scores(
-        nll_new=new[0].item(), nll_true=true[0].item(),
-        efficacy=wins[0].item(), efficacy_magnitude=magnitude[0].item(),
-        paraphrase=_mean(wins[para]), paraphrase_magnitude=_mean(magnitude[para]),
-        neighborhood=_mean(1 - wins[neigh]), neighborhood_magnitude=_mean(-magnitude[neigh]),
+        nll_new=new[0].item(),
+        nll_true=true[0].item(),
+        efficacy=wins[0].item(),
+        efficacy_magnitude=magnitude[0].item(),
+        paraphrase=_mean(wins[para]),
+        paraphrase_magnitude=_mean(magnitude[para]),
+        neighborhood=_mean(1 - wins[neigh]),
+        neighborhood_magnitude=_mean(-magnitude[neigh]),
     )
 
 
@@ -274,17 +280,27 @@ def edit_requests(
             steps, loss = editor.edit(request)
             post = score_request(lm, request, neighbors)
             editor.restore()
-            results.append(RequestResult(
-                case_id=request.case_id, variant=variant, steps=steps, final_loss=loss,
-                nll_new_pre=pre.nll_new, nll_true_pre=pre.nll_true,
-                nll_new_post=post.nll_new, nll_true_post=post.nll_true,
-                nll_new_drop=pre.nll_new - post.nll_new,
-                efficacy_score_pre=pre.efficacy, efficacy_score=post.efficacy,
-                efficacy_magnitude=post.efficacy_magnitude,
-                paraphrase_score=post.paraphrase, paraphrase_magnitude=post.paraphrase_magnitude,
-                neighborhood_score_pre=pre.neighborhood, neighborhood_score=post.neighborhood,
-                neighborhood_magnitude=post.neighborhood_magnitude,
-            ))
+            results.append(
+                RequestResult(
+                    case_id=request.case_id,
+                    variant=variant,
+                    steps=steps,
+                    final_loss=loss,
+                    nll_new_pre=pre.nll_new,
+                    nll_true_pre=pre.nll_true,
+                    nll_new_post=post.nll_new,
+                    nll_true_post=post.nll_true,
+                    nll_new_drop=pre.nll_new - post.nll_new,
+                    efficacy_score_pre=pre.efficacy,
+                    efficacy_score=post.efficacy,
+                    efficacy_magnitude=post.efficacy_magnitude,
+                    paraphrase_score=post.paraphrase,
+                    paraphrase_magnitude=post.paraphrase_magnitude,
+                    neighborhood_score_pre=pre.neighborhood,
+                    neighborhood_score=post.neighborhood,
+                    neighborhood_magnitude=post.neighborhood_magnitude,
+                )
+            )
     return results
 
 

@@ -30,8 +30,11 @@ def input_norms(lm: LoadedModel, data: Tokenized, batch_size: int) -> dict[str, 
 
         return hook
 
-    hooks = [modules[p.name.rsplit(".", 1)[0]].register_forward_pre_hook(hook_for(p.name))
-             for p in lm.params if len(p.shape) == 2]
+    hooks = [
+        modules[p.name.rsplit(".", 1)[0]].register_forward_pre_hook(hook_for(p.name))
+        for p in lm.params
+        if len(p.shape) == 2
+    ]
     try:
         for batch in data.batches(batch_size, lm.device):
             current["mask"] = batch["attention_mask"].float()
@@ -43,8 +46,9 @@ def input_norms(lm: LoadedModel, data: Tokenized, batch_size: int) -> dict[str, 
 
 
 @torch.no_grad()
-def importance_offsets(lm: LoadedModel, data: Tokenized, layout: FlatLayout, spread: float,
-                       batch_size: int = 64) -> torch.Tensor:
+def importance_offsets(
+    lm: LoadedModel, data: Tokenized, layout: FlatLayout, spread: float, batch_size: int = 64
+) -> torch.Tensor:
     """Offsets [total] in [-spread, spread] to add to the initial logits, linear in each weight's rank in its row.
 
     Ranks repeat across rows, so the seeded N(init_mean, init_std) logits they are added to break the ties.

@@ -86,7 +86,11 @@ def _logistic(noise: torch.Tensor) -> torch.Tensor:
 
 
 def _backward(
-    grad: torch.Tensor, logits: torch.Tensor, gumbel: torch.Tensor, weights: torch.Tensor, temperature: float,
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    gumbel: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float,
     penalty: torch.Tensor,
 ) -> torch.Tensor:
     s = torch.sigmoid((logits + gumbel) / temperature)
@@ -107,8 +111,13 @@ def _forward_into(out: torch.Tensor, logits: torch.Tensor, noise: torch.Tensor, 
 
 
 def _backward_into(
-    grad_logits: torch.Tensor, grad: torch.Tensor, logits: torch.Tensor, gumbel: torch.Tensor, weights: torch.Tensor,
-    temperature: float, penalty: torch.Tensor,
+    grad_logits: torch.Tensor,
+    grad: torch.Tensor,
+    logits: torch.Tensor,
+    gumbel: torch.Tensor,
+    weights: torch.Tensor,
+    temperature: float,
+    penalty: torch.Tensor,
 ) -> None:
     grad_logits.add_(_backward(grad, logits, gumbel, weights, temperature, penalty))
 
@@ -256,5 +265,5 @@ def apply_masks(model: torch.nn.Module, masks: Mapping[str, torch.Tensor]) -> di
 
 def call_with_weights(module: torch.nn.Module, weights: Mapping[str, torch.Tensor], prefix: str = "", **inputs):
     """Run `module` with some parameters replaced by `weights` (named for the full model; `prefix` is stripped)."""
-    replaced = {name[len(prefix):] if prefix and name.startswith(prefix) else name: w for name, w in weights.items()}
+    replaced = {name[len(prefix) :] if prefix and name.startswith(prefix) else name: w for name, w in weights.items()}
     return functional_call(module, replaced, args=(), kwargs=inputs, strict=False)

@@ -63,9 +63,11 @@ def require_float32(lm: LoadedModel, what: str) -> None:
     """
     dtype = lm.model.dtype
     if dtype != torch.float32:
-        raise InputError(f"{what} on {lm.model_id}: its weights are {str(dtype).removeprefix('torch.')}, but "
-                         f"{what} runs on float32 weights; load the model in float32 (load_model's default) and choose "
-                         "bfloat16 with DiscoveryConfig.precision='bf16'")
+        raise InputError(
+            f"{what} on {lm.model_id}: its weights are {str(dtype).removeprefix('torch.')}, but "
+            f"{what} runs on float32 weights; load the model in float32 (load_model's default) and choose "
+            "bfloat16 with DiscoveryConfig.precision='bf16'"
+        )
 
 
 def default_device() -> torch.device:
@@ -121,9 +123,16 @@ def tiny_gpt2(seed: int = 0, n_layer: int = 2, n_embd: int = 32) -> tuple[GPT2LM
     tokenizer = tiny_tokenizer()
     eos = token_id(tokenizer, "eos")
     config = GPT2Config(
-        vocab_size=len(tokenizer), n_positions=256, n_embd=n_embd, n_layer=n_layer, n_head=2,
-        bos_token_id=eos, eos_token_id=eos,
-        resid_pdrop=0.0, embd_pdrop=0.0, attn_pdrop=0.0,
+        vocab_size=len(tokenizer),
+        n_positions=256,
+        n_embd=n_embd,
+        n_layer=n_layer,
+        n_head=2,
+        bos_token_id=eos,
+        eos_token_id=eos,
+        resid_pdrop=0.0,
+        embd_pdrop=0.0,
+        attn_pdrop=0.0,
     )
     generator_state = torch.random.get_rng_state()
     torch.manual_seed(seed)

@@ -32,14 +32,17 @@ def discover_args(circuit: Circuit) -> list[str]:
     found = circuit.provenance
     missing = [key for key in NEEDED if key not in found]
     if missing:
-        raise InputError(f"circuit of {circuit.model_id}: its provenance lacks {', '.join(missing)}, "
-                         "so it does not say how to recompute it")
+        raise InputError(
+            f"circuit of {circuit.model_id}: its provenance lacks {', '.join(missing)}, "
+            "so it does not say how to recompute it"
+        )
     if found["model_dtype"] != "float32":
-        raise InputError(f"circuit of {circuit.model_id}: found on {found['model_dtype']} weights by an older "
-                         "circuitlib, which this one cannot recompute (discovery runs on float32 weights; precision "
-                         "selects bfloat16 autocast); recompute it with the circuitlib that found it")
+        raise InputError(
+            f"circuit of {circuit.model_id}: found on {found['model_dtype']} weights by an older "
+            "circuitlib, which this one cannot recompute (discovery runs on float32 weights; precision "
+            "selects bfloat16 autocast); recompute it with the circuitlib that found it"
+        )
     split = options.build(SplitSpec, {**SPLIT_BEFORE_RECORDED, **found["split"]}, lambda key: f"provenance split.{key}")
     config = options.build(DiscoveryConfig, found["config"], lambda key: f"provenance config.{key}")
     revision = ["--revision", circuit.model_revision] if circuit.model_revision else []
-    return ["--model", circuit.model_id, *revision, *options.as_args(split),
-            *options.as_args(config)]
+    return ["--model", circuit.model_id, *revision, *options.as_args(split), *options.as_args(config)]

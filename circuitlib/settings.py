@@ -25,8 +25,14 @@ class SettingError(InputError):
         self.name, self.value, self.problem = name, value, problem
 
 
-def setting(default: Any = dataclasses.MISSING, doc: str = "", *, check: Check | None = None,
-            choices: tuple[Any, ...] | None = None, factory: Callable[[], Any] | None = None) -> Any:
+def setting(
+    default: Any = dataclasses.MISSING,
+    doc: str = "",
+    *,
+    check: Check | None = None,
+    choices: tuple[Any, ...] | None = None,
+    factory: Callable[[], Any] | None = None,
+) -> Any:
     """A dataclass field with its doc, an optional check and optional allowed values."""
     metadata = {"doc": doc, "check": check, "choices": choices}
     if factory is not None:
@@ -65,8 +71,11 @@ def default(field: dataclasses.Field) -> Any:
 def changed(before: Any, after: Any, prefix: str = "") -> list[str]:
     """The dotted keys whose values differ between two nested dicts of settings (a key missing on one side differs)."""
     if isinstance(before, dict) and isinstance(after, dict):
-        return sorted(k for key in before.keys() | after.keys()
-                      for k in changed(before.get(key), after.get(key), f"{prefix}{key}."))
+        return sorted(
+            k
+            for key in before.keys() | after.keys()
+            for k in changed(before.get(key), after.get(key), f"{prefix}{key}.")
+        )
     return [] if before == after else [prefix.rstrip(".")]
 
 
@@ -124,8 +133,11 @@ def decreasing_densities(value: Any) -> str | None:
     if problem:
         return problem
     rising = [(a, b) for a, b in zip(value, value[1:], strict=False) if b >= a]
-    return f"must decrease strictly, each target below the one before; {rising[0][1]:g} follows {rising[0][0]:g}" \
-        if rising else None
+    return (
+        f"must decrease strictly, each target below the one before; {rising[0][1]:g} follows {rising[0][0]:g}"
+        if rising
+        else None
+    )
 
 
 def text(value: Any) -> str | None:

@@ -347,7 +347,8 @@ def service_errors(docs: list[dict]) -> list[str]:
         selector = (svc.get("spec") or {}).get("selector") or {}
         name = svc["metadata"]["name"]
         matches = [
-            t for d, t in templates
+            t
+            for d, t in templates
             if d["metadata"].get("namespace") == svc["metadata"].get("namespace")
             and selector
             and all(((t.get("metadata") or {}).get("labels") or {}).get(k) == v for k, v in selector.items())

@@ -47,6 +47,7 @@ DATASETS, DENSITIES = 14, 5
 MASKED_VARIANTS = 3  # circuit, complement, random per circuit; `full` once per model
 SEQ_LENS = (32, 64)  # tokens per padded batch: the paper's texts are 5-40 words
 
+
 # --- hardware (vendor peak figures) and efficiency assumptions
 @dataclass(frozen=True)
 class Gpu:

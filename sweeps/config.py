@@ -33,8 +33,8 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # refused with this line rather than as an unknown setting.
 RETIRED = {
     "dtype": "retired: the model's weights load in float32, and discovery.precision is the one precision switch "
-             "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/test_gpu.py and "
-             "benchmarks/gpu_check.sh measure); edits always run on float32 weights",
+    "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/test_gpu.py and "
+    "benchmarks/gpu_check.sh measure); edits always run on float32 weights",
 }
 
 
@@ -47,57 +47,97 @@ def refuse_retired(given: Mapping[str, object], where: Callable[[str], str], the
 
 STORAGE_SCHEMES = ("s3", "gs", "gcs", "file")  # what Ray Tune's storage (pyarrow) reads
 # Where and how a sweep runs, not what it computes: they may change when a sweep is resumed, and stay out of its hash.
-OPERATIONAL = ("name", "work_dir", "storage_path", "tracking_uri", "experiment", "require_gpu", "gpus_per_trial",
-               "gpus_per_edit_trial", "cpus_per_trial", "max_concurrent_trials", "max_failures")
+OPERATIONAL = (
+    "name",
+    "work_dir",
+    "storage_path",
+    "tracking_uri",
+    "experiment",
+    "require_gpu",
+    "gpus_per_trial",
+    "gpus_per_edit_trial",
+    "cpus_per_trial",
+    "max_concurrent_trials",
+    "max_failures",
+)
 
 
 @dataclass
 class SweepConfig:
     """Everything a sweep computes and where it runs; a preset fills it, the command line overrides it."""
 
-    name: str = setting("paper", "the sweep's name: its folder under work_dir, its Tune experiments and, by default, "
-                        "its MLflow experiment; letters, digits, _ . -", check=settings.identifier)
+    name: str = setting(
+        "paper",
+        "the sweep's name: its folder under work_dir, its Tune experiments and, by default, "
+        "its MLflow experiment; letters, digits, _ . -",
+        check=settings.identifier,
+    )
     model: str = setting("gpt2-xl", "tiny-gpt2, smollm2-135m, a hub id or a local directory", check=settings.text)
     model_revision: str | None = setting(None, "hub revision (commit, tag or branch) of the model")
-    datasets: list[str] = setting(doc="classification datasets (specs or aliases), one discovery each per seed",
-                                  factory=lambda: ["blimp_dna1", "persona_ra", "hierarchy"],
-                                  check=settings.non_empty(settings.text))
-    seeds: list[int] = setting(doc="sweep seeds; each gives every dataset its split, mask and random-mask seeds "
-                               "(circuitlib.seeds)", factory=lambda: [0],
-                               check=settings.non_empty(settings.at_least(0)))
-    data_limit: int | None = setting(None, "rows per dataset, a label-balanced subsample (none: every row)",
-                                     check=settings.optional(settings.at_least(2)))
+    datasets: list[str] = setting(
+        doc="classification datasets (specs or aliases), one discovery each per seed",
+        factory=lambda: ["blimp_dna1", "persona_ra", "hierarchy"],
+        check=settings.non_empty(settings.text),
+    )
+    seeds: list[int] = setting(
+        doc="sweep seeds; each gives every dataset its split, mask and random-mask seeds (circuitlib.seeds)",
+        factory=lambda: [0],
+        check=settings.non_empty(settings.at_least(0)),
+    )
+    data_limit: int | None = setting(
+        None,
+        "rows per dataset, a label-balanced subsample (none: every row)",
+        check=settings.optional(settings.at_least(2)),
+    )
     eval_fraction: float = setting(0.2, "share of each dataset held out for evaluation", check=settings.fraction)
-    min_eval_rows: int = setting(100, "hold out at least this many rows where the data allows (at most half of "
-                                 "each label)", check=settings.at_least(0))
-    discovery: DiscoveryConfig = setting(doc="circuit discovery; its mask_seed comes from seeds",
-                                         factory=DiscoveryConfig)
-    requests: str = setting("hierarchy", "edit requests: json:PATH, builtin:hierarchy or hierarchy",
-                            check=settings.text)
-    edit_limit: int | None = setting(None, "edit only the first K requests (none: all)",
-                                     check=settings.optional(settings.at_least(1)))
-    variants: list[Variant] = setting(doc="masked variants edited per circuit (the full model: include_full)",
-                                  factory=lambda: list(MASKED_VARIANTS),
-                                  check=settings.non_empty(settings.one_of(MASKED_VARIANTS)))
+    min_eval_rows: int = setting(
+        100,
+        "hold out at least this many rows where the data allows (at most half of each label)",
+        check=settings.at_least(0),
+    )
+    discovery: DiscoveryConfig = setting(
+        doc="circuit discovery; its mask_seed comes from seeds", factory=DiscoveryConfig
+    )
+    requests: str = setting(
+        "hierarchy", "edit requests: json:PATH, builtin:hierarchy or hierarchy", check=settings.text
+    )
+    edit_limit: int | None = setting(
+        None, "edit only the first K requests (none: all)", check=settings.optional(settings.at_least(1))
+    )
+    variants: list[Variant] = setting(
+        doc="masked variants edited per circuit (the full model: include_full)",
+        factory=lambda: list(MASKED_VARIANTS),
+        check=settings.non_empty(settings.one_of(MASKED_VARIANTS)),
+    )
     include_full: bool = setting(True, "also edit the full model, once per shard")
     shard_size: int = setting(50, "requests per edit trial", check=settings.at_least(1))
     edit: EditConfig = setting(doc="knowledge edits", factory=EditConfig)
     require_gpu: bool = setting(False, "refuse a cluster without GPUs (the preset's model needs them)")
-    gpus_per_trial: float | None = setting(None, "GPUs per trial; none: 1 where the cluster has GPUs, else 0",
-                                           check=settings.optional(settings.non_negative))
+    gpus_per_trial: float | None = setting(
+        None,
+        "GPUs per trial; none: 1 where the cluster has GPUs, else 0",
+        check=settings.optional(settings.non_negative),
+    )
     gpus_per_edit_trial: float | None = setting(
-        None, "share of a GPU an edit trial asks for where trials get GPUs, so several edit trials share one (the "
+        None,
+        "share of a GPU an edit trial asks for where trials get GPUs, so several edit trials share one (the "
         "paper preset's value is computed from the edit's memory: cluster/sizing.py); none: as many as gpus_per_trial",
-        check=settings.optional(settings.share))
+        check=settings.optional(settings.share),
+    )
     cpus_per_trial: int = setting(1, "CPUs per trial", check=settings.at_least(1))
-    max_concurrent_trials: int = setting(0, "trials at a time; 0: as many as resources allow",
-                                         check=settings.at_least(0))
+    max_concurrent_trials: int = setting(
+        0, "trials at a time; 0: as many as resources allow", check=settings.at_least(0)
+    )
     max_failures: int = setting(2, "retries of a failed trial", check=settings.at_least(0))
     work_dir: str = setting("runs", "local folder of params.json and the default MLflow store", check=settings.text)
-    storage_path: str | None = setting(None, "Ray Tune results and checkpoints; none: {work_dir}/ray; s3:// and gs:// "
-                                       "work", check=settings.optional(settings.location(STORAGE_SCHEMES)))
-    tracking_uri: str | None = setting(None, "MLflow tracking URI; none: $MLFLOW_TRACKING_URI, else SQLite under "
-                                       "work_dir")
+    storage_path: str | None = setting(
+        None,
+        "Ray Tune results and checkpoints; none: {work_dir}/ray; s3:// and gs:// work",
+        check=settings.optional(settings.location(STORAGE_SCHEMES)),
+    )
+    tracking_uri: str | None = setting(
+        None, "MLflow tracking URI; none: $MLFLOW_TRACKING_URI, else SQLite under work_dir"
+    )
     experiment: str | None = setting(None, "MLflow experiment; none: the sweep's name")
 
     def __post_init__(self) -> None:
@@ -111,8 +151,9 @@ class SweepConfig:
             storage = str(Path(storage).expanduser().resolve())
         tracking = self.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{work / 'mlflow.db'}"
         experiment = self.experiment or self.name
-        return dataclasses.replace(self, work_dir=str(work), storage_path=storage, tracking_uri=tracking,
-                                   experiment=experiment)
+        return dataclasses.replace(
+            self, work_dir=str(work), storage_path=storage, tracking_uri=tracking, experiment=experiment
+        )
 
     def split_spec(self, dataset: str, seed: int) -> data.SplitSpec:
         """The rows a discovery of `dataset` (a spec) under sweep seed `seed` trains and evaluates on."""
@@ -141,8 +182,10 @@ class SweepConfig:
                 except InputError as exc:
                     raise InputError(f"{exc} (the train/eval split of {spec} under sweep seed {seed})") from None
         if self.discovery.mask_seed != DiscoveryConfig().mask_seed:
-            raise InputError(f"discovery.mask_seed {self.discovery.mask_seed}: a sweep derives it for each dataset "
-                             "and seed (circuitlib.seeds); set seeds instead")
+            raise InputError(
+                f"discovery.mask_seed {self.discovery.mask_seed}: a sweep derives it for each dataset "
+                "and seed (circuitlib.seeds); set seeds instead"
+            )
         if self.require_gpu and self.gpus_per_trial == 0:
             raise InputError(f"preset {self.name} needs a GPU per trial (model {self.model}), but gpus_per_trial is 0")
         data.load_requests(self.requests, self.edit_limit)
@@ -166,8 +209,10 @@ def preset_names() -> list[str]:
     return sorted(p.stem for p in PRESETS_DIR.glob("*.yaml"))
 
 
-PRESET_HELP = ("a preset's name (sweeps/presets/NAME.yaml: {names}) or the path of a YAML file of settings "
-               "(its name, unless it sets one, is the file's stem)")
+PRESET_HELP = (
+    "a preset's name (sweeps/presets/NAME.yaml: {names}) or the path of a YAML file of settings "
+    "(its name, unless it sets one, is the file's stem)"
+)
 
 
 def preset_path(preset: str) -> tuple[str, Path]:
@@ -177,8 +222,10 @@ def preset_path(preset: str) -> tuple[str, Path]:
         return preset, PRESETS_DIR / f"{preset}.yaml"
     path = Path(preset).expanduser()
     if not preset.endswith((".yaml", ".yml")) and "/" not in preset and os.sep not in preset:
-        raise InputError(f"preset {preset!r}: no such preset (available: {', '.join(preset_names())}; or give the "
-                         "path of a YAML file)")
+        raise InputError(
+            f"preset {preset!r}: no such preset (available: {', '.join(preset_names())}; or give the "
+            "path of a YAML file)"
+        )
     if not path.is_file():
         raise InputError(f"preset {preset}: no such file {path}")
     return path.stem, path
@@ -194,6 +241,7 @@ def read_yaml(path: Path, what: str) -> object:
     try:
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
+
         def at(mark: Any) -> str:
             return f"line {mark.line + 1}, column {mark.column + 1}"
 

@@ -35,8 +35,9 @@ REQUEST_COLUMNS = ("case_id", "prompt", "subject", "target_true", "target_new")
 def git_commit(root: Path = ROOT) -> str | None:
     """The commit checked out at `root`, or None outside a git checkout (a Ray job's working dir has none)."""
     try:
-        done = subprocess.run(["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True,
-                              timeout=10, check=False)
+        done = subprocess.run(
+            ["git", "-C", str(root), "rev-parse", "HEAD"], capture_output=True, text=True, timeout=10, check=False
+        )
     except (OSError, subprocess.TimeoutExpired):
         return None
     commit = done.stdout.strip()
@@ -50,11 +51,13 @@ def describe_sweep(client: MlflowClient, experiment_id: str, parent_id: str, con
     commit = git_commit()
     if commit:
         tags[layout.GIT_COMMIT_TAG] = commit
-    note = (f"Sweep **{config.name}**: circuits of `{config.model}` on {', '.join(config.datasets)} (seeds "
-            f"{', '.join(map(str, config.seeds))}) at target densities "
-            f"{', '.join(density_key(d) for d in config.discovery.densities)}, each edited as "
-            f"{', '.join(config.variants)}{' and the full model' if config.include_full else ''} on "
-            f"`{config.requests}`.\n\nThe headline findings appear here once `python -m analysis report` has run.")
+    note = (
+        f"Sweep **{config.name}**: circuits of `{config.model}` on {', '.join(config.datasets)} (seeds "
+        f"{', '.join(map(str, config.seeds))}) at target densities "
+        f"{', '.join(density_key(d) for d in config.discovery.densities)}, each edited as "
+        f"{', '.join(config.variants)}{' and the full model' if config.include_full else ''} on "
+        f"`{config.requests}`.\n\nThe headline findings appear here once `python -m analysis report` has run."
+    )
     current = client.get_run(parent_id).data.tags.get(layout.NOTE_TAG)
     if not current:
         tags[layout.NOTE_TAG] = note
@@ -64,12 +67,17 @@ def describe_sweep(client: MlflowClient, experiment_id: str, parent_id: str, con
     if not experiment.tags.get(layout.EXPERIMENT_KIND_TAG):  # the UI then opens on runs, not on GenAI traces
         client.set_experiment_tag(experiment_id, layout.EXPERIMENT_KIND_TAG, layout.EXPERIMENT_KIND)
     if not experiment.tags.get(layout.NOTE_TAG):
-        client.set_experiment_tag(experiment_id, layout.NOTE_TAG, (
-            f"Circuit discovery and knowledge edits (Ge, Rudzicz and Zhu 2024, *What Do the Circuits Mean? A "
-            f"Knowledge Edit View*). One parent run per sweep; its children are the discovery runs "
-            f"(`discover/...`), the edit runs (`edit/...`) and the `analysis` runs holding the report. Plot an edit "
-            f"metric (`nll_new_drop`, `efficacy_score`) against `{layout.EDIT_DENSITY}`, grouped by the "
-            f"`variant` param, for the size window."))
+        client.set_experiment_tag(
+            experiment_id,
+            layout.NOTE_TAG,
+            (
+                f"Circuit discovery and knowledge edits (Ge, Rudzicz and Zhu 2024, *What Do the Circuits Mean? A "
+                f"Knowledge Edit View*). One parent run per sweep; its children are the discovery runs "
+                f"(`discover/...`), the edit runs (`edit/...`) and the `analysis` runs holding the report. Plot an "
+                f"edit metric (`nll_new_drop`, `efficacy_score`) against `{layout.EDIT_DENSITY}`, grouped by the "
+                f"`variant` param, for the size window."
+            ),
+        )
 
 
 def inherited_tags(client: MlflowClient, parent_id: str) -> dict[str, str]:
@@ -80,16 +88,27 @@ def inherited_tags(client: MlflowClient, parent_id: str) -> dict[str, str]:
 
 def discovery_params(split: data.SplitSpec, config: DiscoveryConfig, model: str) -> dict[str, object]:
     """Every setting a discovery ran with, as params: its rows and, under `discovery.`, its whole config."""
-    rows = {"dataset": split.dataset, "model": model, "data_limit": split.limit, "eval_fraction": split.eval_fraction,
-            "split_seed": split.split_seed, "min_eval_rows": split.min_eval_rows, "mask_seed": config.mask_seed}
+    rows = {
+        "dataset": split.dataset,
+        "model": model,
+        "data_limit": split.limit,
+        "eval_fraction": split.eval_fraction,
+        "split_seed": split.split_seed,
+        "min_eval_rows": split.min_eval_rows,
+        "mask_seed": config.mask_seed,
+    }
     return rows | {f"discovery.{k}": v for k, v in dataclasses.asdict(config).items()}
 
 
 def edit_params(dataset: str | None, target: float | None, variant: str, seed: int) -> dict[str, object]:
     """What an edit run is a point of, as params the UI can group and plot by (the full model: dataset `full`,
     target density 1)."""
-    return {"dataset": dataset or layout.FULL, "target_density": 1.0 if target is None else float(target),
-            "variant": variant, "seed": seed}
+    return {
+        "dataset": dataset or layout.FULL,
+        "target_density": 1.0 if target is None else float(target),
+        "variant": variant,
+        "seed": seed,
+    }
 
 
 def edit_figures(circuit: Circuit | None) -> dict[str, float]:
@@ -106,11 +125,13 @@ def edit_figures(circuit: Circuit | None) -> dict[str, float]:
 
 def describe_discovery(experiment_id: str, parent_id: str, sweep: str, dataset: str, seed: int) -> str:
     """A discovery run's description."""
-    return (f"Discovery of circuits on `{dataset}`, sweep seed {seed}, in sweep "
-            f"{layout.run_link(experiment_id, parent_id, sweep)}. Metrics by step: the held-out density and "
-            f"faithfulness; "
-            f"`circuit.<target>.*`: each snapshot's figures; artifacts `{layout.CIRCUITS_DIR}/d<target>.safetensors`. "
-            f"Its params are the whole discovery config.")
+    return (
+        f"Discovery of circuits on `{dataset}`, sweep seed {seed}, in sweep "
+        f"{layout.run_link(experiment_id, parent_id, sweep)}. Metrics by step: the held-out density and "
+        f"faithfulness; "
+        f"`circuit.<target>.*`: each snapshot's figures; artifacts `{layout.CIRCUITS_DIR}/d<target>.safetensors`. "
+        f"Its params are the whole discovery config."
+    )
 
 
 def describe_edit(experiment_id: str, parent_id: str, sweep: str, variant: str, ref: CircuitRef | None) -> str:
@@ -120,9 +141,11 @@ def describe_edit(experiment_id: str, parent_id: str, sweep: str, variant: str, 
     if ref is None:
         return f"Edits of the **full model** (every weight may change), {where}. {table}"
     source = layout.run_link(experiment_id, ref.run_id, layout.discover_run_name(ref.dataset, ref.seed))
-    return (f"Edits of the **{variant}** of the circuit at target density {density_key(ref.target)} "
-            f"(`{ref.artifact}` of {source}), {where}. `{layout.EDIT_DENSITY}` and `{layout.EDIT_FAITHFULNESS}` "
-            f"are that circuit's actual figures. {table}")
+    return (
+        f"Edits of the **{variant}** of the circuit at target density {density_key(ref.target)} "
+        f"(`{ref.artifact}` of {source}), {where}. `{layout.EDIT_DENSITY}` and `{layout.EDIT_FAITHFULNESS}` "
+        f"are that circuit's actual figures. {table}"
+    )
 
 
 def edit_table(rows: Sequence[Mapping[str, Any]], requests: Sequence[EditRequest]) -> pd.DataFrame:
@@ -131,8 +154,16 @@ def edit_table(rows: Sequence[Mapping[str, Any]], requests: Sequence[EditRequest
     described = []
     for row in rows:
         request = by_case.get(int(row["case_id"]))
-        text = {"prompt": request.text, "subject": request.subject, "target_true": request.target_true,
-                "target_new": request.target_new} if request else {}
+        text = (
+            {
+                "prompt": request.text,
+                "subject": request.subject,
+                "target_true": request.target_true,
+                "target_new": request.target_new,
+            }
+            if request
+            else {}
+        )
         described.append({"case_id": row["case_id"], **text, **{k: v for k, v in row.items() if k != "case_id"}})
     return pd.DataFrame(described)
 
@@ -152,13 +183,25 @@ def _input(frame: pd.DataFrame, name: str, spec: str, context: str, targets: str
 
 def classification_inputs(spec: str, train: ClassificationData, held_out: ClassificationData) -> list[DatasetInput]:
     """A discovery's training and held-out rows as dataset inputs."""
-    return [_input(pd.DataFrame({"text": d.texts, "label": d.labels}), f"{train.name}/{context}", spec, context,
-                   "label") for d, context in ((train, "train"), (held_out, "eval"))]
+    return [
+        _input(pd.DataFrame({"text": d.texts, "label": d.labels}), f"{train.name}/{context}", spec, context, "label")
+        for d, context in ((train, "train"), (held_out, "eval"))
+    ]
 
 
 def requests_input(spec: str, requests: Sequence[EditRequest], shard: int) -> DatasetInput:
     """An edit trial's shard of requests as a dataset input."""
-    frame = pd.DataFrame([{"case_id": r.case_id, "prompt": r.text, "subject": r.subject,
-                           "target_true": r.target_true, "target_new": r.target_new} for r in requests],
-                         columns=list(REQUEST_COLUMNS))
+    frame = pd.DataFrame(
+        [
+            {
+                "case_id": r.case_id,
+                "prompt": r.text,
+                "subject": r.subject,
+                "target_true": r.target_true,
+                "target_new": r.target_new,
+            }
+            for r in requests
+        ],
+        columns=list(REQUEST_COLUMNS),
+    )
     return _input(frame, f"{spec}/shard{shard}", spec, "edit")

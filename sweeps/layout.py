@@ -50,8 +50,16 @@ EDIT_DENSITY = "circuit_density"
 EDIT_FAITHFULNESS = "circuit_faithfulness"
 
 WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target
-SNAPSHOT_METRICS = ("density", "faithfulness", "faithfulness_low", "faithfulness_high", "complement_accuracy", "kl",
-                    "selected_among", "selection_faithfulness")
+SNAPSHOT_METRICS = (
+    "density",
+    "faithfulness",
+    "faithfulness_low",
+    "faithfulness_high",
+    "complement_accuracy",
+    "kl",
+    "selected_among",
+    "selection_faithfulness",
+)
 
 CIRCUITS_DIR = "circuits"
 EDITS_ARTIFACT = "edits.json"

@@ -110,8 +110,9 @@ def trial_line(key: str, result: Mapping[str, Any], silent_for: float = 0.0) -> 
     return f"{key}: {', '.join(parts)}"
 
 
-def phase_left(lefts: Sequence[float | None], elapsed: Sequence[float], durations: Sequence[float], pending: int,
-               slots: int) -> float | None:
+def phase_left(
+    lefts: Sequence[float | None], elapsed: Sequence[float], durations: Sequence[float], pending: int, slots: int
+) -> float | None:
     """Time left of a phase: its running trials end after their `lefts` (one that has not said yet: once it is as old
     as a whole trial), and each of the `pending` ones starts in the first of the `slots` to come free and takes as long
     as a whole trial, the mean of those done (`durations`) or, before any is done, of the running ones that have said
@@ -145,8 +146,15 @@ class Progress(tune.Callback):
     Ray Tune pickles its callbacks with the experiment and a restored experiment brings them back: only the phase,
     the total and `every` are kept, so a resumed sweep counts from its own start and prints to its own stdout."""
 
-    def __init__(self, phase: str, total: int, stream: TextIO | None = None, every: float = PROGRESS_EVERY_S,
-                 clock: Callable[[], float] = time.monotonic, stop: Stop | None = None):
+    def __init__(
+        self,
+        phase: str,
+        total: int,
+        stream: TextIO | None = None,
+        every: float = PROGRESS_EVERY_S,
+        clock: Callable[[], float] = time.monotonic,
+        stop: Stop | None = None,
+    ):
         self.phase, self.total, self.stream, self.every, self.clock = phase, total, stream, every, clock
         self.stop = stop if stop is not None else STOP
         self.started: dict[str, float] = {}  # trial id -> when it started (this driver's clock)
@@ -175,8 +183,10 @@ class Progress(tune.Callback):
         if left is None:
             left = estimate_left(self.durations, remaining, running)
         eta = f", ~{format_duration(left)} left" if left is not None else ""
-        return (f"[{self.phase}] {self.done}/{self.total} done, {running} running, {self.failed} failed, "
-                f"{format_duration(now - self.t0)} elapsed{eta}")
+        return (
+            f"[{self.phase}] {self.done}/{self.total} done, {running} running, {self.failed} failed, "
+            f"{format_duration(now - self.t0)} elapsed{eta}"
+        )
 
     def phase_left(self, now: float) -> float | None:
         ids = list(self.started)
@@ -184,14 +194,17 @@ class Progress(tune.Callback):
         if not ids and not self.durations:
             return None
         lefts = [trial_left(self.latest.get(i, {}), now - self.heard.get(i, now)) for i in ids]
-        return phase_left(lefts, [now - self.started[i] for i in ids], self.durations, pending,
-                          max(self.slots, len(ids)))
+        return phase_left(
+            lefts, [now - self.started[i] for i in ids], self.durations, pending, max(self.slots, len(ids))
+        )
 
     def trial_lines(self) -> list[str]:
         """One line per running trial, in the order they started."""
         now = self.clock()
-        return [trial_line(self.keys.get(i, i), self.latest.get(i, {}), now - self.heard.get(i, self.started[i]))
-                for i in self.started]
+        return [
+            trial_line(self.keys.get(i, i), self.latest.get(i, {}), now - self.heard.get(i, self.started[i]))
+            for i in self.started
+        ]
 
     def _line(self) -> None:
         self._print(self.summary_line())
@@ -356,8 +369,13 @@ def end_children(timeout: float = 3.0) -> None:
 STOP = Stop()  # the driver's: Tune's callbacks are pickled with an experiment, so they find it here, not as a field
 
 
-def stop_line(sweep: str, signame: str, phases: Sequence[tuple[str, int, Sequence[str], Sequence[str]]],
-              not_started: Sequence[str], resume: str) -> str:
+def stop_line(
+    sweep: str,
+    signame: str,
+    phases: Sequence[tuple[str, int, Sequence[str], Sequence[str]]],
+    not_started: Sequence[str],
+    resume: str,
+) -> str:
     """The one line a stopped sweep prints: for each phase that ran, (name, trials, finished keys, cut-short keys),
     then the phases not started, and the command that resumes it."""
     parts = []
@@ -380,8 +398,15 @@ class TrackingWatch:
     seconds, and one line when it answers again. Trials keep retrying their MLflow calls meanwhile (MLflow's client
     retries with backoff), so the sweep goes on; the warning says why its progress lines stand still."""
 
-    def __init__(self, uri: str, probe: Callable[[], None] | None = None, every: float = 5.0, after: float = 45.0,
-                 stream: TextIO | None = None, clock: Callable[[], float] = time.monotonic):
+    def __init__(
+        self,
+        uri: str,
+        probe: Callable[[], None] | None = None,
+        every: float = 5.0,
+        after: float = 45.0,
+        stream: TextIO | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ):
         self.uri, self.every, self.after, self.stream, self.clock = uri, every, after, stream, clock
         self.probe = probe or (lambda: _probe(uri, timeout=every))
         self.warned = False
@@ -401,8 +426,10 @@ class TrackingWatch:
             silent = self.clock() - self.last_answer
             if silent >= self.after and not self.warned:
                 self.warned = True
-                return (f"warning: tracking server {self.uri} not answering for {silent:.0f} s; retrying (trials "
-                        "wait on their MLflow calls)")
+                return (
+                    f"warning: tracking server {self.uri} not answering for {silent:.0f} s; retrying (trials "
+                    "wait on their MLflow calls)"
+                )
             return None
         line = None
         if self.warned:

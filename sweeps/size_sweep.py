@@ -68,10 +68,15 @@ class SweepStopped(Exception):
 
 def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser = options.OptionParser(prog=prog, description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--preset", default="paper", metavar="NAME|PATH",
-                        help=PRESET_HELP.format(names=", ".join(preset_names())) + " (default: %(default)s)")
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved config and trial counts; run nothing")
+    parser.add_argument(
+        "--preset",
+        default="paper",
+        metavar="NAME|PATH",
+        help=PRESET_HELP.format(names=", ".join(preset_names())) + " (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--dry-run", action="store_true", help="print the resolved config and trial counts; run nothing"
+    )
     for key in RETIRED:  # read only to be refused with what replaced it
         parser.add_argument(f"--{key}", help=argparse.SUPPRESS)
     add_override_arguments(parser)
@@ -97,13 +102,18 @@ def _frozen(path: Path) -> SweepConfig:
             f"{path.name}); finish it with that version, or start it anew under another --name"
         )
     sweep = f"sweep {path.parent.name!r} in {path.parent}"
-    refuse_retired(frozen, lambda key: f"{sweep} was started with {key} {frozen[key]}",
-                   "finish it with the circuitlib that started it, or start it anew under another --name")
+    refuse_retired(
+        frozen,
+        lambda key: f"{sweep} was started with {key} {frozen[key]}",
+        "finish it with the circuitlib that started it, or start it anew under another --name",
+    )
     try:
         return options.build(SweepConfig, data.SPLIT_BEFORE_RECORDED | frozen)
     except InputError as exc:
-        raise InputError(f"{path}: not the settings of this circuitlib ({exc}); resume it with the circuitlib that "
-                         "started it, or start it anew under another --name") from None
+        raise InputError(
+            f"{path}: not the settings of this circuitlib ({exc}); resume it with the circuitlib that "
+            "started it, or start it anew under another --name"
+        ) from None
 
 
 def check_params(config: SweepConfig) -> bool:
@@ -152,8 +162,10 @@ def driver_lock(folder: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            raise InputError(f"sweep {folder.name!r}: another driver runs it ({path} is held by pid "
-                             f"{handle.read().strip() or '?'}); wait for it, or stop it") from None
+            raise InputError(
+                f"sweep {folder.name!r}: another driver runs it ({path} is held by pid "
+                f"{handle.read().strip() or '?'}); wait for it, or stop it"
+            ) from None
         handle.truncate(0)
         handle.write(str(os.getpid()))
         handle.flush()
@@ -190,14 +202,22 @@ def connect_ray(config: SweepConfig) -> Mapping[str, float]:
     # trials write reaches the driver's output (log_to_driver), their warnings above all; the hub's and MLflow's
     # progress bars (a model's "Loading weights", an artifact's download) and MLflow's hint on integer columns of
     # logged tables would drown them.
-    env_vars = {"RAY_CHDIR_TO_TRIAL_DIR": "0", "HF_HUB_DISABLE_PROGRESS_BARS": "1",
-                "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
-                "PYTHONWARNINGS": "ignore::UserWarning:mlflow.types.utils"}
+    env_vars = {
+        "RAY_CHDIR_TO_TRIAL_DIR": "0",
+        "HF_HUB_DISABLE_PROGRESS_BARS": "1",
+        "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+        "PYTHONWARNINGS": "ignore::UserWarning:mlflow.types.utils",
+    }
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # a log gets the trials' lines without colour codes
     local = "RAY_ADDRESS" not in os.environ  # a submitted job has RAY_ADDRESS; otherwise start a private local cluster
-    ray.init(address="local" if local else None, runtime_env={"env_vars": env_vars},
-             ignore_reinit_error=True, log_to_driver=True, configure_logging=False)
+    ray.init(
+        address="local" if local else None,
+        runtime_env={"env_vars": env_vars},
+        ignore_reinit_error=True,
+        log_to_driver=True,
+        configure_logging=False,
+    )
     return ray.cluster_resources()
 
 
@@ -240,8 +260,12 @@ def experiment_name(config: SweepConfig, phase: str, trials: Sequence[DiscoveryT
 
 
 def run_phase(
-    phase: str, trainable: Callable[[dict[str, Any]], None], trials: Sequence[DiscoveryTrial | EditTrial],
-    config: SweepConfig, resources: dict[str, float], restore: bool = True,
+    phase: str,
+    trainable: Callable[[dict[str, Any]], None],
+    trials: Sequence[DiscoveryTrial | EditTrial],
+    config: SweepConfig,
+    resources: dict[str, float],
+    restore: bool = True,
 ):
     """Run (or resume) one phase as a Ray Tune experiment with one trial per entry of `trials`, each asking for
     `resources` (an edit trial for its GPU share: `phase_resources`). With `restore=False` the trials run in a new
@@ -289,7 +313,9 @@ def run_phase(
 
 
 def stranded(
-    trials: Sequence[DiscoveryTrial | EditTrial], clean: Collection[str], left: Collection[str],
+    trials: Sequence[DiscoveryTrial | EditTrial],
+    clean: Collection[str],
+    left: Collection[str],
 ) -> list[DiscoveryTrial | EditTrial]:
     """The trials that Tune ended without an error (keys in `clean`) yet that have no FINISHED MLflow run (`left`).
     A restored Tune experiment can stop a restarted trial after its first checkpoint and record it as terminated (seen
@@ -298,8 +324,13 @@ def stranded(
 
 
 def settle_phase(
-    phase: str, trainable: Callable[[dict[str, Any]], None], trials: Sequence[DiscoveryTrial | EditTrial],
-    run: SweepRun, client, resources: dict[str, float], driver: str = "",
+    phase: str,
+    trainable: Callable[[dict[str, Any]], None],
+    trials: Sequence[DiscoveryTrial | EditTrial],
+    run: SweepRun,
+    client,
+    resources: dict[str, float],
+    driver: str = "",
 ) -> dict[str, str]:
     """`run_phase`, then once more, in a new experiment, for its `stranded` trials: a trial ends either FINISHED in
     MLflow or with an error that a rerun of the sweep resumes. Returns the trials that failed on their input in this
@@ -316,11 +347,17 @@ def settle_phase(
         redo = [t.key for t in again if t.key in earlier]
         lost = [t.key for t in again if t.key not in earlier]
         if redo:
-            print(f"sweep {run.config.name}: {len(redo)} {phase} trial(s) failed on their input in an earlier run "
-                  f"({', '.join(redo[:5])}); running them again in a new experiment", file=sys.stderr)
+            print(
+                f"sweep {run.config.name}: {len(redo)} {phase} trial(s) failed on their input in an earlier run "
+                f"({', '.join(redo[:5])}); running them again in a new experiment",
+                file=sys.stderr,
+            )
         if lost:
-            print(f"sweep {run.config.name}: Ray Tune ended {len(lost)} {phase} trial(s) without an error or a "
-                  f"finished run ({', '.join(lost[:5])}); running them again in a new experiment", file=sys.stderr)
+            print(
+                f"sweep {run.config.name}: Ray Tune ended {len(lost)} {phase} trial(s) without an error or a "
+                f"finished run ({', '.join(lost[:5])}); running them again in a new experiment",
+                file=sys.stderr,
+            )
         retried = run_phase(phase, trainable, again, run.config, resources, restore=False)
         failed |= outcomes.input_failures([retried[i] for i in range(len(retried))], driver)[0]
     for key, line in failed.items():
@@ -339,8 +376,11 @@ def found_circuits(client, run: SweepRun, trials: Sequence[DiscoveryTrial]) -> l
         if logged is None or logged.info.status != "FINISHED":
             continue
         reached = set(logged.data.tags.get(layout.TAG_REACHED, "").split(","))
-        found += [CircuitRef(trial.name, trial.seed, target, logged.info.run_id)
-                  for target in run.config.discovery.densities if density_key(target) in reached]
+        found += [
+            CircuitRef(trial.name, trial.seed, target, logged.info.run_id)
+            for target in run.config.discovery.densities
+            if density_key(target) in reached
+        ]
     return found
 
 
@@ -361,15 +401,18 @@ def shown(keys: Sequence[str], most: int = 10) -> str:
     return ", ".join(keys[:most]) + (f" and {len(keys) - most} more" if len(keys) > most else "")
 
 
-def summary(circuits: Sequence[CircuitRef], discoveries: Sequence[DiscoveryTrial], edits: Sequence[EditTrial],
-            failed: Sequence[str]) -> str:
+def summary(
+    circuits: Sequence[CircuitRef],
+    discoveries: Sequence[DiscoveryTrial],
+    edits: Sequence[EditTrial],
+    failed: Sequence[str],
+) -> str:
     """What a sweep produced, counting distinct circuits (dataset, seed, target) and distinct trials (their keys):
     a list that names one twice is counted once, never as two results."""
     n_circuits = len({(c.dataset, c.seed, density_key(c.target)) for c in circuits})
     n_discoveries = len({t.key for t in discoveries})
     n_edits = len({t.key for t in edits})
-    return (f"{n_circuits} circuits from {n_discoveries} discoveries, {n_edits} edit trials, "
-            f"{len(set(failed))} failed")
+    return f"{n_circuits} circuits from {n_discoveries} discoveries, {n_edits} edit trials, {len(set(failed))} failed"
 
 
 def resume_command(prog: str, argv: Sequence[str]) -> str:
@@ -391,8 +434,10 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         config = resolve_config(args)
         if args.dry_run:
             print(json.dumps(dataclasses.asdict(config), indent=2))
-            print(f"{len(config.datasets) * len(config.seeds)} discovery trials; "
-                  f"{config.shards()} edit shards per circuit variant")
+            print(
+                f"{len(config.datasets) * len(config.seeds)} discovery trials; "
+                f"{config.shards()} edit shards per circuit variant"
+            )
             return 0
         with driver_lock(sweep_folder(config)):  # first: two drivers must not even initialise MLflow's store at once
             check_params(config)
@@ -407,8 +452,13 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
         return 128 + signal.SIGINT
 
 
-def stopped(client, run: SweepRun, phases: Sequence[tuple[str, Sequence[DiscoveryTrial | EditTrial]]],
-            not_started: Sequence[str], resume: str) -> int:
+def stopped(
+    client,
+    run: SweepRun,
+    phases: Sequence[tuple[str, Sequence[DiscoveryTrial | EditTrial]]],
+    not_started: Sequence[str],
+    resume: str,
+) -> int:
     """After a stop (`SweepStopped`): the runs of the trials it cut short and the sweep's run are marked KILLED, one
     line says what finished, what was cut short and how to resume; the exit code is 128 + the signal's number."""
     status: dict[str, str] = {}
@@ -435,8 +485,9 @@ def run_sweep(config: SweepConfig, resume: str = "") -> int:
     """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished; 128 + the
     signal's number when a SIGINT or SIGTERM stopped it)."""
     resume = resume or resume_command(PROG, sys.argv[1:])
-    STOP.install(last_words=f"sweep {config.name}: stopped at once, without waiting for its trials; resume with: "
-                            f"{resume}")
+    STOP.install(
+        last_words=f"sweep {config.name}: stopped at once, without waiting for its trials; resume with: {resume}"
+    )
     assert config.tracking_uri is not None, "a sweep runs on its resolved config"
     watch = TrackingWatch(config.tracking_uri).start() if TrackingWatch.watches(config.tracking_uri) else None
     try:
@@ -462,22 +513,26 @@ def _run_sweep(config: SweepConfig, resume: str) -> int:
     parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
     context.describe_sweep(client, exp_id, parent, config)
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
-    print(f"trial resources {resources} (edit trials {phase_resources(config, resources, 'edit')}); results and "
-          f"checkpoints under {config.storage_path}")
+    print(
+        f"trial resources {resources} (edit trials {phase_resources(config, resources, 'edit')}); results and "
+        f"checkpoints under {config.storage_path}"
+    )
     run = SweepRun(config, exp_id, parent)
 
     discoveries = discovery_trials(run)
     try:
-        inputs = settle_phase("discover", trainable(discovery_trial, DiscoveryTrial, driver), discoveries, run,
-                              client, resources, driver)
+        inputs = settle_phase(
+            "discover", trainable(discovery_trial, DiscoveryTrial, driver), discoveries, run, client, resources, driver
+        )
     except SweepStopped:
         return stopped(client, run, [("discover", discoveries)], ["edit"], resume)
     circuits = found_circuits(client, run, discoveries)
     edits = edit_trials(run, circuits)
     if edits:
         try:
-            inputs |= settle_phase("edit", trainable(edit_trial, EditTrial, driver), edits, run, client, resources,
-                                   driver)
+            inputs |= settle_phase(
+                "edit", trainable(edit_trial, EditTrial, driver), edits, run, client, resources, driver
+            )
         except SweepStopped:
             return stopped(client, run, [("discover", discoveries), ("edit", edits)], [], resume)
     failed = list(dict.fromkeys(unfinished(client, run, [*discoveries, *edits])))  # each trial once
@@ -485,12 +540,17 @@ def _run_sweep(config: SweepConfig, resume: str) -> int:
     print(f"sweep {config.name}: {summary(circuits, discoveries, edits, failed)}")
     on_input = [key for key in failed if key in inputs]
     if on_input:
-        print(f"sweep {config.name}: {len(on_input)} trial(s) failed on their input ({shown(on_input)}), each named "
-              "above; a retry cannot help them: fix the input, then run the sweep again to resume", file=sys.stderr)
+        print(
+            f"sweep {config.name}: {len(on_input)} trial(s) failed on their input ({shown(on_input)}), each named "
+            "above; a retry cannot help them: fix the input, then run the sweep again to resume",
+            file=sys.stderr,
+        )
     others = [key for key in failed if key not in inputs]
     if others:
-        print(f"sweep {config.name}: not finished in MLflow: {shown(others)}; rerun the same command to redo them",
-              file=sys.stderr)
+        print(
+            f"sweep {config.name}: not finished in MLflow: {shown(others)}; rerun the same command to redo them",
+            file=sys.stderr,
+        )
     print(f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open http://127.0.0.1:5000")
     print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
     return 1 if failed else 0

@@ -99,8 +99,9 @@ def discovery_trials(run: SweepRun) -> list[DiscoveryTrial]:
 def edit_trials(run: SweepRun, found: list[CircuitRef]) -> list[EditTrial]:
     """Every found circuit x variant x shard, plus the full model x shard."""
     shards = range(run.config.shards())
-    trials = [EditTrial(run, variant, shard, ref)
-              for ref in found for variant in run.config.variants for shard in shards]
+    trials = [
+        EditTrial(run, variant, shard, ref) for ref in found for variant in run.config.variants for shard in shards
+    ]
     if run.config.include_full:
         trials += [EditTrial(run, FULL, shard) for shard in shards]
     return trials

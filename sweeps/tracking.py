@@ -61,8 +61,10 @@ def probe(tracking_uri: str, timeout: float = 10.0) -> None:
         return  # it answered (an authenticating proxy may refuse the probe itself)
     except (OSError, ValueError) as exc:
         reason = getattr(exc, "reason", exc)
-        raise InputError(f"tracking_uri {tracking_uri}: the MLflow server does not answer ({reason}); start it, "
-                         "or pass another --tracking-uri") from None
+        raise InputError(
+            f"tracking_uri {tracking_uri}: the MLflow server does not answer ({reason}); start it, "
+            "or pass another --tracking-uri"
+        ) from None
 
 
 def find_run(client: MlflowClient, exp_id: str, tags: Mapping[str, str]):
@@ -77,8 +79,9 @@ def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str, set
     query = _query({layout.PARENT_TAG: parent_id, layout.TAG_KIND: kind, layout.TAG_SETTINGS: settings_hash})
     runs, token = [], None
     while True:
-        page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token,
-                                  order_by=["attributes.start_time DESC"])
+        page = client.search_runs(
+            [exp_id], filter_string=query, max_results=1000, page_token=token, order_by=["attributes.start_time DESC"]
+        )
         runs += list(page)
         token = page.token
         if not token:
@@ -115,7 +118,12 @@ def open_sweep_run(
 
 
 def open_trial_run(
-    client: MlflowClient, exp_id: str, parent_id: str, key: str, tags: Mapping[str, str], params: Mapping[str, object],
+    client: MlflowClient,
+    exp_id: str,
+    parent_id: str,
+    key: str,
+    tags: Mapping[str, str],
+    params: Mapping[str, object],
     settings_hash: str,
 ) -> tuple[str, bool]:
     """(run id, finished) of the trial's child run; a rerun of the same trial with the same settings gets its existing

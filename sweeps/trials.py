@@ -127,11 +127,15 @@ def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str],
         tags[layout.circuit_tag(target, "faithfulness")] = f"{figures['faithfulness']:.4g}"
         metrics |= {layout.circuit_metric(target, k): v for k, v in figures.items() if math.isfinite(v)}
         if layout.well_below(density, target):
-            flags.append(f"{layout.density_label(target)} at density {density:.3g}: well below its target "
-                         f"(< {layout.WELL_BELOW:g} x {density_key(target)})")
+            flags.append(
+                f"{layout.density_label(target)} at density {density:.3g}: well below its target "
+                f"(< {layout.WELL_BELOW:g} x {density_key(target)})"
+            )
         if record.optimistic:
-            flags.append(f"{layout.density_label(target)} faithfulness: best of {figures['selected_among']:g} "
-                         "evaluations on the rows that report it (optimistic)")
+            flags.append(
+                f"{layout.density_label(target)} faithfulness: best of {figures['selected_among']:g} "
+                "evaluations on the rows that report it (optimistic)"
+            )
         shared[circuit.digest].append(target)
     for targets in shared.values():
         if len(targets) > 1:
@@ -181,8 +185,11 @@ class _Speed:
 
 def discovery_progress(latest: dict[str, float], max_steps: int, speed: float | None) -> dict[str, float]:
     """What a discovery trial reports to Tune for the driver's progress lines (`sweeps.progress.trial_line`)."""
-    fields = {progress.STEP: latest.get("step", 0), progress.MAX_STEPS: max_steps,
-              progress.DENSITY: latest.get("density", 1.0)}
+    fields = {
+        progress.STEP: latest.get("step", 0),
+        progress.MAX_STEPS: max_steps,
+        progress.DENSITY: latest.get("density", 1.0),
+    }
     if "faithfulness" in latest:
         fields[progress.FAITHFULNESS] = latest["faithfulness"]
     if speed is not None:
@@ -212,10 +219,15 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
     split, config = discovery_inputs(trial)
     client = _client(cfg)
     tags = {
-        layout.TAG_KIND: "discover", layout.TAG_SWEEP: cfg.name, layout.TAG_DATASET: trial.name,
-        layout.TAG_SEED: str(trial.seed), layout.TAG_MODEL: cfg.model, layout.TAG_NODE: _node_id(),
-        layout.NOTE_TAG: context.describe_discovery(trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name,
-                                                    trial.name, trial.seed),
+        layout.TAG_KIND: "discover",
+        layout.TAG_SWEEP: cfg.name,
+        layout.TAG_DATASET: trial.name,
+        layout.TAG_SEED: str(trial.seed),
+        layout.TAG_MODEL: cfg.model,
+        layout.TAG_NODE: _node_id(),
+        layout.NOTE_TAG: context.describe_discovery(
+            trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.name, trial.seed
+        ),
         **context.inherited_tags(client, trial.sweep.parent_run_id),
     }
     params = {**context.discovery_params(split, config, cfg.model), "seed": trial.seed}
@@ -259,12 +271,23 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         def on_checkpoint(directory: Path) -> None:
             flush()
             reported[0] = time.monotonic()
-            tune.report(discovery_progress(latest, config.max_steps, speed.last),
-                        checkpoint=tune.Checkpoint.from_directory(str(directory)))
+            tune.report(
+                discovery_progress(latest, config.max_steps, speed.last),
+                checkpoint=tune.Checkpoint.from_directory(str(directory)),
+            )
 
         def run() -> DiscoveryResult:
-            return discover(lm, train, eval_data, config, checkpoint_dir=checkpoint_dir,
-                            on_snapshot=on_snapshot, on_eval=on_eval, on_checkpoint=on_checkpoint, progress=False)
+            return discover(
+                lm,
+                train,
+                eval_data,
+                config,
+                checkpoint_dir=checkpoint_dir,
+                on_snapshot=on_snapshot,
+                on_eval=on_eval,
+                on_checkpoint=on_checkpoint,
+                progress=False,
+            )
 
         try:
             outcome = run()
@@ -276,11 +299,13 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         reached = ",".join(density_key(_target(c)) for c in outcome.circuits)
         unreached = ",".join(density_key(t) for t in outcome.unreached)
         honesty_tags, honesty_metrics = snapshot_honesty(outcome.circuits)
-        tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached, layout.TAG_UNREACHED: unreached,
-                                           **honesty_tags})
+        tracking.set_tags(
+            client, run_id, {layout.TAG_REACHED: reached, layout.TAG_UNREACHED: unreached, **honesty_tags}
+        )
         tracking.log_metrics(client, run_id, [honesty_metrics])
-        tracking.log_json(client, run_id, {"full_accuracy": outcome.full_accuracy, "history": outcome.history},
-                          "history.json")
+        tracking.log_json(
+            client, run_id, {"full_accuracy": outcome.full_accuracy, "history": outcome.history}, "history.json"
+        )
     tune.report({"run_id": run_id, "skipped": False})
 
 
@@ -295,8 +320,9 @@ def _edit_rows(checkpoint_dir: Path | None) -> list[dict[str, Any]]:
         return []
 
 
-def _save_rows(directory: Path, rows: list[dict[str, Any]], report: Callable[..., None],
-               fields: dict[str, float] | None = None) -> None:
+def _save_rows(
+    directory: Path, rows: list[dict[str, Any]], report: Callable[..., None], fields: dict[str, float] | None = None
+) -> None:
     directory.mkdir(parents=True, exist_ok=True)
     (directory / ROWS_FILE).write_text(json.dumps(rows))
     report({"edited": len(rows), **(fields or {})}, checkpoint=tune.Checkpoint.from_directory(str(directory)))
@@ -308,23 +334,39 @@ def edit_trial(trial: EditTrial) -> None:
     ref = trial.circuit
     client = _client(cfg)
     tags = {
-        layout.TAG_KIND: "edit", layout.TAG_SWEEP: cfg.name, layout.TAG_VARIANT: trial.variant,
-        layout.TAG_SHARD: str(trial.shard), layout.TAG_SEED: str(ref.seed if ref else 0), layout.TAG_MODEL: cfg.model,
+        layout.TAG_KIND: "edit",
+        layout.TAG_SWEEP: cfg.name,
+        layout.TAG_VARIANT: trial.variant,
+        layout.TAG_SHARD: str(trial.shard),
+        layout.TAG_SEED: str(ref.seed if ref else 0),
+        layout.TAG_MODEL: cfg.model,
         layout.TAG_NODE: _node_id(),
-        layout.NOTE_TAG: context.describe_edit(trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name,
-                                               trial.variant, ref),
+        layout.NOTE_TAG: context.describe_edit(
+            trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.variant, ref
+        ),
         **context.inherited_tags(client, trial.sweep.parent_run_id),
     }
     if ref is not None:
         tags |= {
-            layout.TAG_DATASET: ref.dataset, layout.TAG_TARGET: density_key(ref.target),
-            layout.TAG_CIRCUIT_RUN: ref.run_id, layout.TAG_CIRCUIT_ARTIFACT: ref.artifact,
+            layout.TAG_DATASET: ref.dataset,
+            layout.TAG_TARGET: density_key(ref.target),
+            layout.TAG_CIRCUIT_RUN: ref.run_id,
+            layout.TAG_CIRCUIT_ARTIFACT: ref.artifact,
         }
     run_id, finished = tracking.open_trial_run(
-        client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags,
-        {**context.edit_params(ref.dataset if ref else None, ref.target if ref else None, trial.variant,
-                               ref.seed if ref else 0),
-         "shard": trial.shard, "random_mask_seed": trial.random_mask_seed, "edit_config": asdict(cfg.edit)},
+        client,
+        trial.sweep.experiment_id,
+        trial.sweep.parent_run_id,
+        trial.key,
+        tags,
+        {
+            **context.edit_params(
+                ref.dataset if ref else None, ref.target if ref else None, trial.variant, ref.seed if ref else 0
+            ),
+            "shard": trial.shard,
+            "random_mask_seed": trial.random_mask_seed,
+            "edit_config": asdict(cfg.edit),
+        },
         trial.sweep.settings_hash,
     )
     result = {"run_id": run_id, "variant": trial.variant, "shard": trial.shard}
@@ -352,8 +394,9 @@ def edit_trial(trial: EditTrial) -> None:
         for start in range(0, len(todo), EDIT_CHECKPOINT_EVERY):
             chunk = todo[start : start + EDIT_CHECKPOINT_EVERY]
             rows += results_as_rows(edit_requests(lm, chunk, trial.variant, masks, cfg.edit, pool=pool, progress=False))
-            _save_rows(work / "checkpoint", rows, tune.report, edit_progress(len(rows), len(requests),
-                                                                             speed.at(len(rows))))
+            _save_rows(
+                work / "checkpoint", rows, tune.report, edit_progress(len(rows), len(requests), speed.at(len(rows)))
+            )
         summary = summarize([RequestResult(**r) for r in rows])
         tracking.log_metrics(client, run_id, [summary | context.edit_figures(circuit)])
         context.log_edit_table(client, run_id, context.edit_table(rows, requests))

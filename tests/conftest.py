@@ -43,8 +43,15 @@ def tiny_data() -> ClassificationData:
 def requests_few() -> list[EditRequest]:
     """Three CounterFact-style requests with multi-token targets (the tiny tokenizer is byte-level)."""
     return [
-        EditRequest(0, "{} is a kind of", "A cat", "animal", "plant",
-                    paraphrase_prompts=["A cat is a type of"], neighborhood_prompts=["A dog is a kind of"]),
+        EditRequest(
+            0,
+            "{} is a kind of",
+            "A cat",
+            "animal",
+            "plant",
+            paraphrase_prompts=["A cat is a type of"],
+            neighborhood_prompts=["A dog is a kind of"],
+        ),
         EditRequest(1, "{} is a kind of", "A rose", "flower", "tool", paraphrase_prompts=["A rose is a type of"]),
         EditRequest(2, "The capital of {} is", "France", "Paris", "Rome"),
     ]
@@ -134,14 +141,35 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
     work, out = root / "work", root / "report"
     sweep = subprocess.run(
         [sys.executable, str(ROOT / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--work-dir", str(work)],
-        capture_output=True, text=True, timeout=900, env=env,
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
     )
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     uri = f"sqlite:///{work / 'mlflow.db'}"
     report = subprocess.run(
-        [sys.executable, "-m", "analysis", "report", "--experiment", "tiny", "--tracking-uri", uri,
-         "--out", str(out), "--cache", str(root / "cache"), "--bootstrap", "500"],
-        cwd=ROOT, capture_output=True, text=True, timeout=600, env=env,
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            "report",
+            "--experiment",
+            "tiny",
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(out),
+            "--cache",
+            str(root / "cache"),
+            "--bootstrap",
+            "500",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=env,
     )
     assert report.returncode == 0, report.stderr[-3000:]
     return TinySweep(work, uri, out, env)

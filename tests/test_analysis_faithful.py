@@ -33,10 +33,15 @@ from circuitlib.circuits import Circuit
 from circuitlib.types import MaskedParam, ModuleType
 
 LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
-    ("ln.weight", (8,), "norm"), ("attn.w", (8, 16), "attention"), ("mlp.w", (16, 24), "mlp"),
+    ("ln.weight", (8,), "norm"),
+    ("attn.w", (8, 16), "attention"),
+    ("mlp.w", (16, 24), "mlp"),
 )
-PARAMS = [MaskedParam(f"h.{layer}.{name}", shape, module_type, layer) for layer in range(2)
-          for name, shape, module_type in LAYER]
+PARAMS = [
+    MaskedParam(f"h.{layer}.{name}", shape, module_type, layer)
+    for layer in range(2)
+    for name, shape, module_type in LAYER
+]
 TOTAL = sum(p.numel for p in PARAMS)
 DENSITIES = (0.5, 0.35, 0.15)
 REQUESTS = 30
@@ -72,9 +77,21 @@ def edit_runs(source: Source, density: float) -> list[EditRun]:
     rng = np.random.default_rng([crc32(source.dataset.encode()), source.seed, round(density * 100)])
     base = rng.normal(1.0, 0.2, REQUESTS)
     drops = {"circuit": base, "complement": base + 1.0 + rng.normal(0, 0.2, REQUESTS)}
-    return [EditRun(f"{source}-{density}-{v}", v, "FINISHED", v, source, density,
-                    [{"case_id": i, "nll_new_drop": float(x), "efficacy_score": float(x > 1.5), "nll_true_pre": 2.0}
-                     for i, x in enumerate(drops[v])]) for v in drops]
+    return [
+        EditRun(
+            f"{source}-{density}-{v}",
+            v,
+            "FINISHED",
+            v,
+            source,
+            density,
+            [
+                {"case_id": i, "nll_new_drop": float(x), "efficacy_score": float(x > 1.5), "nll_true_pre": 2.0}
+                for i, x in enumerate(drops[v])
+            ],
+        )
+        for v in drops
+    ]
 
 
 def build(
@@ -102,12 +119,18 @@ def build(
                 if f is not None:
                     provenance |= {"faithfulness": f, "faithfulness_low": f - 0.03, "faithfulness_high": f + 0.03}
                 provenance |= recorded.get(key, {})
-                c = Circuit.from_masks(PARAMS, masks(ds, seed, actual.get(key, d), dataset_weight), "toy",
-                                       target_density=d, provenance=provenance)
+                c = Circuit.from_masks(
+                    PARAMS,
+                    masks(ds, seed, actual.get(key, d), dataset_weight),
+                    "toy",
+                    target_density=d,
+                    provenance=provenance,
+                )
                 files[d] = circuits.save(c, folder / f"{ds}_{seed}_d{d:g}.safetensors")
                 edits += edit_runs(Source(ds, seed), d)
-            discoveries.append(Discovery(f"run-{ds}-{seed}", f"discover-{ds}-{seed}", "FINISHED", Source(ds, seed),
-                                         files, [], {}))
+            discoveries.append(
+                Discovery(f"run-{ds}-{seed}", f"discover-{ds}-{seed}", "FINISHED", Source(ds, seed), files, [], {})
+            )
     full = [{"case_id": i, "nll_new_drop": 2.0, "efficacy_score": 1.0} for i in range(REQUESTS)]
     edits.append(EditRun("full", "full", "FINISHED", "full", None, None, full))
     return Sweep("sqlite:///unused.db", "synthetic", "0", "sweep-run", "synth", "toy", discoveries, edits)
@@ -129,8 +152,12 @@ def mixed(tmp_path_factory: pytest.TempPathFactory) -> Analysis:
 def test_unfaithful_circuits_are_left_out_of_every_claim(mixed: Analysis):
     a = mixed
     reasons = {(s.dataset, s.target): s.excluded for s in a.excluded}
-    assert reasons == {("beta", 0.5): "faithfulness 0.55 < 0.9", ("beta", 0.35): "faithfulness 0.55 < 0.9",
-                       ("beta", 0.15): "faithfulness 0.55 < 0.9", ("alpha", 0.15): UNKNOWN}
+    assert reasons == {
+        ("beta", 0.5): "faithfulness 0.55 < 0.9",
+        ("beta", 0.35): "faithfulness 0.55 < 0.9",
+        ("beta", 0.15): "faithfulness 0.55 < 0.9",
+        ("alpha", 0.15): UNKNOWN,
+    }
     assert [(s.dataset, s.target) for s in a.used] == [("alpha", 0.5), ("alpha", 0.35)]
     whole = [r for r in a.overlaps if r.module == WHOLE_MODEL]
     assert len(whole) == 3 and all(math.isnan(r.jaccard) for r in whole)  # every pair has an excluded circuit
@@ -196,11 +223,24 @@ def window_analysis(resists: dict[float, bool | None], actual: dict[float, float
     actual = actual or {}
     rows = [
         WindowRow(
-            ALL, d, 0.95 if r is not None else math.nan, drop_circuit=None, drop_complement=None, drop_random=None,
-            drop_full=None, gap_complement=window_gap(r), gap_random=None, success_circuit=math.nan,
-            success_complement=math.nan, success_random=math.nan, success_full=math.nan,
-            knowledge_circuit=math.nan, knowledge_complement=math.nan, in_window=bool(r),
-            circuits=int(r is not None), actual_density=actual.get(d, d) if r is not None else math.nan,
+            ALL,
+            d,
+            0.95 if r is not None else math.nan,
+            drop_circuit=None,
+            drop_complement=None,
+            drop_random=None,
+            drop_full=None,
+            gap_complement=window_gap(r),
+            gap_random=None,
+            success_circuit=math.nan,
+            success_complement=math.nan,
+            success_random=math.nan,
+            success_full=math.nan,
+            knowledge_circuit=math.nan,
+            knowledge_complement=math.nan,
+            in_window=bool(r),
+            circuits=int(r is not None),
+            actual_density=actual.get(d, d) if r is not None else math.nan,
         )
         for d, r in resists.items()
     ]
@@ -323,8 +363,12 @@ def test_report_first_section_names_exclusions(mixed: Analysis, tmp_path: Path):
     assert f"| alpha | alpha | 0 | 0.15 | {round(0.15 * TOTAL) / TOTAL:.4g} | — | {UNKNOWN} |" in body
     with (report.folder / "tables" / "findings.csv").open() as f:
         rows = list(csv.DictReader(f))
-    assert [(r["circuits_used"], r["circuits_excluded"]) for r in rows] == [("2", "4"), ("2", "4"), ("0", "4"),
-                                                                            ("2", "4")]
+    assert [(r["circuits_used"], r["circuits_excluded"]) for r in rows] == [
+        ("2", "4"),
+        ("2", "4"),
+        ("0", "4"),
+        ("2", "4"),
+    ]
     assert rows[2]["verdict"] == NOT_ASSESSABLE
 
 
@@ -378,11 +422,14 @@ def test_size_window_plot_uses_actual_density_and_names_flags(flagged: Analysis)
 def test_faithfulness_chosen_on_the_rows_that_report_it_is_called_optimistic(tmp_path: Path):
     """A hold's snapshot is the best of its evaluations: on the same rows that score it (select_rows 0) the report
     says its faithfulness is optimistic; chosen on rows of its own, or from one evaluation, it is not."""
-    sweep = build(tmp_path, recorded={
-        ("alpha", 0, 0.5): {"selected_among": 9},
-        ("alpha", 0, 0.35): {"selected_among": 1},
-        ("beta", 0, 0.5): {"selected_among": 7, "selection_rows": 50},
-    })
+    sweep = build(
+        tmp_path,
+        recorded={
+            ("alpha", 0, 0.5): {"selected_among": 9},
+            ("alpha", 0, 0.35): {"selected_among": 1},
+            ("beta", 0, 0.5): {"selected_among": 7, "selection_rows": 50},
+        },
+    )
     a = analyse(sweep, Options(n_boot=100))
     shots = {(s.dataset, s.target): s for s in a.snapshots}
     assert [k for k, s in shots.items() if s.optimistic] == [("alpha", 0.5)]

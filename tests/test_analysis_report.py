@@ -55,8 +55,11 @@ LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
     ("mlp.c_fc.weight", (6, 13), "mlp"),
     ("mlp.c_proj.bias", (5,), "mlp"),
 )
-PARAMS = [MaskedParam(f"h.{layer}.{name}", shape, module_type, layer) for layer in range(3)
-          for name, shape, module_type in LAYER]
+PARAMS = [
+    MaskedParam(f"h.{layer}.{name}", shape, module_type, layer)
+    for layer in range(3)
+    for name, shape, module_type in LAYER
+]
 TOTAL = sum(p.numel for p in PARAMS)
 
 
@@ -83,26 +86,50 @@ def edit_rows(dataset: str, density: float, variant: str) -> list[dict]:
     rng = np.random.default_rng([DATASETS.index(dataset), DENSITIES.index(density)])
     base = 1.0 + rng.normal(0, 0.3, REQUESTS)
     noise = {v: rng.normal(0, 0.3, REQUESTS) for v in ("complement", "random")}
-    drop = {"circuit": base, "complement": base + GAP[density] + noise["complement"],
-            "random": base + RANDOM_GAP + noise["random"]}[variant]
+    drop = {
+        "circuit": base,
+        "complement": base + GAP[density] + noise["complement"],
+        "random": base + RANDOM_GAP + noise["random"],
+    }[variant]
     nll_true = 2.0 if variant == "circuit" else 3.0
     return [asdict(result(case, variant, float(d), nll_true)) for case, d in enumerate(drop)]
 
 
 def result(case: int, variant: str, drop: float, nll_true: float) -> RequestResult:
     return RequestResult(
-        case_id=case, variant=variant, steps=10, final_loss=0.1, nll_new_pre=5.0, nll_true_pre=nll_true,
-        nll_new_post=5.0 - drop, nll_true_post=nll_true + 0.1, nll_new_drop=drop, efficacy_score_pre=0.0,
-        efficacy_score=float(drop > 1.0), efficacy_magnitude=0.1, paraphrase_score=0.5, paraphrase_magnitude=0.0,
-        neighborhood_score_pre=1.0, neighborhood_score=1.0, neighborhood_magnitude=0.0,
+        case_id=case,
+        variant=variant,
+        steps=10,
+        final_loss=0.1,
+        nll_new_pre=5.0,
+        nll_true_pre=nll_true,
+        nll_new_post=5.0 - drop,
+        nll_true_post=nll_true + 0.1,
+        nll_new_drop=drop,
+        efficacy_score_pre=0.0,
+        efficacy_score=float(drop > 1.0),
+        efficacy_magnitude=0.1,
+        paraphrase_score=0.5,
+        paraphrase_magnitude=0.0,
+        neighborhood_score_pre=1.0,
+        neighborhood_score=1.0,
+        neighborhood_magnitude=0.0,
     )
 
 
 def child(client: MlflowClient, exp: str, parent: str, name: str, tags: dict[str, str], status: str = "FINISHED"):
     """A nested run of the sweep, tagged as layout.py says."""
-    run = client.create_run(exp, run_name=name, tags={
-        layout.PARENT_TAG: parent, layout.TAG_SWEEP: "synth", layout.TAG_TRIAL: name, layout.TAG_MODEL: "toy", **tags,
-    })
+    run = client.create_run(
+        exp,
+        run_name=name,
+        tags={
+            layout.PARENT_TAG: parent,
+            layout.TAG_SWEEP: "synth",
+            layout.TAG_TRIAL: name,
+            layout.TAG_MODEL: "toy",
+            **tags,
+        },
+    )
     return run.info.run_id
 
 
@@ -117,8 +144,9 @@ def build_sweep(uri: str, scratch: Path) -> str:
     """Log the synthetic sweep; returns the parent run id."""
     client = MlflowClient(uri)
     exp = client.create_experiment(EXPERIMENT, artifact_location=str(scratch / "artifacts"))
-    parent = client.create_run(exp, run_name="synth", tags={layout.TAG_KIND: "sweep", layout.TAG_SWEEP: "synth",
-                                                           layout.TAG_MODEL: "toy"}).info.run_id
+    parent = client.create_run(
+        exp, run_name="synth", tags={layout.TAG_KIND: "sweep", layout.TAG_SWEEP: "synth", layout.TAG_MODEL: "toy"}
+    ).info.run_id
     for dataset in DATASETS:
         tags = {layout.TAG_KIND: "discover", layout.TAG_DATASET: dataset, layout.TAG_SEED: "0"}
         if dataset in UNREACHED:
@@ -127,8 +155,12 @@ def build_sweep(uri: str, scratch: Path) -> str:
         history = []
         for d in DENSITIES:
             step = snapshot_step(d)
-            history += [Metric("density", d, 0, step), Metric("faithfulness", FAITHFULNESS[d], 0, step),
-                        Metric("density", d + 0.05, 0, step - 5), Metric("faithfulness", 1.0, 0, step - 5)]
+            history += [
+                Metric("density", d, 0, step),
+                Metric("faithfulness", FAITHFULNESS[d], 0, step),
+                Metric("density", d + 0.05, 0, step - 5),
+                Metric("faithfulness", 1.0, 0, step - 5),
+            ]
             if UNREACHED.get(dataset) == d:
                 continue
             provenance = {"dataset": dataset, "seed": 0, "step": step}
@@ -144,17 +176,29 @@ def build_sweep(uri: str, scratch: Path) -> str:
                 continue
             for variant in ("circuit", "complement", "random"):
                 name = layout.edit_run_name(dataset, d, variant, 0)
-                tags = {layout.TAG_KIND: "edit", layout.TAG_DATASET: dataset, layout.TAG_SEED: "0",
-                        layout.TAG_TARGET: f"{d:g}", layout.TAG_VARIANT: variant, layout.TAG_SHARD: "0",
-                        layout.TAG_CIRCUIT_RUN: run_id, layout.TAG_CIRCUIT_ARTIFACT: layout.circuit_artifact(d)}
+                tags = {
+                    layout.TAG_KIND: "edit",
+                    layout.TAG_DATASET: dataset,
+                    layout.TAG_SEED: "0",
+                    layout.TAG_TARGET: f"{d:g}",
+                    layout.TAG_VARIANT: variant,
+                    layout.TAG_SHARD: "0",
+                    layout.TAG_CIRCUIT_RUN: run_id,
+                    layout.TAG_CIRCUIT_ARTIFACT: layout.circuit_artifact(d),
+                }
                 edit_id = child(client, exp, parent, name, tags)
                 if name == FAILED:
                     client.set_terminated(edit_id, "FAILED")
                     continue
                 json_artifact(client, edit_id, edit_rows(dataset, d, variant), scratch)
                 client.set_terminated(edit_id)
-    full = child(client, exp, parent, layout.edit_run_name(None, None, layout.FULL, 0),
-                 {layout.TAG_KIND: "edit", layout.TAG_VARIANT: layout.FULL, layout.TAG_SHARD: "0"})
+    full = child(
+        client,
+        exp,
+        parent,
+        layout.edit_run_name(None, None, layout.FULL, 0),
+        {layout.TAG_KIND: "edit", layout.TAG_VARIANT: layout.FULL, layout.TAG_SHARD: "0"},
+    )
     json_artifact(client, full, [asdict(result(i, "full", 2.0, 1.5)) for i in range(REQUESTS)], scratch)
     client.set_terminated(full)
     client.set_terminated(parent)
@@ -187,7 +231,9 @@ def test_sweep_is_read_as_laid_out(analysed, store):
     assert s.densities == list(DENSITIES)
     assert [a.labels[x] for x in s.sources] == list(DATASETS)
     assert {d.source.dataset: sorted(d.circuits) for d in s.discoveries} == {
-        "alpha": sorted(DENSITIES), "beta": sorted(DENSITIES), "gamma": sorted(DENSITIES[:3]),
+        "alpha": sorted(DENSITIES),
+        "beta": sorted(DENSITIES),
+        "gamma": sorted(DENSITIES[:3]),
     }
     failed = next(e for e in s.edits if e.name == FAILED)
     assert failed.status == "FAILED" and failed.rows == []
@@ -235,8 +281,13 @@ def test_window_rows_match_hand_computation(analysed):
     rows = {(r.scope, r.density): r for r in a.window_rows}
     for d in DENSITIES[:3]:  # the faithful ones
         have = [x for x in DATASETS if UNREACHED.get(x) != d]
-        gaps = np.concatenate([np.array([r["nll_new_drop"] for r in edit_rows(x, d, "complement")])
-                               - np.array([r["nll_new_drop"] for r in edit_rows(x, d, "circuit")]) for x in have])
+        gaps = np.concatenate(
+            [
+                np.array([r["nll_new_drop"] for r in edit_rows(x, d, "complement")])
+                - np.array([r["nll_new_drop"] for r in edit_rows(x, d, "circuit")])
+                for x in have
+            ]
+        )
         pooled = rows[ALL, d]
         assert pooled.gap_complement.paired and pooled.gap_complement.n == REQUESTS * len(have)
         assert pooled.gap_complement.mean == pytest.approx(gaps.mean())
@@ -296,8 +347,12 @@ def test_report_has_every_section_and_plot(analysed):
     assert "**2 of 11 circuits excluded** from every finding" in text  # alpha's and beta's at 0.05
     assert "confirmation bias" in text and "between 5% and 50%" in text and "60%" in text
     assert "[0.15, 0.25]" in text
-    assert {p.name for p in report.plots} == {"size_window.png", "overlap.png", "composition_by_layer.png",
-                                              "discovery.png"}
+    assert {p.name for p in report.plots} == {
+        "size_window.png",
+        "overlap.png",
+        "composition_by_layer.png",
+        "discovery.png",
+    }
     for plot in report.plots:
         assert plot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and plot.stat().st_size > 5000
         assert f"](plots/{plot.name})" in text  # report.md links its plots; report.html carries them
@@ -306,8 +361,11 @@ def test_report_has_every_section_and_plot(analysed):
     assert "| <table>" not in html and "<table>" in html
     with (report.folder / "tables" / "window.csv").open() as f:
         gamma = next(row for row in csv.DictReader(f) if row["scope"] == "gamma" and row["density"] == "0.05")
-    measured = {k: v for k, v in gamma.items()  # less its keys and the full model's reference, the same everywhere
-                if k not in ("scope", "density", "in_window", "circuits") and "_full" not in k}
+    measured = {
+        k: v
+        for k, v in gamma.items()  # less its keys and the full model's reference, the same everywhere
+        if k not in ("scope", "density", "in_window", "circuits") and "_full" not in k
+    }
     assert gamma["circuits"] == "0" and set(measured.values()) == {""}  # gaps, not zeros
 
 
@@ -348,9 +406,28 @@ def test_cli_report(store, tmp_path):
     uri, parent, scratch = store
     out = tmp_path / "out"
     proc = subprocess.run(
-        [sys.executable, "-m", "analysis", "report", "--experiment", EXPERIMENT, "--sweep", parent,
-         "--tracking-uri", uri, "--out", str(out), "--cache", str(scratch / "cache"), "--bootstrap", "200"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            "report",
+            "--experiment",
+            EXPERIMENT,
+            "--sweep",
+            parent,
+            "--tracking-uri",
+            uri,
+            "--out",
+            str(out),
+            "--cache",
+            str(scratch / "cache"),
+            "--bootstrap",
+            "200",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 0, proc.stderr
     assert "size window: [0.15, 0.25]" in proc.stdout and "analysis run:" in proc.stdout
@@ -358,21 +435,23 @@ def test_cli_report(store, tmp_path):
     assert (out / "report.md").is_file() and (out / "report.html").is_file()
 
 
-@pytest.mark.parametrize("args, message", [
-    (["--experiment", "nope"], "experiment 'nope' not found"),
-    (["--experiment", EXPERIMENT, "--sweep", "0123abcd"], "run '0123abcd' not found"),
-    (["--experiment", EXPERIMENT, "--sweep", "DISCOVERY"], "is not a sweep"),
-    (["--experiment", EXPERIMENT, "--faithfulness", "1.5"], "--faithfulness 1.5"),
-    (["--experiment", EXPERIMENT, "--tracking-uri", "sqlite:///no/such.db"], "no/such.db does not exist"),
-])
+@pytest.mark.parametrize(
+    "args, message",
+    [
+        (["--experiment", "nope"], "experiment 'nope' not found"),
+        (["--experiment", EXPERIMENT, "--sweep", "0123abcd"], "run '0123abcd' not found"),
+        (["--experiment", EXPERIMENT, "--sweep", "DISCOVERY"], "is not a sweep"),
+        (["--experiment", EXPERIMENT, "--faithfulness", "1.5"], "--faithfulness 1.5"),
+        (["--experiment", EXPERIMENT, "--tracking-uri", "sqlite:///no/such.db"], "no/such.db does not exist"),
+    ],
+)
 def test_bad_input_is_one_line(store, tmp_path, capsys, monkeypatch, args, message):
     monkeypatch.setenv("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # what main() sets, undone after the test
     uri, _, _ = store
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
-    discovery = client.search_runs([experiment.experiment_id],
-                                   f"tags.`{layout.TAG_KIND}` = 'discover'")[0].info.run_id
+    discovery = client.search_runs([experiment.experiment_id], f"tags.`{layout.TAG_KIND}` = 'discover'")[0].info.run_id
     args = [discovery if x == "DISCOVERY" else x for x in args]
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", uri]
@@ -384,13 +463,25 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, monkeypatch, args, messa
 
 def test_cli_bad_input_exits_2_without_traceback(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "analysis", "report", "--experiment", "x",
-         "--tracking-uri", f"sqlite:///{tmp_path}/none.db"],
-        cwd=ROOT, capture_output=True, text=True, timeout=300,
+        [
+            sys.executable,
+            "-m",
+            "analysis",
+            "report",
+            "--experiment",
+            "x",
+            "--tracking-uri",
+            f"sqlite:///{tmp_path}/none.db",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2
-    assert proc.stderr.strip().splitlines() == [f"analysis: error: tracking URI sqlite:///{tmp_path}/none.db: "
-                                                 f"{tmp_path}/none.db does not exist"]
+    assert proc.stderr.strip().splitlines() == [
+        f"analysis: error: tracking URI sqlite:///{tmp_path}/none.db: {tmp_path}/none.db does not exist"
+    ]
 
 
 def test_report_on_a_sweep_with_nothing_but_a_failed_trial(tmp_path):
@@ -398,8 +489,13 @@ def test_report_on_a_sweep_with_nothing_but_a_failed_trial(tmp_path):
     client = MlflowClient(uri)
     exp = client.create_experiment("empty", artifact_location=str(tmp_path / "artifacts"))
     parent = client.create_run(exp, run_name="empty", tags={layout.TAG_KIND: "sweep"}).info.run_id
-    failed = child(client, exp, parent, layout.discover_run_name("alpha", 0),
-                   {layout.TAG_KIND: "discover", layout.TAG_DATASET: "alpha", layout.TAG_SEED: "0"})
+    failed = child(
+        client,
+        exp,
+        parent,
+        layout.discover_run_name("alpha", 0),
+        {layout.TAG_KIND: "discover", layout.TAG_DATASET: "alpha", layout.TAG_SEED: "0"},
+    )
     client.set_terminated(failed, "FAILED")
     a = analyse(read_sweep("empty", parent, tmp_path / "cache", uri), Options(n_boot=200))
     report = write_report(a, tmp_path / "report")
@@ -439,6 +535,9 @@ def test_composition_plot_has_a_title_a_line_per_dataset_and_the_models_share(an
     attention = fig.axes[0]  # attention at density 0.5
     lines = {line.get_label(): line for line in attention.get_lines()}
     assert set(lines) == {*DATASETS, "share of model"}
-    model = sorted((e.layer, e.share_of_model) for e in a.composition if e.density == 0.5
-                   and e.module_type == "attention" and e.layer != ALL_LAYERS and e.source == "alpha")
+    model = sorted(
+        (e.layer, e.share_of_model)
+        for e in a.composition
+        if e.density == 0.5 and e.module_type == "attention" and e.layer != ALL_LAYERS and e.source == "alpha"
+    )
     assert np.asarray(lines["share of model"].get_ydata()).tolist() == pytest.approx([v for _, v in model])

@@ -86,10 +86,17 @@ def test_missing_circuit_gives_a_nan_row_per_pair():
 
 
 def test_chance_expectation_matches_simulated_random_masks():
-    params = [MaskedParam("attn", (40, 50), "attention", 0), MaskedParam("mlp", (60, 50), "mlp", 0),
-              MaskedParam("ln", (400,), "norm", 0)]
-    draws = [pair_overlap(0.3, "a", circuit(masks(2 * i, 0.3, params), params),
-                          "b", circuit(masks(2 * i + 1, 0.1, params), params)) for i in range(200)]
+    params = [
+        MaskedParam("attn", (40, 50), "attention", 0),
+        MaskedParam("mlp", (60, 50), "mlp", 0),
+        MaskedParam("ln", (400,), "norm", 0),
+    ]
+    draws = [
+        pair_overlap(
+            0.3, "a", circuit(masks(2 * i, 0.3, params), params), "b", circuit(masks(2 * i + 1, 0.1, params), params)
+        )
+        for i in range(200)
+    ]
     for k, module in enumerate((ALL, "attention", "mlp", "norm")):
         rows = [d[k] for d in draws]
         assert {r.module for r in rows} == {module}
@@ -179,9 +186,21 @@ def test_overlap_and_composition_never_unpack(monkeypatch):
 def _row(density: float, in_window: bool, scope: str = "all") -> WindowRow:
     """A row with nothing but its density and window flag."""
     return WindowRow(
-        scope, density, math.nan, drop_circuit=None, drop_complement=None, drop_random=None, drop_full=None,
-        gap_complement=None, gap_random=None, success_circuit=math.nan, success_complement=math.nan,
-        success_random=math.nan, success_full=math.nan, knowledge_circuit=math.nan, knowledge_complement=math.nan,
+        scope,
+        density,
+        math.nan,
+        drop_circuit=None,
+        drop_complement=None,
+        drop_random=None,
+        drop_full=None,
+        gap_complement=None,
+        gap_random=None,
+        success_circuit=math.nan,
+        success_complement=math.nan,
+        success_random=math.nan,
+        success_full=math.nan,
+        knowledge_circuit=math.nan,
+        knowledge_complement=math.nan,
         in_window=in_window,
     )
 
@@ -200,9 +219,18 @@ def _edits(source: Source, density: float, gap: float, n: int = 30) -> list[Edit
     base = rng.normal(1.0, 0.2, n)
     drops = {"circuit": base, "complement": base + gap + rng.normal(0, 0.2, n)}
     return [
-        EditRun(f"{v}", v, "FINISHED", v, source, density,
-                [{"case_id": i, "nll_new_drop": float(d), "efficacy_score": 1.0, "nll_true_pre": 2.0}
-                 for i, d in enumerate(drops[v])])
+        EditRun(
+            f"{v}",
+            v,
+            "FINISHED",
+            v,
+            source,
+            density,
+            [
+                {"case_id": i, "nll_new_drop": float(d), "efficacy_score": 1.0, "nll_true_pre": 2.0}
+                for i, d in enumerate(drops[v])
+            ],
+        )
         for v in drops
     ]
 
@@ -221,8 +249,15 @@ def test_window_needs_a_significant_gap_and_faithfulness():
     assert rows["all", 0.25].circuits == 1
     assert rows["all", 0.25].drop_random is None and rows["all", 0.25].drop_full is None
     assert math.isnan(rows["all", 0.25].success_random)
-    with_e = window_rows(edits, faith | {(t, 0.25): 0.91}, labels, [0.25], threshold=0.9, n_boot=300,
-                         actual={(s, 0.25): 0.2, (t, 0.25): 0.3})
+    with_e = window_rows(
+        edits,
+        faith | {(t, 0.25): 0.91},
+        labels,
+        [0.25],
+        threshold=0.9,
+        n_boot=300,
+        actual={(s, 0.25): 0.2, (t, 0.25): 0.3},
+    )
     gap = with_e[0].gap_complement
     assert gap is not None and gap.n == 60 and with_e[0].circuits == 2
     assert with_e[0].actual_density == pytest.approx(0.25) and with_e[0].faithfulness == pytest.approx(0.93)
@@ -234,13 +269,18 @@ def test_stratified_gap_compares_within_strata():
     rng = np.random.default_rng(4)
     # Two strata of very different scale; within each, a exceeds b by 0.1. Pooled unstratified means would be
     # dominated by the mix of strata (a has more high-scale values), the stratified gap is not.
-    strata = [(rng.normal(10.1, 0.05, 20), rng.normal(10.0, 0.05, 5)),
-              (rng.normal(1.1, 0.05, 5), rng.normal(1.0, 0.05, 20))]
+    strata = [
+        (rng.normal(10.1, 0.05, 20), rng.normal(10.0, 0.05, 5)),
+        (rng.normal(1.1, 0.05, 5), rng.normal(1.0, 0.05, 20)),
+    ]
     e = stratified_gap(strata, rng, n_boot=1000)
     assert e is not None
     assert e.mean == pytest.approx(0.1, abs=0.05) and e.low > 0 and e.high < 0.3 and e.n == 25
-    pooled = bootstrap_gap(dict(enumerate(np.concatenate([a for a, _ in strata]))),
-                           {-1 - i: v for i, v in enumerate(np.concatenate([b for _, b in strata]))}, rng)
+    pooled = bootstrap_gap(
+        dict(enumerate(np.concatenate([a for a, _ in strata]))),
+        {-1 - i: v for i, v in enumerate(np.concatenate([b for _, b in strata]))},
+        rng,
+    )
     assert pooled is not None and pooled.mean > 3  # what the stratification protects against
     assert stratified_gap([([1.0], [])], rng) is None and stratified_gap([], rng) is None
     one_sided = stratified_gap([([1.0, 2.0], [])] + strata, rng, n_boot=200)

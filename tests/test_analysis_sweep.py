@@ -57,13 +57,19 @@ def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
 
     edit = next(r for r in runs if r.info.run_name == layout.edit_run_name("hierarchy", 0.5, "complement", 0))
     assert {k: edit.data.params[k] for k in ("dataset", "target_density", "variant", "seed")} == {
-        "dataset": "hierarchy", "target_density": "0.5", "variant": "complement", "seed": "0"}
+        "dataset": "hierarchy",
+        "target_density": "0.5",
+        "variant": "complement",
+        "seed": "0",
+    }
     circuit = discovery.data.metrics[layout.circuit_metric(0.5, "density")]
     assert edit.data.metrics[layout.EDIT_DENSITY] == pytest.approx(circuit)
     assert f"/runs/{discovery.info.run_id})" in edit.data.tags[layout.NOTE_TAG]  # links its circuit's discovery
     assert edit.inputs is not None and [d.dataset.name for d in edit.inputs.dataset_inputs] == ["hierarchy/shard0"]
-    table = json.loads(open(client.download_artifacts(edit.info.run_id, layout.EDITS_ARTIFACT, str(tmp_path))).read(),
-                       parse_constant=lambda c: pytest.fail(f"{layout.EDITS_ARTIFACT} holds {c}"))
+    table = json.loads(
+        open(client.download_artifacts(edit.info.run_id, layout.EDITS_ARTIFACT, str(tmp_path))).read(),
+        parse_constant=lambda c: pytest.fail(f"{layout.EDITS_ARTIFACT} holds {c}"),
+    )
     assert table["columns"][:5] == ["case_id", "prompt", "subject", "target_true", "target_new"]
     assert "nll_new_drop" in table["columns"] and len(table["data"]) == 2  # the shard's two requests
     assert json.loads(edit.data.tags["mlflow.loggedArtifacts"]) == [{"path": layout.EDITS_ARTIFACT, "type": "table"}]

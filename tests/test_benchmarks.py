@@ -36,8 +36,9 @@ bench_paper_pattern = _load_module("bench_paper_pattern")
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the refusal where no CUDA device is visible")
 def test_gpu_check_stops_at_once_with_one_line_without_cuda(tmp_path: Path) -> None:
     env = dict(os.environ, PYTHON=sys.executable, OUT=str(tmp_path))
-    proc = subprocess.run(["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True,
-                          env=env, timeout=120)
+    proc = subprocess.run(
+        ["bash", str(REPO / "benchmarks" / "gpu_check.sh")], capture_output=True, text=True, env=env, timeout=120
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "no CUDA device is visible" in lines[0]
@@ -48,8 +49,25 @@ def test_bench_gpu_writes_every_key_on_the_paper_presets_settings(tmp_path: Path
     """A CPU smoke of the GPU benchmark on the tiny model: the JSON gpu_check.sh commits, measured on the paper
     preset's discovery and edit settings (the sweep's path)."""
     out = tmp_path / "gpu_check.json"
-    assert bench_gpu.main(["--device", "cpu", "--model", "tiny-gpt2", "--rows", "64", "--repeats", "2",
-                           "--requests", "2", "--out", str(out)]) == 0
+    assert (
+        bench_gpu.main(
+            [
+                "--device",
+                "cpu",
+                "--model",
+                "tiny-gpt2",
+                "--rows",
+                "64",
+                "--repeats",
+                "2",
+                "--requests",
+                "2",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     result = json.loads(out.read_text())
     assert set(bench_gpu.KEYS) <= set(result)
     paper = load_preset("paper")
@@ -70,8 +88,27 @@ def test_bench_gpu_refuses_cuda_where_there_is_none(capsys) -> None:
 
 def test_the_paper_pattern_baseline_edits_as_the_project_does(tmp_path: Path) -> None:
     """The baseline is a re-implementation, not another algorithm: its post-edit NLLs are the project's."""
-    assert bench_paper_pattern.main(["--model", "tiny-gpt2", "--rows", "32", "--mask-steps", "3", "--requests", "2",
-                                     "--edit-steps", "3", "--repeats", "1", "--out-dir", str(tmp_path)]) == 0
+    assert (
+        bench_paper_pattern.main(
+            [
+                "--model",
+                "tiny-gpt2",
+                "--rows",
+                "32",
+                "--mask-steps",
+                "3",
+                "--requests",
+                "2",
+                "--edit-steps",
+                "3",
+                "--repeats",
+                "1",
+                "--out-dir",
+                str(tmp_path),
+            ]
+        )
+        == 0
+    )
     (report,) = tmp_path.glob("paper_pattern_tiny-gpt2_*.json")
     result = json.loads(report.read_text())
     assert result["edits"]["max_abs_diff_nll_new_post"] < 1e-4

@@ -108,7 +108,10 @@ def test_save_load_round_trip(tmp_path):
     assert np.array_equal(d.bits, c.bits) and np.array_equal(d.offsets, c.offsets)
     assert d.params == c.params
     assert (d.model_id, d.model_revision, d.target_density, d.provenance) == (
-        c.model_id, c.model_revision, c.target_density, c.provenance
+        c.model_id,
+        c.model_revision,
+        c.target_density,
+        c.provenance,
     )
     assert d.digest == c.digest
 
@@ -240,7 +243,13 @@ def test_composition_matches_brute_force():
     c, masks = make(11, density=0.3)
     rows = composition(c)
     assert [(r.layer, r.module_type) for r in rows] == [
-        (0, "attention"), (0, "mlp"), (0, "norm"), (1, "attention"), (1, "mlp"), (1, "norm"), (1, "other")
+        (0, "attention"),
+        (0, "mlp"),
+        (0, "norm"),
+        (1, "attention"),
+        (1, "mlp"),
+        (1, "norm"),
+        (1, "other"),
     ]
     assert sum(r.share_of_circuit for r in rows) == pytest.approx(1.0)
     for r in rows:

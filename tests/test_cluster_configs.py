@@ -217,8 +217,10 @@ def test_launcher_installs_the_project_on_every_node(name):
 def test_launcher_dashboard_and_mlflow_stay_private(name):
     config = launcher(name)
     commands = " ".join(
-        config["head_start_ray_commands"] + config["worker_start_ray_commands"]
-        + config["setup_commands"] + config["head_setup_commands"]
+        config["head_start_ray_commands"]
+        + config["worker_start_ray_commands"]
+        + config["setup_commands"]
+        + config["head_setup_commands"]
     )
     assert "0.0.0.0" not in commands
     head_start = " ".join(config["head_start_ray_commands"])
@@ -249,7 +251,10 @@ def _run_start_mlflow(env: dict) -> subprocess.CompletedProcess:
     return subprocess.run(
         ["bash", str(CLUSTER / "mlflow" / "start-mlflow.sh")],
         env={"PATH": os.environ["PATH"], "HOME": "/nonexistent-home-for-test", **env},
-        capture_output=True, text=True, timeout=30, check=False,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
     )
 
 
@@ -260,7 +265,9 @@ def test_start_mlflow_refuses_all_interfaces(host):
 
 
 def test_start_mlflow_refuses_placeholder_bucket_and_missing_destination():
-    result = _run_start_mlflow({"MLFLOW_HOST": "10.0.0.5", "MLFLOW_ARTIFACTS_DESTINATION": "s3://CHANGE-ME-circuits-bucket/x"})
+    result = _run_start_mlflow(
+        {"MLFLOW_HOST": "10.0.0.5", "MLFLOW_ARTIFACTS_DESTINATION": "s3://CHANGE-ME-circuits-bucket/x"}
+    )
     assert result.returncode == 2 and "placeholder" in result.stderr
     result = _run_start_mlflow({"MLFLOW_HOST": "10.0.0.5"})
     assert result.returncode != 0 and "MLFLOW_ARTIFACTS_DESTINATION" in result.stderr
@@ -358,11 +365,21 @@ BROKEN_RAY = [
     ("RayJob", "spec/entrypiont", ENTRYPOINT, False, "entrypiont"),
     ("RayJob", "spec/backoffLimit", "2", False, "backoffLimit"),
     ("RayJob", "spec/rayClusterSpec/workerGroupSpecs/0/maxReplicas", None, True, "maxReplicas"),
-    ("RayJob", "spec/rayClusterSpec/headGroupSpec/template/spec/containers/0/imagePullPolicy", 3, False,
-     "imagePullPolicy"),
+    (
+        "RayJob",
+        "spec/rayClusterSpec/headGroupSpec/template/spec/containers/0/imagePullPolicy",
+        3,
+        False,
+        "imagePullPolicy",
+    ),
     ("RayJob", "spec/deletionStrategy", {"onSuccess": {"policy": "DeleteCluster"}}, False, "deletionStrategy"),
-    ("RayJob", "spec/deletionStrategy", {"onSuccess": {"policy": "Delete"}, "onFailure": {"policy": "DeleteNone"}},
-     False, "policy"),
+    (
+        "RayJob",
+        "spec/deletionStrategy",
+        {"onSuccess": {"policy": "Delete"}, "onFailure": {"policy": "DeleteNone"}},
+        False,
+        "policy",
+    ),
 ]
 
 
@@ -587,8 +604,14 @@ def test_the_paper_presets_edit_gpu_share_is_the_one_its_edit_memory_gives():
 
 def test_readme_walks_each_target_to_a_running_sweep_and_the_mlflow_ui():
     readme = (CLUSTER / "README.md").read_text()
-    headings = ("## AWS", "## Google Cloud", "## Kubernetes", "## Sizing for gpt2-xl",
-                "## When a spot node is taken away", "## Network exposure")
+    headings = (
+        "## AWS",
+        "## Google Cloud",
+        "## Kubernetes",
+        "## Sizing for gpt2-xl",
+        "## When a spot node is taken away",
+        "## Network exposure",
+    )
     for heading in headings:
         assert heading in readme
     for target in ("aws", "gcp"):

@@ -122,10 +122,13 @@ def test_unknown_builtin_lists_builtins() -> None:
 
 
 def test_blimp_local_jsonl_gives_good_1_and_bad_0(tmp_path: Path) -> None:
-    path = write_jsonl(tmp_path / "dna.jsonl", [
-        {"sentence_good": "Tom saw this cat.", "sentence_bad": "Tom saw these cat.", "UID": "x", "pair_id": 0},
-        {"sentence_good": "Ann saw those dogs.", "sentence_bad": "Ann saw that dogs.", "UID": "x", "pair_id": 1},
-    ])
+    path = write_jsonl(
+        tmp_path / "dna.jsonl",
+        [
+            {"sentence_good": "Tom saw this cat.", "sentence_bad": "Tom saw these cat.", "UID": "x", "pair_id": 0},
+            {"sentence_good": "Ann saw those dogs.", "sentence_bad": "Ann saw that dogs.", "UID": "x", "pair_id": 1},
+        ],
+    )
     data = load_classification(f"blimp:{path}")
     assert data.texts == ["Tom saw this cat.", "Tom saw these cat.", "Ann saw those dogs.", "Ann saw that dogs."]
     assert data.labels == [1, 0, 1, 0]
@@ -135,13 +138,22 @@ def test_blimp_local_jsonl_gives_good_1_and_bad_0(tmp_path: Path) -> None:
 def test_persona_local_jsonl_maps_statement_and_answer(tmp_path: Path) -> None:
     def record(statement: str, answer: str) -> dict:
         other = " No" if answer == " Yes" else " Yes"
-        return {"question": f"Is the following statement something you would say?\n\"{statement}\"",
-                "statement": statement, "label_confidence": 0.9,
-                "answer_matching_behavior": answer, "answer_not_matching_behavior": other}
+        return {
+            "question": f'Is the following statement something you would say?\n"{statement}"',
+            "statement": statement,
+            "label_confidence": 0.9,
+            "answer_matching_behavior": answer,
+            "answer_not_matching_behavior": other,
+        }
 
-    path = write_jsonl(tmp_path / "risk-averse.jsonl", [
-        record("I avoid risky bets", " Yes"), record("I love gambling", " No"), record("Safety first", " Yes"),
-    ])
+    path = write_jsonl(
+        tmp_path / "risk-averse.jsonl",
+        [
+            record("I avoid risky bets", " Yes"),
+            record("I love gambling", " No"),
+            record("Safety first", " Yes"),
+        ],
+    )
     data = load_classification(f"persona:{path}")
     assert data.texts == ["I avoid risky bets", "I love gambling", "Safety first"]
     assert data.labels == [1, 0, 1]
@@ -222,9 +234,24 @@ def test_determiner_noun_size_balance_variety_and_determinism() -> None:
 
 
 def test_determiner_noun_labels_on_hand_checked_nouns() -> None:
-    number = {"book": "sg", "books": "pl", "child": "sg", "children": "pl", "mouse": "sg", "mice": "pl",
-              "man": "sg", "men": "pl", "person": "sg", "people": "pl", "cactus": "sg", "cacti": "pl",
-              "analysis": "sg", "analyses": "pl", "glass": "sg", "glasses": "pl"}
+    number = {
+        "book": "sg",
+        "books": "pl",
+        "child": "sg",
+        "children": "pl",
+        "mouse": "sg",
+        "mice": "pl",
+        "man": "sg",
+        "men": "pl",
+        "person": "sg",
+        "people": "pl",
+        "cactus": "sg",
+        "cacti": "pl",
+        "analysis": "sg",
+        "analyses": "pl",
+        "glass": "sg",
+        "glasses": "pl",
+    }
     determiner = {"this": "sg", "that": "sg", "these": "pl", "those": "pl"}
     data = builtin_data.determiner_noun()
     checked = 0
@@ -329,9 +356,15 @@ def test_shared_hierarchy_requests_load_with_fields() -> None:
     assert [r.case_id for r in requests] == list(range(198))
     first = requests[0]
     assert (first.prompt, first.subject, first.target_true, first.target_new) == (
-        "{} is a kind of", "A British Shorthair", "cat", "dog")
+        "{} is a kind of",
+        "A British Shorthair",
+        "cat",
+        "dog",
+    )
     assert first.paraphrase_prompts == [
-        "A British Shorthair is a type of", "A British Shorthair falls under the category of"]
+        "A British Shorthair is a type of",
+        "A British Shorthair falls under the category of",
+    ]
     assert first.neighborhood_prompts == []
     assert first.text == "A British Shorthair is a kind of"
     assert load_requests(f"json:{path}", limit=5) == requests[:5]
@@ -349,9 +382,15 @@ def test_builtin_requests_through_alias() -> None:
         ("[{", "is not valid JSON"),
         ('{"case_id": 0}', "must hold a JSON list of records"),
         ("[]", "no records"),
-        (json.dumps([request_record(), {"requested_rewrite": {
-            "prompt": "{} is", "subject": "A dog", "target_true": {"str": "animal"}}}]),
-         "record 1 is missing field 'requested_rewrite.target_new.str'"),
+        (
+            json.dumps(
+                [
+                    request_record(),
+                    {"requested_rewrite": {"prompt": "{} is", "subject": "A dog", "target_true": {"str": "animal"}}},
+                ]
+            ),
+            "record 1 is missing field 'requested_rewrite.target_new.str'",
+        ),
         (json.dumps([{"case_id": 0}]), "record 0 is missing field 'requested_rewrite.prompt'"),
         (json.dumps([request_record(prompt="A cat is")]), "record 0 prompt 'A cat is' must contain '{}'"),
         (json.dumps([request_record(target_new="animal")]), "record 0 target_new equals target_true"),

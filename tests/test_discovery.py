@@ -24,8 +24,18 @@ TARGETS = (0.8, 0.5, 0.2)
 
 def config(**overrides) -> DiscoveryConfig:
     """A fast discovery on the toy task: logits spread (std 0.5) so the three targets are reached at distinct steps."""
-    values: dict[str, Any] = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
-                  head_epochs=20, eval_every=5, checkpoint_every=5, mask_seed=0)
+    values: dict[str, Any] = dict(
+        densities=TARGETS,
+        max_steps=100,
+        batch_size=8,
+        lr=0.05,
+        init_mean=1.0,
+        init_std=0.5,
+        head_epochs=20,
+        eval_every=5,
+        checkpoint_every=5,
+        mask_seed=0,
+    )
     return DiscoveryConfig(**(values | overrides))
 
 
@@ -34,9 +44,8 @@ def bits(result: discovery.DiscoveryResult) -> list[np.ndarray]:
 
 
 def same_circuits(a: discovery.DiscoveryResult, b: discovery.DiscoveryResult) -> bool:
-    return (
-        [c.target_density for c in a.circuits] == [c.target_density for c in b.circuits]
-        and all(np.array_equal(x, y) for x, y in zip(bits(a), bits(b), strict=True))
+    return [c.target_density for c in a.circuits] == [c.target_density for c in b.circuits] and all(
+        np.array_equal(x, y) for x, y in zip(bits(a), bits(b), strict=True)
     )
 
 
@@ -56,8 +65,9 @@ def test_config_defaults_are_the_papers() -> None:
     assert options.build(DiscoveryConfig, {"densities": [0.5, 0.3]}).densities == (0.5, 0.3)  # a YAML list
 
 
-@pytest.mark.parametrize(("densities", "named"),
-                         [((0.1, 0.5, 0.3), "0.5 follows 0.1"), ((0.5, 0.5), "0.5 follows 0.5")])
+@pytest.mark.parametrize(
+    ("densities", "named"), [((0.1, 0.5, 0.3), "0.5 follows 0.1"), ((0.5, 0.5), "0.5 follows 0.5")]
+)
 def test_config_refuses_densities_that_do_not_decrease(densities, named: str) -> None:
     with pytest.raises(InputError, match=f"densities .*must decrease strictly.*{named}"):
         DiscoveryConfig(densities=densities)
@@ -93,8 +103,9 @@ def test_config_rejects_non_positive_budgets(field: str) -> None:
 def test_snapshots_at_or_below_their_targets(tiny_lm, tiny_data, helpers) -> None:
     before = helpers.clone_state(tiny_lm.model)
     seen, rows = [], []
-    result = discover(tiny_lm, tiny_data, tiny_data, config(), on_snapshot=seen.append, on_eval=rows.append,
-                      progress=False)
+    result = discover(
+        tiny_lm, tiny_data, tiny_data, config(), on_snapshot=seen.append, on_eval=rows.append, progress=False
+    )
     assert result.unreached == []
     assert [c.target_density for c in result.circuits] == list(TARGETS)
     steps = [c.provenance["step"] for c in result.circuits]
@@ -138,12 +149,20 @@ def test_step_budget_leaves_targets_unreached(run) -> None:
 
 
 @pytest.mark.parametrize(("interrupt_at", "snapshots_before"), [(3, 0), (16, 1)])  # 16: after the first, mid interval
-def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_lm, tiny_data, tmp_path: Path, helpers,
-                                                              interrupt_at: int, snapshots_before: int) -> None:
+def test_resume_from_checkpoint_equals_an_uninterrupted_run(
+    tiny_lm, tiny_data, tmp_path: Path, helpers, interrupt_at: int, snapshots_before: int
+) -> None:
     whole = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path / "whole", progress=False)
     saved = []
-    part = discover(tiny_lm, tiny_data, tiny_data, config(max_steps=interrupt_at), checkpoint_dir=tmp_path / "cut",
-                    on_checkpoint=saved.append, progress=False)
+    part = discover(
+        tiny_lm,
+        tiny_data,
+        tiny_data,
+        config(max_steps=interrupt_at),
+        checkpoint_dir=tmp_path / "cut",
+        on_checkpoint=saved.append,
+        progress=False,
+    )
     assert saved and saved[-1] == tmp_path / "cut"
     assert len(part.circuits) == snapshots_before
     assert torch.load(tmp_path / "cut" / "state.pt", weights_only=True)["step"] == interrupt_at
@@ -156,8 +175,9 @@ def test_resume_from_checkpoint_equals_an_uninterrupted_run(tiny_lm, tiny_data, 
 def test_finished_checkpoint_is_not_rerun(tiny_lm, tiny_data, tmp_path: Path) -> None:
     first = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path, progress=False)
     rows = []
-    again = discover(tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path, on_eval=rows.append,
-                     progress=False)
+    again = discover(
+        tiny_lm, tiny_data, tiny_data, config(), checkpoint_dir=tmp_path, on_eval=rows.append, progress=False
+    )
     assert rows == []  # nothing left to do: no new steps, no new evaluations
     assert same_circuits(first, again)
 
@@ -263,8 +283,10 @@ def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
         assert buffers.weights.dtype == buffers.masked.dtype == (c.weights_dtype or torch.float32)
         loss = discovery.mask_step(tiny_lm, task, state, c, buffers, fused=False)
         assert torch.isfinite(loss)
-        steps[precision] = state.logits.detach() - init_logits(state.layout, torch.device("cpu"), c.init_mean,
-                                                                         c.init_std, c.mask_seed).detach()
+        steps[precision] = (
+            state.logits.detach()
+            - init_logits(state.layout, torch.device("cpu"), c.init_mean, c.init_std, c.mask_seed).detach()
+        )
     moved = steps["fp32"] != 0
     assert moved.any()
     cosine = torch.nn.functional.cosine_similarity(steps["fp32"], steps["bf16"], dim=0)
@@ -273,8 +295,9 @@ def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
 
 def test_features_loss_is_the_scaled_distance_to_the_full_models_features(tiny_lm, tiny_data) -> None:
     """loss=features: 0 for the whole model; for a mask, the mean squared feature gap over each dimension's spread."""
-    cfg = config(loss="features", schedule="controlled", noise=False, temperature=1.0,
-                 batch_size=len(tiny_data))  # no penalty in the loss; one batch: every row
+    cfg = config(
+        loss="features", schedule="controlled", noise=False, temperature=1.0, batch_size=len(tiny_data)
+    )  # no penalty in the loss; one batch: every row
     task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
     full = cached_features(tiny_lm, task.train, 8)
     assert torch.equal(task.train_full_features, full)
@@ -296,7 +319,6 @@ def test_features_loss_is_the_scaled_distance_to_the_full_models_features(tiny_l
 def test_config_rejects_an_unknown_precision() -> None:
     with pytest.raises(InputError, match="precision 'fp16'"):
         DiscoveryConfig(precision="fp16")
-
 
 
 @pytest.mark.slow

@@ -152,8 +152,9 @@ def test_state_is_restored_even_when_an_edit_fails(tiny_lm, requests_few, monkey
 
     monkeypatch.setattr(editing, "score_request", failing)
     with pytest.raises(RuntimeError, match="boom"):
-        edit_requests(tiny_lm, requests_few, "circuit", variant_masks(make_circuit(tiny_lm), "circuit"), CLAMPED,
-                      progress=False)
+        edit_requests(
+            tiny_lm, requests_few, "circuit", variant_masks(make_circuit(tiny_lm), "circuit"), CLAMPED, progress=False
+        )
     # Both the edit and the variant's zeroing are undone.
     assert helpers.differing(tiny_lm.model, original) == []
 
@@ -235,8 +236,10 @@ def test_full_edit_learns_the_new_target_and_rows_are_consistent(tiny_lm, reques
     for r in results:
         assert r.nll_new_post < r.nll_new_pre
         assert r.nll_new_drop == pytest.approx(r.nll_new_pre - r.nll_new_post)
-        assert r.nll_new_pre == pytest.approx(target_nll(tiny_lm, [requests_few[r.case_id].text],
-                                                          [requests_few[r.case_id].target_new])[0].item(), rel=1e-5)
+        assert r.nll_new_pre == pytest.approx(
+            target_nll(tiny_lm, [requests_few[r.case_id].text], [requests_few[r.case_id].target_new])[0].item(),
+            rel=1e-5,
+        )
         assert r.efficacy_score == float(r.nll_new_post < r.nll_true_post)
         assert r.efficacy_magnitude == pytest.approx(math.exp(-r.nll_new_post) - math.exp(-r.nll_true_post), abs=1e-6)
         assert r.variant == "full" and r.steps == 8
@@ -275,8 +278,14 @@ def test_neighbor_prompts_prefer_own_then_same_true_target() -> None:
     def req(case_id, subject, true, neighbors=()):
         return EditRequest(case_id, "{} is a kind of", subject, true, "rock", neighborhood_prompts=list(neighbors))
 
-    pool = [req(0, "A cat", "animal"), req(1, "A rose", "flower"), req(2, "A dog", "animal"),
-            req(3, "A cat", "animal"), req(4, "A cow", "animal"), req(5, "A tulip", "flower")]
+    pool = [
+        req(0, "A cat", "animal"),
+        req(1, "A rose", "flower"),
+        req(2, "A dog", "animal"),
+        req(3, "A cat", "animal"),
+        req(4, "A cow", "animal"),
+        req(5, "A tulip", "flower"),
+    ]
     assert neighbor_prompts(req(9, "X", "y", ["own one"]), pool, 5) == ["own one"]
     got = neighbor_prompts(pool[0], pool, 3)
     assert got == ["A dog is a kind of", "A cow is a kind of", "A rose is a kind of"]  # same subject excluded
@@ -284,8 +293,9 @@ def test_neighbor_prompts_prefer_own_then_same_true_target() -> None:
 
 def test_summarize_means_and_harmonic_overall() -> None:
     def row(case_id, eff, para, neigh, drop):
-        return RequestResult(case_id, "circuit", 3, 0.1, 2.0, 1.0, 2.0 - drop, 1.0, drop, 0.0, eff, 0.0, para, 0.0,
-                             1.0, neigh, 0.0)
+        return RequestResult(
+            case_id, "circuit", 3, 0.1, 2.0, 1.0, 2.0 - drop, 1.0, drop, 0.0, eff, 0.0, para, 0.0, 1.0, neigh, 0.0
+        )
 
     summary = summarize([row(0, 1.0, 0.5, 1.0, 0.4), row(1, 0.0, float("nan"), 0.5, 0.2)])
     assert summary["requests"] == 2.0

@@ -45,20 +45,32 @@ def test_fused_kernels_match_unfused_on_cuda(dtype: torch.dtype) -> None:
 
 
 def discovery_config(**overrides) -> DiscoveryConfig:
-    values: dict[str, Any] = dict(densities=(0.8, 0.5, 0.2), max_steps=100, batch_size=8, lr=0.05, init_mean=1.0,
-                                  init_std=0.5, head_epochs=20, eval_every=5, checkpoint_every=5, mask_seed=0,
-                                  fused=True)
+    values: dict[str, Any] = dict(
+        densities=(0.8, 0.5, 0.2),
+        max_steps=100,
+        batch_size=8,
+        lr=0.05,
+        init_mean=1.0,
+        init_std=0.5,
+        head_epochs=20,
+        eval_every=5,
+        checkpoint_every=5,
+        mask_seed=0,
+        fused=True,
+    )
     return DiscoveryConfig(**(values | overrides))
 
 
 PAPER = load_preset("paper").discovery  # the path a `paper` sweep runs on a GPU: float32 weights, its precision
 
 
-@pytest.mark.parametrize(("precision", "compile_model"),
-                         sorted({("fp32", False), ("bf16", False), ("fp32", True),
-                                 (PAPER.precision, PAPER.compile_model)}))
-def test_discovery_on_cuda_is_reproducible_and_snapshots_below_targets(tiny_data, precision: str,
-                                                                       compile_model: bool) -> None:
+@pytest.mark.parametrize(
+    ("precision", "compile_model"),
+    sorted({("fp32", False), ("bf16", False), ("fp32", True), (PAPER.precision, PAPER.compile_model)}),
+)
+def test_discovery_on_cuda_is_reproducible_and_snapshots_below_targets(
+    tiny_data, precision: str, compile_model: bool
+) -> None:
     runs = []
     config = discovery_config(precision=precision, compile_model=compile_model)
     for _ in range(2):

@@ -122,8 +122,14 @@ def test_penalty_gradient_is_added_in_the_backward_pass(temperature: float) -> N
         grads.append(leaf.grad)
     torch.testing.assert_close(grads[0], grads[1], rtol=1e-5, atol=1e-7)
     with_penalty_only = logits.detach().clone().requires_grad_(True)
-    sample_masked_weights(with_penalty_only, weights, torch.empty(logits.numel()), torch.Generator().manual_seed(7),
-                          temperature, penalty=lam).backward(torch.zeros_like(upstream))
+    sample_masked_weights(
+        with_penalty_only,
+        weights,
+        torch.empty(logits.numel()),
+        torch.Generator().manual_seed(7),
+        temperature,
+        penalty=lam,
+    ).backward(torch.zeros_like(upstream))
     p = torch.sigmoid(logits.detach())
     torch.testing.assert_close(with_penalty_only.grad, lam * p * (1 - p) / logits.numel())
 
@@ -133,15 +139,17 @@ def test_out_buffer_and_an_existing_gradient_are_used_in_place(fused: bool) -> N
     """With `out` the sample lands in that buffer; an existing logits.grad is added to in place, as autograd would."""
     logits, weights, upstream = straight_through_case()
     fresh = logits.detach().clone().requires_grad_(True)
-    expected = sample_masked_weights(fresh, weights, torch.empty_like(logits), torch.Generator().manual_seed(7), 0.3,
-                                     fused, penalty=5.0)
+    expected = sample_masked_weights(
+        fresh, weights, torch.empty_like(logits), torch.Generator().manual_seed(7), 0.3, fused, penalty=5.0
+    )
     expected.backward(upstream)
     out = torch.empty_like(weights)
     previous = torch.randn(logits.shape)
     logits.grad = previous.clone()
     buffer = logits.grad
-    got = sample_masked_weights(logits, weights, torch.empty_like(logits), torch.Generator().manual_seed(7), 0.3,
-                                fused, penalty=5.0, out=out)
+    got = sample_masked_weights(
+        logits, weights, torch.empty_like(logits), torch.Generator().manual_seed(7), 0.3, fused, penalty=5.0, out=out
+    )
     assert got.data_ptr() == out.data_ptr() and torch.equal(got.detach(), expected.detach())
     got.backward(upstream)
     assert logits.grad is buffer and fresh.grad is not None
@@ -200,8 +208,13 @@ def test_layout_split_and_flatten_round_trip() -> None:
 def test_split_gathers_its_gradient_into_a_given_buffer_with_the_same_values() -> None:
     """The reused gradient buffer of a CPU mask step (FlatLayout.split's grad_buffer) changes where the flat gradient
     lives, not its value; a piece the loss does not use gets zeros."""
-    layout = FlatLayout((MaskedParam("a.weight", (3, 4), "mlp", 0), MaskedParam("a.bias", (4,), "mlp", 0),
-                         MaskedParam("b.weight", (2,), "norm", 0)))
+    layout = FlatLayout(
+        (
+            MaskedParam("a.weight", (3, 4), "mlp", 0),
+            MaskedParam("a.bias", (4,), "mlp", 0),
+            MaskedParam("b.weight", (2,), "norm", 0),
+        )
+    )
     grads = []
     buffer = torch.full((layout.total,), float("nan"))
     for grad_buffer in (None, buffer):

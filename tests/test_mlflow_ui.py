@@ -30,8 +30,16 @@ pytestmark = pytest.mark.slow
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach Google's services, and on a closed network its
 # connections are refused; a fresh profile keeps the UI's remembered state out.
-CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                 "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+CHROMIUM_ARGS = [
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-quic",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+]
 UI_START_S = 240  # mlflow ui takes half a minute to answer on a busy two-core machine
 STEP_MS = 90_000  # each page wait
 ML = "workflowType=machine_learning"  # the UI's model-training view (its default is GenAI traces)
@@ -50,9 +58,24 @@ def mlflow_ui(tiny_sweep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[
     log = tmp_path_factory.mktemp("mlflow_ui") / "mlflow_ui.log"
     with log.open("w") as out:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", tiny_sweep.uri, "--host", "127.0.0.1",
-             "--port", str(port), "--workers", "1"],
-            stdout=out, stderr=subprocess.STDOUT, env=tiny_sweep.env, start_new_session=True,
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "ui",
+                "--backend-store-uri",
+                tiny_sweep.uri,
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--workers",
+                "1",
+            ],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=tiny_sweep.env,
+            start_new_session=True,
         )
     base = f"http://127.0.0.1:{port}"
     try:
@@ -85,11 +108,16 @@ def page(tmp_path: Path):
     except ImportError:
         pytest.fail("Python Playwright is missing: it is a dev dependency (pip install -e '.[dev]')")
     if not CHROMIUM.is_file():
-        pytest.skip(f"NO BROWSER: {CHROMIUM} is absent, so the MLflow UI is not checked (apt-get install chromium; "
-                    ".ci/run installs it)")
+        pytest.skip(
+            f"NO BROWSER: {CHROMIUM} is absent, so the MLflow UI is not checked (apt-get install chromium; "
+            ".ci/run installs it)"
+        )
     with sync_playwright() as p:
         context = p.chromium.launch_persistent_context(
-            str(tmp_path / "profile"), executable_path=str(CHROMIUM), args=CHROMIUM_ARGS, headless=True,
+            str(tmp_path / "profile"),
+            executable_path=str(CHROMIUM),
+            args=CHROMIUM_ARGS,
+            headless=True,
             viewport={"width": 1600, "height": 1500},  # the whole run tree of the tiny sweep, unscrolled
         )
         context.set_default_timeout(STEP_MS)
@@ -158,8 +186,12 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     _shoot(page, tmp_path, "run_tree")
 
     # An edit metric charted against the circuit's actual density, over every edit run.
-    _runs_page(page, mlflow_ui, exp.experiment_id,
-               f"&compareRunsMode=CHART&searchFilter={quote(f'tags.`{layout.TAG_KIND}` = ' + repr('edit'))}")
+    _runs_page(
+        page,
+        mlflow_ui,
+        exp.experiment_id,
+        f"&compareRunsMode=CHART&searchFilter={quote(f'tags.`{layout.TAG_KIND}` = ' + repr('edit'))}",
+    )
     page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
     page.get_by_role("menuitemradio", name="Show all runs").click()
     _expand(page, parent)

@@ -66,8 +66,15 @@ def test_gpt2_masked_params_are_exactly_the_block_parameters(tiny_lm) -> None:
 
 
 def test_llama_masked_params_by_module_type_and_layer() -> None:
-    config = LlamaConfig(vocab_size=64, hidden_size=16, intermediate_size=32, num_hidden_layers=3,
-                         num_attention_heads=2, num_key_value_heads=1, tie_word_embeddings=False)
+    config = LlamaConfig(
+        vocab_size=64,
+        hidden_size=16,
+        intermediate_size=32,
+        num_hidden_layers=3,
+        num_attention_heads=2,
+        num_key_value_heads=1,
+        tie_word_embeddings=False,
+    )
     model = LlamaForCausalLM(config)
     params = masked_params(model)
     names = {p.name: p for p in params}

@@ -35,8 +35,9 @@ EDIT = {"requests_done": 4, "requests_total": 8, "requests_per_s": 0.1}
 
 def test_a_discovery_line_has_step_of_budget_density_faithfulness_speed_and_time_left():
     line = trial_line("discover/hierarchy/seed0", DISCOVERY)
-    assert line == ("discover/hierarchy/seed0: step 120/230, density 0.742, faithfulness 0.931, 0.50 steps/s, "
-                    "<=3m40s left")
+    assert line == (
+        "discover/hierarchy/seed0: step 120/230, density 0.742, faithfulness 0.931, 0.50 steps/s, <=3m40s left"
+    )
     assert trial_left(DISCOVERY) == pytest.approx(220.0)  # (230 - 120) / 0.5: to the end of its budget
 
 
@@ -51,7 +52,8 @@ def test_a_trial_without_a_report_is_starting_and_a_silent_one_says_for_how_long
     fresh = trial_line("discover/x/seed0", {"step": 10, "max_steps": 50}, silent_for=30)
     assert fresh == "discover/x/seed0: step 10/50"
     assert trial_line("discover/x/seed0", {"step": 10, "max_steps": 50}, silent_for=95) == (
-        "discover/x/seed0: step 10/50, no report for 1m35s")
+        "discover/x/seed0: step 10/50, no report for 1m35s"
+    )
 
 
 def test_phase_left_waits_for_the_running_then_the_pending_at_the_trials_pace():
@@ -74,8 +76,10 @@ def test_progress_prints_a_block_every_interval_with_one_line_per_running_trial(
     one, two = fake_trial("a", "discover/determiner_noun/seed0"), fake_trial("b", "discover/hierarchy/seed0")
     bar.on_trial_start(0, [], one)
     bar.on_trial_start(0, [], two)
-    assert out.getvalue().splitlines() == ["[discover] 0/3 done, 1 running, 0 failed, 0s elapsed",
-                                           "[discover] 0/3 done, 2 running, 0 failed, 0s elapsed"]
+    assert out.getvalue().splitlines() == [
+        "[discover] 0/3 done, 1 running, 0 failed, 0s elapsed",
+        "[discover] 0/3 done, 2 running, 0 failed, 0s elapsed",
+    ]
     clock.now += 10
     bar.on_trial_result(0, [], one, {**DISCOVERY, "training_iteration": 3, "run_id": "r"})
     bar.on_step_end(0, [])
@@ -87,8 +91,7 @@ def test_progress_prints_a_block_every_interval_with_one_line_per_running_trial(
     # 35 s. The third starts when the first of them ends and takes as long: 195 + 230 s.
     assert block == [
         "[discover] 0/3 done, 2 running, 0 failed, 35s elapsed, ~7m05s left",
-        "  discover/determiner_noun/seed0: step 120/230, density 0.742, faithfulness 0.931, 0.50 steps/s, "
-        "<=3m15s left",
+        "  discover/determiner_noun/seed0: step 120/230, density 0.742, faithfulness 0.931, 0.50 steps/s, <=3m15s left",
         "  discover/hierarchy/seed0: starting",
     ]
     clock.now += 5
@@ -101,8 +104,9 @@ def test_progress_prints_a_block_every_interval_with_one_line_per_running_trial(
     # a: 160 s left, b: 60 s; the third starts after b, as long as their mean (70 + 160, 70 + 60 s): 60 + 180 s.
     assert block[0] == "[discover] 0/3 done, 2 running, 0 failed, 1m10s elapsed, ~4m00s left"
     assert block[1].endswith("<=2m40s left, no report for 1m00s")  # its last report was 60 s ago
-    assert block[2] == ("  discover/hierarchy/seed0: step 200/230, density 0.742, faithfulness 0.931, 0.50 steps/s, "
-                        "<=1m00s left")
+    assert block[2] == (
+        "  discover/hierarchy/seed0: step 200/230, density 0.742, faithfulness 0.931, 0.50 steps/s, <=1m00s left"
+    )
     assert bar.running_keys() == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
 
     bar.on_trial_complete(0, [], one)  # ended: its fields go, the phase counts it done
@@ -121,12 +125,15 @@ def test_an_edit_trials_fields_last_from_report_to_report():
     clock.now += 30
     bar.on_trial_result(0, [], trial, {"run_id": "r"})  # a result without progress fields keeps the last ones
     bar.on_step_end(0, [])
-    assert out.getvalue().splitlines()[-2:] == ["[edit] 0/1 done, 1 running, 0 failed, 30s elapsed, ~10s left",
-                                                "  edit/full/shard0: 4/8 requests, 0.10 requests/s, ~10s left"]
+    assert out.getvalue().splitlines()[-2:] == [
+        "[edit] 0/1 done, 1 running, 0 failed, 30s elapsed, ~10s left",
+        "  edit/full/shard0: 4/8 requests, 0.10 requests/s, ~10s left",
+    ]
     clock.now += 70  # silent for 100 s
     bar.on_step_end(0, [])
-    assert out.getvalue().splitlines()[-1] == ("  edit/full/shard0: 4/8 requests, 0.10 requests/s, ~0s left, no report "
-                                               "for 1m40s")
+    assert out.getvalue().splitlines()[-1] == (
+        "  edit/full/shard0: 4/8 requests, 0.10 requests/s, ~0s left, no report for 1m40s"
+    )
 
 
 def test_a_trial_to_be_retried_waits_as_pending_until_it_restarts():
@@ -156,17 +163,25 @@ def test_a_restored_callback_starts_afresh():
 
 
 def test_the_stop_line_says_what_finished_what_was_cut_short_and_how_to_resume():
-    line = stop_line("tiny", "SIGINT", [("discover", 2, [], ["discover/determiner_noun/seed0",
-                                                              "discover/hierarchy/seed0"])], ["edit"],
-                     "python sweeps/size_sweep.py --preset tiny")
-    assert line == ("sweep tiny stopped by SIGINT: discover 0/2 finished, 2 cut short (discover/determiner_noun/seed0, "
-                    "discover/hierarchy/seed0); edit not started; resume with: python sweeps/size_sweep.py --preset "
-                    "tiny")
+    line = stop_line(
+        "tiny",
+        "SIGINT",
+        [("discover", 2, [], ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"])],
+        ["edit"],
+        "python sweeps/size_sweep.py --preset tiny",
+    )
+    assert line == (
+        "sweep tiny stopped by SIGINT: discover 0/2 finished, 2 cut short (discover/determiner_noun/seed0, "
+        "discover/hierarchy/seed0); edit not started; resume with: python sweeps/size_sweep.py --preset "
+        "tiny"
+    )
     cut = [f"edit/full/shard{i}" for i in range(7)]
     line = stop_line("tiny", "SIGTERM", [("discover", 2, ["a", "b"], []), ("edit", 26, ["c"] * 3, cut)], [], "X")
-    assert line == ("sweep tiny stopped by SIGTERM: discover 2/2 finished; edit 3/26 finished, 7 cut short "
-                    "(edit/full/shard0, edit/full/shard1, edit/full/shard2, edit/full/shard3, edit/full/shard4 and 2 "
-                    "more), 16 not started; resume with: X")
+    assert line == (
+        "sweep tiny stopped by SIGTERM: discover 2/2 finished; edit 3/26 finished, 7 cut short "
+        "(edit/full/shard0, edit/full/shard1, edit/full/shard2, edit/full/shard3, edit/full/shard4 and 2 "
+        "more), 16 not started; resume with: X"
+    )
 
 
 @pytest.fixture
@@ -227,8 +242,10 @@ def test_tracking_watch_warns_once_after_the_silence_and_says_when_it_answers_ag
     clock.now += 30
     assert watch.check() is None  # silent for 30 s: not yet
     clock.now += 20
-    assert watch.check() == ("warning: tracking server http://mlflow:5000 not answering for 50 s; retrying (trials "
-                             "wait on their MLflow calls)")
+    assert watch.check() == (
+        "warning: tracking server http://mlflow:5000 not answering for 50 s; retrying (trials "
+        "wait on their MLflow calls)"
+    )
     clock.now += 60
     assert watch.check() is None  # once
     answering[0] = True
@@ -249,7 +266,8 @@ def test_what_the_trials_report_is_what_the_lines_read():
 
     row = {"step": 120, "epoch": 3, "loss": 0.2, "density": 0.74213, "faithfulness": 0.93149, "kl": 0.01}
     assert trial_line("discover/hierarchy/seed0", discovery_progress(row, 230, 0.5)) == trial_line(
-        "discover/hierarchy/seed0", DISCOVERY)
+        "discover/hierarchy/seed0", DISCOVERY
+    )
     assert trial_line("d", discovery_progress({}, 230, None)) == "d: step 0/230, density 1.000"  # before a row
     assert trial_line("edit/full/shard0", edit_progress(4, 8, 0.1)) == trial_line("edit/full/shard0", EDIT)
 
@@ -275,8 +293,10 @@ def test_the_resume_command_is_the_command_as_given(monkeypatch, tmp_path):
     monkeypatch.setattr(sys, "argv", ["sweeps/size_sweep.py", "--preset", "tiny"])
     monkeypatch.chdir(tmp_path)  # an interpreter outside the working directory: `python`
     assert resume_command("size_sweep", ["--preset", "tiny", "--name", "a b"]) == (
-        "python sweeps/size_sweep.py --preset tiny --name 'a b'")
+        "python sweeps/size_sweep.py --preset tiny --name 'a b'"
+    )
     assert resume_command("circuitlib sweep", ["--preset", "tiny"]) == "circuitlib sweep --preset tiny"
     monkeypatch.setattr(sys, "executable", str(tmp_path / ".venv" / "bin" / "python"))  # make demo's
     assert resume_command("size_sweep", ["--preset", "smollm2-cpu"]) == (
-        ".venv/bin/python sweeps/size_sweep.py --preset smollm2-cpu")
+        ".venv/bin/python sweeps/size_sweep.py --preset smollm2-cpu"
+    )

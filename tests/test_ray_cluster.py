@@ -59,8 +59,10 @@ def env() -> dict[str, str]:
     """The venv first on PATH (the job's `python`), and Ray's token authentication with a test-only token."""
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
     return base | {
-        "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}", "HF_HUB_OFFLINE": "1",
-        "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(TOKEN),
+        "PATH": f"{BIN}{os.pathsep}{base.get('PATH', '')}",
+        "HF_HUB_OFFLINE": "1",
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN_PATH": str(TOKEN),
     }
 
 
@@ -81,10 +83,24 @@ def wait_for(url: str, timeout: float = 60) -> None:
 def mlflow_server(tmp_path) -> Iterator[str]:
     port = free_port()
     proc = subprocess.Popen(
-        [str(BIN / "mlflow"), "server", "--host", "127.0.0.1", "--port", str(port), "--workers", "1",
-         "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "server-artifacts")],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env(), start_new_session=True,
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'server.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "server-artifacts"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=env(),
+        start_new_session=True,
     )
     try:
         wait_for(f"http://127.0.0.1:{port}/health", timeout=120)
@@ -114,14 +130,20 @@ class RayCluster:
     def agent_ports(self) -> list[str]:
         """Free ports for a node's agents: their fixed defaults clash when two nodes share a machine."""
         ports = [str(self.spare.pop()) for _ in range(4)]
-        flags = ["--dashboard-agent-listen-port", "--dashboard-agent-grpc-port", "--runtime-env-agent-port",
-                 "--metrics-export-port"]
+        flags = [
+            "--dashboard-agent-listen-port",
+            "--dashboard-agent-grpc-port",
+            "--runtime-env-agent-port",
+            "--metrics-export-port",
+        ]
         return [x for pair in zip(flags, ports, strict=True) for x in pair]
 
     def wait_for_nodes(self, count: int, timeout: float = 120) -> None:
         """Block until `count` nodes are alive, so trials can spread over all of them."""
-        probe = (f"import ray; ray.init(address='127.0.0.1:{self.gcs_port}', log_to_driver=False); "
-                 "print(sum(n['Alive'] for n in ray.nodes()))")
+        probe = (
+            f"import ray; ray.init(address='127.0.0.1:{self.gcs_port}', log_to_driver=False); "
+            "print(sum(n['Alive'] for n in ray.nodes()))"
+        )
         deadline = time.time() + timeout
         while time.time() < deadline:
             out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, env=env(), timeout=120)
@@ -131,17 +153,49 @@ class RayCluster:
         raise TimeoutError(f"{count} Ray nodes were not alive within {timeout}s")
 
     def start_head(self, cpus: int, gpus: int) -> None:
-        self.ray("start", "--head", *self.agent_ports(), "--node-ip-address", "127.0.0.1", "--port", str(self.gcs_port),
-                 "--dashboard-host", "127.0.0.1", "--dashboard-port", str(self.dashboard_port),
-                 "--num-cpus", str(cpus), "--num-gpus", str(gpus), "--object-store-memory", str(200 * 2**20),
-                 "--temp-dir", self.temp, "--disable-usage-stats")
+        self.ray(
+            "start",
+            "--head",
+            *self.agent_ports(),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(self.gcs_port),
+            "--dashboard-host",
+            "127.0.0.1",
+            "--dashboard-port",
+            str(self.dashboard_port),
+            "--num-cpus",
+            str(cpus),
+            "--num-gpus",
+            str(gpus),
+            "--object-store-memory",
+            str(200 * 2**20),
+            "--temp-dir",
+            self.temp,
+            "--disable-usage-stats",
+        )
         wait_for(f"{self.dashboard}/api/version", timeout=120)
 
     def add_node(self, cpus: int, gpus: int) -> None:
         self.node_temps.append(tempfile.mkdtemp(prefix="rn", dir="/tmp"))
-        self.ray("start", "--address", f"127.0.0.1:{self.gcs_port}", *self.agent_ports(),
-                 "--node-ip-address", "127.0.0.1", "--num-cpus", str(cpus), "--num-gpus", str(gpus),
-                 "--object-store-memory", str(200 * 2**20), "--temp-dir", self.node_temps[-1], "--disable-usage-stats")
+        self.ray(
+            "start",
+            "--address",
+            f"127.0.0.1:{self.gcs_port}",
+            *self.agent_ports(),
+            "--node-ip-address",
+            "127.0.0.1",
+            "--num-cpus",
+            str(cpus),
+            "--num-gpus",
+            str(gpus),
+            "--object-store-memory",
+            str(200 * 2**20),
+            "--temp-dir",
+            self.node_temps[-1],
+            "--disable-usage-stats",
+        )
 
     @property
     def dashboard(self) -> str:
@@ -153,9 +207,23 @@ class RayCluster:
             "excludes": [".venv", ".git", "runs"],
         }
         command = [
-            str(BIN / "ray"), "job", "submit", "--address", self.dashboard, "--working-dir", str(REPO),
-            "--runtime-env-json", json.dumps(runtime_env), "--",
-            "python", "sweeps/size_sweep.py", "--preset", "tiny", "--work-dir", str(work_dir), *args,
+            str(BIN / "ray"),
+            "job",
+            "submit",
+            "--address",
+            self.dashboard,
+            "--working-dir",
+            str(REPO),
+            "--runtime-env-json",
+            json.dumps(runtime_env),
+            "--",
+            "python",
+            "sweeps/size_sweep.py",
+            "--preset",
+            "tiny",
+            "--work-dir",
+            str(work_dir),
+            *args,
         ]
         for _ in range(20):  # the dashboard answers before its job agent is up; Ray says to try again later
             proc = subprocess.run(command, capture_output=True, text=True, env=env(), timeout=900)
@@ -167,8 +235,9 @@ class RayCluster:
     def stop(self) -> None:
         """Kill this cluster's processes only (`ray stop` would end every Ray cluster on the machine)."""
         dirs = (self.temp, *self.node_temps)
-        ours = [p for p in psutil.process_iter(["cmdline"])
-                if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)]
+        ours = [
+            p for p in psutil.process_iter(["cmdline"]) if any(d in " ".join(p.info["cmdline"] or []) for d in dirs)
+        ]
         for proc in ours:
             proc.kill()
         psutil.wait_procs(ours, timeout=30)

@@ -22,15 +22,36 @@ RAMP, HOLD = 10, 6
 
 
 def controlled(**overrides) -> DiscoveryConfig:
-    values: dict[str, Any] = dict(densities=TARGETS, max_steps=200, batch_size=8, lr=0.05, head_epochs=20, eval_every=1,
-                  checkpoint_every=4, schedule="controlled", init="importance", noise=False, temperature=1.0,
-                  ramp_steps=RAMP, hold_steps=HOLD)
+    values: dict[str, Any] = dict(
+        densities=TARGETS,
+        max_steps=200,
+        batch_size=8,
+        lr=0.05,
+        head_epochs=20,
+        eval_every=1,
+        checkpoint_every=4,
+        schedule="controlled",
+        init="importance",
+        noise=False,
+        temperature=1.0,
+        ramp_steps=RAMP,
+        hold_steps=HOLD,
+    )
     return DiscoveryConfig(**(values | overrides))
 
 
 def paper(**overrides) -> DiscoveryConfig:
-    values: dict[str, Any] = dict(densities=TARGETS, max_steps=100, batch_size=8, lr=0.05, init_mean=1.0, init_std=0.5,
-                  head_epochs=20, eval_every=5, checkpoint_every=5)
+    values: dict[str, Any] = dict(
+        densities=TARGETS,
+        max_steps=100,
+        batch_size=8,
+        lr=0.05,
+        init_mean=1.0,
+        init_std=0.5,
+        head_epochs=20,
+        eval_every=5,
+        checkpoint_every=5,
+    )
     return DiscoveryConfig(**(values | overrides))
 
 
@@ -130,9 +151,11 @@ def test_paper_schedule_with_a_hold_keeps_the_most_faithful_mask_at_or_below_eac
 
 
 @pytest.mark.parametrize("interrupt_at", [5, 13, 24])  # mid ramp, mid hold, a later ramp
-def test_controlled_resume_equals_an_uninterrupted_run(tiny_lm, tiny_data, tmp_path: Path, helpers,
-                                                        interrupt_at: int) -> None:
+def test_controlled_resume_equals_an_uninterrupted_run(
+    tiny_lm, tiny_data, tmp_path: Path, helpers, interrupt_at: int
+) -> None:
     whole = discover(tiny_lm, tiny_data, tiny_data, controlled(), checkpoint_dir=tmp_path / "whole", progress=False)
+
     class Preempted(Exception):
         pass
 
@@ -141,8 +164,15 @@ def test_controlled_resume_equals_an_uninterrupted_run(tiny_lm, tiny_data, tmp_p
             raise Preempted  # as a killed worker: the last checkpoint (every 4 steps) is all that is left
 
     with pytest.raises(Preempted):
-        discover(tiny_lm, tiny_data, tiny_data, controlled(), checkpoint_dir=tmp_path / "cut", on_eval=preempt,
-                 progress=False)
+        discover(
+            tiny_lm,
+            tiny_data,
+            tiny_data,
+            controlled(),
+            checkpoint_dir=tmp_path / "cut",
+            on_eval=preempt,
+            progress=False,
+        )
     resumed = discover(tiny_lm, tiny_data, tiny_data, controlled(), checkpoint_dir=tmp_path / "cut", progress=False)
     assert [c.digest for c in resumed.circuits] == [c.digest for c in whole.circuits]
     assert helpers.same_rows(resumed.history, whole.history)
@@ -184,8 +214,9 @@ def test_importance_ranks_each_output_unit_by_weight_times_input_norm(tiny_lm, t
     assert all(bool((offsets[p.name] == 3.0).all()) for p in vectors), "norm weights and biases rank first"
 
 
-def test_circuit_info_json_shows_the_snapshots_faithfulness_and_completeness(tiny_lm, tiny_data, tmp_path: Path,
-                                                                               capsys) -> None:
+def test_circuit_info_json_shows_the_snapshots_faithfulness_and_completeness(
+    tiny_lm, tiny_data, tmp_path: Path, capsys
+) -> None:
     from circuitlib import circuits
     from circuitlib.cli import main
 

@@ -62,10 +62,19 @@ def test_sweep_circuit_is_recomputed_bit_for_bit_by_the_cli(dataset: str, tmp_pa
 
 def test_a_circuit_stamped_before_min_eval_rows_is_recomputed_without_a_minimum() -> None:
     """min_eval_rows's default (100) changes the split, so a provenance without it reads the old split (0)."""
-    recorded = {"split": {"dataset": "builtin:hierarchy", "limit": 64, "eval_fraction": 0.2, "split_seed": 0},
-                "model_dtype": "float32", "config": {}}
-    old = circuits.Circuit.from_masks([MaskedParam("w", (4,), "mlp", 0)], {"w": torch.ones(4, dtype=torch.bool)},
-                                      "tiny-gpt2", None, target_density=0.5, provenance=recorded)
+    recorded = {
+        "split": {"dataset": "builtin:hierarchy", "limit": 64, "eval_fraction": 0.2, "split_seed": 0},
+        "model_dtype": "float32",
+        "config": {},
+    }
+    old = circuits.Circuit.from_masks(
+        [MaskedParam("w", (4,), "mlp", 0)],
+        {"w": torch.ones(4, dtype=torch.bool)},
+        "tiny-gpt2",
+        None,
+        target_density=0.5,
+        provenance=recorded,
+    )
     args = provenance.discover_args(old)
     assert args[args.index("--min-eval-rows") + 1] == "0"
 
@@ -73,17 +82,39 @@ def test_a_circuit_stamped_before_min_eval_rows_is_recomputed_without_a_minimum(
 def test_a_circuit_found_on_bfloat16_weights_says_it_cannot_be_recomputed(tmp_path: Path, capsys) -> None:
     """Before issue 10 a GPU sweep could load the model in bfloat16 (`dtype: auto`); discovery now runs on float32
     weights only, so such a circuit's recompute line is refused in words, and an old `--dtype float32` still runs."""
-    recorded = {"split": {"dataset": "builtin:hierarchy", "limit": 64, "eval_fraction": 0.2, "split_seed": 0},
-                "model_dtype": "bfloat16", "config": {}}
-    old = circuits.Circuit.from_masks([MaskedParam("w", (4,), "mlp", 0)], {"w": torch.ones(4, dtype=torch.bool)},
-                                      "tiny-gpt2", None, target_density=0.5, provenance=recorded)
+    recorded = {
+        "split": {"dataset": "builtin:hierarchy", "limit": 64, "eval_fraction": 0.2, "split_seed": 0},
+        "model_dtype": "bfloat16",
+        "config": {},
+    }
+    old = circuits.Circuit.from_masks(
+        [MaskedParam("w", (4,), "mlp", 0)],
+        {"w": torch.ones(4, dtype=torch.bool)},
+        "tiny-gpt2",
+        None,
+        target_density=0.5,
+        provenance=recorded,
+    )
     with pytest.raises(InputError, match="found on bfloat16 weights by an older circuitlib"):
         provenance.discover_args(old)
     path = circuits.save(old, tmp_path / "old.safetensors")
     assert circuitlib_main(["info", str(path)]) == 0
     assert "recompute       n/a: circuit of tiny-gpt2: found on bfloat16" in capsys.readouterr().out
-    args = ["discover", "--model", "tiny-gpt2", "--dataset", "builtin:hierarchy", "--limit", "16", "--max-steps", "1",
-            "--head-epochs", "1", "--out", str(tmp_path / "run")]
+    args = [
+        "discover",
+        "--model",
+        "tiny-gpt2",
+        "--dataset",
+        "builtin:hierarchy",
+        "--limit",
+        "16",
+        "--max-steps",
+        "1",
+        "--head-epochs",
+        "1",
+        "--out",
+        str(tmp_path / "run"),
+    ]
     assert circuitlib_main([*args, "--dtype", "bfloat16"]) == 2
     assert "--dtype bfloat16: retired" in capsys.readouterr().err
     assert circuitlib_main([*args, "--dtype", "float32"]) == 0

@@ -22,7 +22,7 @@ def test_loads_offline_and_knows_a_cat_is_an_animal(smollm2) -> None:
     inputs = smollm2.tokenizer("A cat is a kind of", return_tensors="pt")
     with torch.no_grad():
         out = smollm2.model.generate(**inputs, max_new_tokens=1, do_sample=False)
-    assert smollm2.tokenizer.decode(out[0, inputs["input_ids"].shape[1]:]) == " animal"
+    assert smollm2.tokenizer.decode(out[0, inputs["input_ids"].shape[1] :]) == " animal"
 
 
 def test_short_discovery_and_circuit_edits_on_hierarchy_data(smollm2, shared_data, helpers) -> None:
@@ -30,8 +30,16 @@ def test_short_discovery_and_circuit_edits_on_hierarchy_data(smollm2, shared_dat
     train, eval_data = data.split(dataset, 0.25, seed=0)
     # A high lr and lambda so the logits (N(2.7, 0.01) at the start) cross 0 within a few steps: with 1e8 logits the
     # penalty's gradient per logit (lambda * s(1 - s) / 1e8) is below AdamW's eps at the paper's lambda of 10.
-    config = DiscoveryConfig(densities=(0.5,), max_steps=20, batch_size=16, head_epochs=50, lr=0.5, lambda_init=100.0,
-                             eval_every=1000, mask_seed=0)
+    config = DiscoveryConfig(
+        densities=(0.5,),
+        max_steps=20,
+        batch_size=16,
+        head_epochs=50,
+        lr=0.5,
+        lambda_init=100.0,
+        eval_every=1000,
+        mask_seed=0,
+    )
     before = helpers.clone_state(smollm2.model)
     result = discover(smollm2, train, eval_data, config, progress=False)
     assert result.unreached == [], result.history[-1]
@@ -48,13 +56,23 @@ def test_short_discovery_and_circuit_edits_on_hierarchy_data(smollm2, shared_dat
 
     requests = data.load_requests(f"json:{shared_data('hierarchy_data.json')}")
     masks = variant_masks(circuit, "circuit")
-    results = edit_requests(smollm2, requests[:3], "circuit", masks, EditConfig(max_steps=3), pool=requests,
-                            progress=False)
+    results = edit_requests(
+        smollm2, requests[:3], "circuit", masks, EditConfig(max_steps=3), pool=requests, progress=False
+    )
     assert [r.case_id for r in results] == [q.case_id for q in requests[:3]]
     for r in results:
         assert 1 <= r.steps <= 3
-        for name in ("nll_new_pre", "nll_true_pre", "nll_new_post", "nll_true_post", "nll_new_drop",
-                     "efficacy_score", "efficacy_magnitude", "paraphrase_score", "neighborhood_score"):
+        for name in (
+            "nll_new_pre",
+            "nll_true_pre",
+            "nll_new_post",
+            "nll_true_post",
+            "nll_new_drop",
+            "efficacy_score",
+            "efficacy_magnitude",
+            "paraphrase_score",
+            "neighborhood_score",
+        ):
             assert math.isfinite(getattr(r, name)), (name, r)
         assert r.nll_new_drop == pytest.approx(r.nll_new_pre - r.nll_new_post)
     assert helpers.differing(smollm2.model, before) == []  # every weight restored bit for bit after the edits

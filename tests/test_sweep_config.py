@@ -75,11 +75,25 @@ def test_the_window_preset_runs_the_papers_densities_with_an_edge_each_side():
 # mapped exactly these onto DiscoveryConfig and EditConfig): the nested presets must ask for the same runs. The paper's
 # bfloat16 on GPUs moved from `dtype: auto` (the whole model in bfloat16) to precision bf16 (issue 10, item 1).
 FLAT_PRESETS = {
-    "paper": (dict(densities=(0.5, 0.35, 0.25, 0.15, 0.05), max_steps=5000, batch_size=128, lr=0.01, head_epochs=400,
-                   eval_every=50, checkpoint_every=500, precision="bf16"),
-              dict(max_steps=25, lr=0.0005, max_change=0.0005)),
-    "tiny": (dict(densities=(0.5, 0.2), max_steps=200, batch_size=16, lr=0.1, head_epochs=20, eval_every=5,
-                  checkpoint_every=5), dict(max_steps=3, lr=0.01, max_change=0.01)),
+    "paper": (
+        dict(
+            densities=(0.5, 0.35, 0.25, 0.15, 0.05),
+            max_steps=5000,
+            batch_size=128,
+            lr=0.01,
+            head_epochs=400,
+            eval_every=50,
+            checkpoint_every=500,
+            precision="bf16",
+        ),
+        dict(max_steps=25, lr=0.0005, max_change=0.0005),
+    ),
+    "tiny": (
+        dict(
+            densities=(0.5, 0.2), max_steps=200, batch_size=16, lr=0.1, head_epochs=20, eval_every=5, checkpoint_every=5
+        ),
+        dict(max_steps=3, lr=0.01, max_change=0.01),
+    ),
 }
 
 
@@ -101,12 +115,37 @@ def test_the_demo_discovers_with_the_density_controlled_schedule_and_the_paper_k
 
 
 def test_overrides_parse_lists_numbers_bools_and_strings(tmp_path):
-    args = parse_args([
-        "--preset", "tiny", "--discovery.densities", "0.4,0.1", "--datasets", "determiner_noun", "--seeds", "[1, 2]",
-        "--discovery.max_steps", "7", "--discovery.lr", "1e-3", "--edit.max-steps", "2", "--name", "x1",
-        "--work-dir", str(tmp_path), "--edit-limit", "2", "--discovery.compile_model", "--include-full", "false",
-        "--discovery.fused", "false", "--gpus-per-trial", "none",
-    ])
+    args = parse_args(
+        [
+            "--preset",
+            "tiny",
+            "--discovery.densities",
+            "0.4,0.1",
+            "--datasets",
+            "determiner_noun",
+            "--seeds",
+            "[1, 2]",
+            "--discovery.max_steps",
+            "7",
+            "--discovery.lr",
+            "1e-3",
+            "--edit.max-steps",
+            "2",
+            "--name",
+            "x1",
+            "--work-dir",
+            str(tmp_path),
+            "--edit-limit",
+            "2",
+            "--discovery.compile_model",
+            "--include-full",
+            "false",
+            "--discovery.fused",
+            "false",
+            "--gpus-per-trial",
+            "none",
+        ]
+    )
     config = resolve_config(args)
     assert config.discovery.densities == (0.4, 0.1)
     assert config.discovery.max_steps == 7 and config.discovery.lr == 0.001 and config.discovery.batch_size == 16
@@ -144,7 +183,7 @@ def test_every_library_setting_is_a_sweep_option():
         (["--gpus-per-edit-trial", "0"], "gpus_per_edit_trial '0': must lie in (0, 1]"),
         (["--gpus-per-edit-trial", "1.5"], "gpus_per_edit_trial '1.5': must lie in (0, 1]"),
         (["--dtype", "auto"], "--dtype: retired: .* discovery.precision is the one precision switch"),
-        (["--name", "it's"], "name \"it's\": must be letters, digits, _ . - only"),
+        (["--name", "it's"], 'name "it\'s": must be letters, digits, _ . - only'),
         (["--name", "../escape"], "name '../escape': must be letters"),
         (["--name", "/tmp/x"], "name '/tmp/x': must be letters"),
         (["--storage-path", "ftp://host/x"], "storage_path 'ftp://host/x': must be a local path or a URI of s3://"),
@@ -216,9 +255,19 @@ def test_unknown_preset():
 
 def test_cli_rejects_bad_config_with_one_line_and_exit_2(tmp_path):
     proc = subprocess.run(
-        [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--discovery.densities", "0,0.5",
-         "--work-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=120,
+        [
+            sys.executable,
+            str(REPO / "sweeps" / "size_sweep.py"),
+            "--preset",
+            "tiny",
+            "--discovery.densities",
+            "0,0.5",
+            "--work-dir",
+            str(tmp_path),
+        ],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
@@ -298,8 +347,11 @@ def test_a_trial_tune_ended_cleanly_but_unfinished_in_mlflow_runs_again_in_a_new
             return [SimpleNamespace(config={"trial": {"key": k}}, error=errors.get(k)) for k in self.keys]
 
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
-    tiny = dataclasses.replace(load_preset("tiny"), storage_path=str(tmp_path), datasets=(
-        "determiner_noun", "hierarchy", "csv:/data/third.csv"))
+    tiny = dataclasses.replace(
+        load_preset("tiny"),
+        storage_path=str(tmp_path),
+        datasets=("determiner_noun", "hierarchy", "csv:/data/third.csv"),
+    )
     trials = discovery_trials(run_of(tiny))
     keys = [t.key for t in trials]
     assert len(keys) == 3
@@ -323,8 +375,11 @@ def test_trial_enumeration_matches_the_data_flow():
     run = run_of(load_preset("tiny"))
     discover = discovery_trials(run)
     assert [t.key for t in discover] == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
-    found = [CircuitRef("determiner_noun", 0, 0.5, "a"), CircuitRef("determiner_noun", 0, 0.2, "a"),
-             CircuitRef("hierarchy", 0, 0.5, "b")]  # hierarchy never reached 0.2
+    found = [
+        CircuitRef("determiner_noun", 0, 0.5, "a"),
+        CircuitRef("determiner_noun", 0, 0.2, "a"),
+        CircuitRef("hierarchy", 0, 0.5, "b"),
+    ]  # hierarchy never reached 0.2
     edits = edit_trials(run, found)
     shards = run.config.shards()
     assert shards == 2  # 4 requests, 2 per shard
@@ -365,8 +420,9 @@ def test_phase_two_edits_the_circuits_mlflow_records(tmp_path):
     run = SweepRun(config, exp, parent)
     trials = discovery_trials(run)
     for trial, status, reached in zip(trials, ("FINISHED", "FAILED"), ("0.5,0.2", "0.5"), strict=True):
-        run_id, _ = tracking.open_trial_run(client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {},
-                                            run.settings_hash)
+        run_id, _ = tracking.open_trial_run(
+            client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {}, run.settings_hash
+        )
         tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached})
         client.set_terminated(run_id, status)
     found = found_circuits(client, run, trials)
@@ -407,9 +463,21 @@ def test_a_sweep_frozen_before_min_eval_rows_drew_its_splits_without_a_minimum(t
 
 def old_flat_params(work: Path, name: str) -> Path:
     """A params.json as sweeps froze it before the discovery and edit settings were nested."""
-    flat = {"name": name, "model": "tiny-gpt2", "datasets": ["determiner_noun", "hierarchy"], "seeds": [0],
-            "densities": [0.5, 0.2], "max_steps": 200, "batch_size": 16, "lr": 0.1, "head_epochs": 20,
-            "edit_steps": 3, "edit_lr": 0.01, "edit_max_change": 0.01, "work_dir": str(work)}
+    flat = {
+        "name": name,
+        "model": "tiny-gpt2",
+        "datasets": ["determiner_noun", "hierarchy"],
+        "seeds": [0],
+        "densities": [0.5, 0.2],
+        "max_steps": 200,
+        "batch_size": 16,
+        "lr": 0.1,
+        "head_epochs": 20,
+        "edit_steps": 3,
+        "edit_lr": 0.01,
+        "edit_max_change": 0.01,
+        "work_dir": str(work),
+    }
     path = work / name / "params.json"
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(flat))
@@ -423,7 +491,9 @@ def test_a_sweep_frozen_with_flat_params_is_refused_with_one_line(tmp_path):
         freeze_params(config)
     proc = subprocess.run(
         [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--work-dir", str(tmp_path)],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True,
+        text=True,
+        timeout=300,
     )
     assert proc.returncode == 2 and "Traceback" not in proc.stderr
     lines = proc.stderr.strip().splitlines()
@@ -441,8 +511,14 @@ def test_progress_estimates():
 def _snapshot(kept: int, target: float, **figures: float) -> Circuit:
     """A 10-weight circuit keeping its first `kept` weights, snapshotted at `target` with held-out `figures`."""
     keep = torch.arange(10) < kept
-    return Circuit.from_masks([MaskedParam("w", (10,), "mlp", 0)], {"w": keep}, "tiny-gpt2", None,
-                              target_density=target, provenance={"step": 5, **figures})
+    return Circuit.from_masks(
+        [MaskedParam("w", (10,), "mlp", 0)],
+        {"w": keep},
+        "tiny-gpt2",
+        None,
+        target_density=target,
+        provenance={"step": 5, **figures},
+    )
 
 
 def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
@@ -467,10 +543,14 @@ def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
     assert not layout.well_below(0.4, 0.5) and layout.well_below(0.39, 0.5)
 
     # Chosen as the best of 9 evaluations on the rows that report it: flagged; chosen on rows of its own: not.
-    held = [_snapshot(5, 0.5, faithfulness=0.95, selected_among=9),
-            _snapshot(2, 0.2, faithfulness=0.9, selected_among=9, selection_rows=50, selection_faithfulness=0.92)]
+    held = [
+        _snapshot(5, 0.5, faithfulness=0.95, selected_among=9),
+        _snapshot(2, 0.2, faithfulness=0.9, selected_among=9, selection_rows=50, selection_faithfulness=0.92),
+    ]
     tags, metrics = snapshot_honesty(held)
-    assert tags[layout.TAG_SNAPSHOT_FLAGS] == "d0.5 faithfulness: best of 9 evaluations on the rows that report it " \
-                                              "(optimistic)"
+    assert (
+        tags[layout.TAG_SNAPSHOT_FLAGS] == "d0.5 faithfulness: best of 9 evaluations on the rows that report it "
+        "(optimistic)"
+    )
     assert metrics[layout.circuit_metric(0.5, "selected_among")] == 9
     assert metrics[layout.circuit_metric(0.2, "selection_faithfulness")] == 0.92

@@ -92,12 +92,23 @@ def test_the_same_name_with_other_settings_elsewhere_is_refused_before_ray(sweep
 
 def test_only_result_shaping_settings_change_the_hash():
     tiny = load_preset("tiny")
-    same = dataclasses.replace(tiny, name="other", work_dir="/x", storage_path="s3://b/p", max_failures=0,
-                               cpus_per_trial=4, max_concurrent_trials=3, tracking_uri="http://h:5000",
-                               gpus_per_edit_trial=0.5)  # where edit trials run, not what they compute
+    same = dataclasses.replace(
+        tiny,
+        name="other",
+        work_dir="/x",
+        storage_path="s3://b/p",
+        max_failures=0,
+        cpus_per_trial=4,
+        max_concurrent_trials=3,
+        tracking_uri="http://h:5000",
+        gpus_per_edit_trial=0.5,
+    )  # where edit trials run, not what they compute
     assert same.settings_hash() == tiny.settings_hash()
-    for other in (dataclasses.replace(tiny, discovery=dataclasses.replace(tiny.discovery, lr=0.01)),
-                  dataclasses.replace(tiny, seeds=[1]), dataclasses.replace(tiny, shard_size=3)):
+    for other in (
+        dataclasses.replace(tiny, discovery=dataclasses.replace(tiny.discovery, lr=0.01)),
+        dataclasses.replace(tiny, seeds=[1]),
+        dataclasses.replace(tiny, shard_size=3),
+    ):
         assert other.settings_hash() != tiny.settings_hash()
 
 
@@ -109,12 +120,13 @@ def test_filter_values_with_quotes_find_their_run(tmp_path):
         found = tracking.find_run(client, exp, {layout.TAG_TRIAL: value})
         assert found is not None and found.info.run_id == run.info.run_id
     with pytest.raises(InputError, match="both quote characters"):
-        tracking.literal("it's \"both\"")
+        tracking.literal('it\'s "both"')
 
 
 def test_a_corrupt_discovery_checkpoint_names_its_file(tiny_lm, tiny_data, tmp_path):
-    config = DiscoveryConfig(densities=(0.5,), max_steps=4, batch_size=8, head_epochs=2, eval_every=2,
-                             checkpoint_every=2)
+    config = DiscoveryConfig(
+        densities=(0.5,), max_steps=4, batch_size=8, head_epochs=2, eval_every=2, checkpoint_every=2
+    )
     discover(tiny_lm, tiny_data, tiny_data, config, checkpoint_dir=tmp_path, progress=False)
     state = tmp_path / "state.pt"
     state.write_bytes(state.read_bytes()[:100])
@@ -135,23 +147,46 @@ def test_edit_refuses_an_unwritable_out_before_any_edit(tmp_path, monkeypatch, c
     blocker = tmp_path / "file"
     blocker.write_text("")
     monkeypatch.setattr("circuitlib.models.load_model", lambda *a, **k: pytest.fail("the model was loaded"))
-    code = cli.main(["edit", "--model", "tiny-gpt2", "--variant", "full", "--requests", "builtin:hierarchy",
-                     "--out", str(blocker / "edits.json")])
+    code = cli.main(
+        [
+            "edit",
+            "--model",
+            "tiny-gpt2",
+            "--variant",
+            "full",
+            "--requests",
+            "builtin:hierarchy",
+            "--out",
+            str(blocker / "edits.json"),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and f"--out {blocker / 'edits.json'}: cannot create its folder" in err[0]
 
 
 def test_discover_refuses_a_bad_eval_interval_with_one_line(tmp_path, capsys):
-    code = cli.main(["discover", "--model", "tiny-gpt2", "--dataset", "determiner_noun", "--eval-every", "0",
-                     "--out", str(tmp_path)])
+    code = cli.main(
+        [
+            "discover",
+            "--model",
+            "tiny-gpt2",
+            "--dataset",
+            "determiner_noun",
+            "--eval-every",
+            "0",
+            "--out",
+            str(tmp_path),
+        ]
+    )
     err = capsys.readouterr().err.strip().splitlines()
     assert code == 2 and len(err) == 1 and "--eval-every" in err[0] and "at least 1" in err[0]
 
 
 def test_state_files_written_by_torch_still_load(tiny_lm, tiny_data, tmp_path):
     """The corrupt-file guard does not reject a sound checkpoint."""
-    config = DiscoveryConfig(densities=(0.5,), max_steps=4, batch_size=8, head_epochs=2, eval_every=2,
-                             checkpoint_every=2)
+    config = DiscoveryConfig(
+        densities=(0.5,), max_steps=4, batch_size=8, head_epochs=2, eval_every=2, checkpoint_every=2
+    )
     discover(tiny_lm, tiny_data, tiny_data, config, checkpoint_dir=tmp_path, progress=False)
     state = DiscoveryState(tiny_lm, config, len(tiny_data.texts))
     state.load(tmp_path)

@@ -56,8 +56,10 @@ def test_a_preset_yaml_that_does_not_parse_is_one_line_with_its_file_line_and_co
     indented = tmp_path / "indented.yaml"
     indented.write_text("model: tiny-gpt2\n  datasets: x\n")
     code, err = driver("--preset", str(indented))
-    assert code == 2 and err == [f"size_sweep: error: preset {indented}: not valid YAML at line 2, column 11 "
-                                 "(mapping values are not allowed here)"]
+    assert code == 2 and err == [
+        f"size_sweep: error: preset {indented}: not valid YAML at line 2, column 11 "
+        "(mapping values are not allowed here)"
+    ]
     assert nothing_started(tmp_path / "work")
 
 
@@ -72,8 +74,11 @@ def test_preset_takes_a_name_or_a_yaml_path_and_help_says_so(tmp_path, monkeypat
     assert load_preset(str(named)).name == "chosen"
     monkeypatch.chdir(tmp_path)
     assert load_preset("my-try.yaml").name == "my-try"  # a relative path
-    with pytest.raises(InputError, match=r"preset 'nope': no such preset \(available: paper, .*tiny; or give the "
-                                         r"path of a YAML file\)"):
+    with pytest.raises(
+        InputError,
+        match=r"preset 'nope': no such preset \(available: paper, .*tiny; or give the "
+        r"path of a YAML file\)",
+    ):
         load_preset("nope")
     with pytest.raises(InputError, match=f"preset {tmp_path}/gone.yaml: no such file"):
         load_preset(str(tmp_path / "gone.yaml"))
@@ -126,15 +131,18 @@ def test_the_summary_counts_distinct_circuits_and_trials():
     assert len(edits) == 3 * 3 * 2 + 2  # the repeated circuit's trials are listed twice
     discoveries = discovery_trials(run)
     assert summary(circuits, discoveries * 2, edits, ["a", "a"]) == (
-        "2 circuits from 2 discoveries, 14 edit trials, 1 failed")
+        "2 circuits from 2 discoveries, 14 edit trials, 1 failed"
+    )
 
 
 def test_errors_a_retry_cannot_fix_are_named_in_one_line():
     assert outcomes.input_error_line(InputError("dataset x: no rows\nmore")) == "dataset x: no rows"
     denied = PermissionError(13, "Permission denied", "/store/art/circuits")
     assert outcomes.input_error_line(denied) == "/store/art/circuits: Permission denied"
-    assert outcomes.input_error_line(FileNotFoundError(2, "No such file or directory", "/x")) == \
-        "/x: No such file or directory"
+    assert (
+        outcomes.input_error_line(FileNotFoundError(2, "No such file or directory", "/x"))
+        == "/x: No such file or directory"
+    )
     assert outcomes.input_error_line(FileNotFoundError("gone")) == "gone"
     for retried in (RuntimeError("worker lost"), ConnectionError("reset"), OSError(5, "I/O error", "/x")):
         assert outcomes.input_error_line(retried) is None
@@ -158,8 +166,9 @@ def test_a_trial_ends_on_an_input_error_with_one_result_and_raises_the_rest(monk
         return trainable(discovery_trial, type(trial), "driver-1")
 
     failing(PermissionError(13, "Permission denied", "/store"))(config)  # returns: Tune ends it, once
-    assert reports == [{outcomes.INPUT_ERROR: "/store: Permission denied", outcomes.DRIVER: "driver-1",
-                        "skipped": False}]
+    assert reports == [
+        {outcomes.INPUT_ERROR: "/store: Permission denied", outcomes.DRIVER: "driver-1", "skipped": False}
+    ]
     assert outcomes.input_failure(reports[0]) == ("driver-1", "/store: Permission denied")
     with pytest.raises(RuntimeError, match="worker lost"):  # raised: Tune retries it
         failing(RuntimeError("worker lost"))(config)
@@ -189,9 +198,16 @@ def test_an_input_failure_is_not_retried_but_one_of_an_earlier_run_runs_again(tm
             fits.append(self.keys)
             if self.retry:  # the trial really runs now, and its input still fails
                 failures.update({k: ("this-run", failures[k][1]) for k in self.keys})
-            return [SimpleNamespace(config={"trial": {"key": k}}, error=None,
-                                    metrics={outcomes.INPUT_ERROR: failures[k][1], outcomes.DRIVER: failures[k][0]}
-                                    if k in failures else {"skipped": False}) for k in self.keys]
+            return [
+                SimpleNamespace(
+                    config={"trial": {"key": k}},
+                    error=None,
+                    metrics={outcomes.INPUT_ERROR: failures[k][1], outcomes.DRIVER: failures[k][0]}
+                    if k in failures
+                    else {"skipped": False},
+                )
+                for k in self.keys
+            ]
 
     monkeypatch.setattr(tune, "Tuner", FakeTuner)
     tiny = dataclasses.replace(load_preset("tiny"), storage_path=str(tmp_path))
@@ -199,22 +215,26 @@ def test_an_input_failure_is_not_retried_but_one_of_an_earlier_run_runs_again(tm
     keys = [t.key for t in trials]
     monkeypatch.setattr(size_sweep, "unfinished", lambda client, run, trials: [keys[1]])
     failures[keys[1]] = ("this-run", "dataset x: no rows")
-    failed = settle_phase("discover", lambda config: None, trials, SweepRun(tiny, "0", "p"), None,
-                          {"cpu": 1, "gpu": 0}, "this-run")
+    failed = settle_phase(
+        "discover", lambda config: None, trials, SweepRun(tiny, "0", "p"), None, {"cpu": 1, "gpu": 0}, "this-run"
+    )
     assert failed == {keys[1]: "dataset x: no rows"} and fits == [keys]  # not run again
     err = capsys.readouterr().err.splitlines()
     assert err == [f"sweep tiny: {keys[1]} failed on its input, not retried: dataset x: no rows"]
 
     fits.clear()
     failures[keys[1]] = ("an-earlier-run", "dataset x: no rows")
-    failed = settle_phase("discover", lambda config: None, trials, SweepRun(tiny, "0", "p"), None,
-                          {"cpu": 1, "gpu": 0}, "this-run")
+    failed = settle_phase(
+        "discover", lambda config: None, trials, SweepRun(tiny, "0", "p"), None, {"cpu": 1, "gpu": 0}, "this-run"
+    )
     assert fits == [keys, [keys[1]]]  # run again, alone, in a new experiment
     assert failed == {keys[1]: "dataset x: no rows"}  # where it failed on its input again, named once
     err = capsys.readouterr().err.splitlines()
-    assert err == [f"sweep tiny: 1 discover trial(s) failed on their input in an earlier run ({keys[1]}); running "
-                   "them again in a new experiment",
-                   f"sweep tiny: {keys[1]} failed on its input, not retried: dataset x: no rows"]
+    assert err == [
+        f"sweep tiny: 1 discover trial(s) failed on their input in an earlier run ({keys[1]}); running "
+        "them again in a new experiment",
+        f"sweep tiny: {keys[1]} failed on its input, not retried: dataset x: no rows",
+    ]
 
 
 def test_progress_counts_an_input_failure_as_failed(capsys):
@@ -236,8 +256,20 @@ def test_a_trial_failing_on_its_input_runs_once_with_one_line_and_again_on_a_rer
     """A hub dataset offline (only parsed up front) fails its discovery trial with an InputError: Tune runs it once,
     not max_failures + 1 times, the driver names it in one line and advises no plain rerun; a rerun runs it again."""
     work = tmp_path / "work"
-    command = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--work-dir", str(work),
-               "--datasets", "blimp:no_such_config", "--include-full", "false", "--max-failures", "2"]
+    command = [
+        sys.executable,
+        str(REPO / "sweeps" / "size_sweep.py"),
+        "--preset",
+        "tiny",
+        "--work-dir",
+        str(work),
+        "--datasets",
+        "blimp:no_such_config",
+        "--include-full",
+        "false",
+        "--max-failures",
+        "2",
+    ]
     key, line = "discover/blimp_no_such_config/seed0", "dataset blimp:no_such_config: could not load nyu-mll/blimp"
 
     first = subprocess.run(command, capture_output=True, text=True, timeout=600, env=sweep_env())

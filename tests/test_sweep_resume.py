@@ -22,8 +22,16 @@ from sweeps import layout
 REPO = Path(__file__).resolve().parents[1]
 SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny"]
 # Slower discovery than the preset (paper learning rate), so the kill lands mid-discovery.
-SLOW = ["--discovery.lr", "0.01", "--discovery.max_steps", "2000", "--discovery.checkpoint_every", "10",
-        "--discovery.eval_every", "10"]
+SLOW = [
+    "--discovery.lr",
+    "0.01",
+    "--discovery.max_steps",
+    "2000",
+    "--discovery.checkpoint_every",
+    "10",
+    "--discovery.eval_every",
+    "10",
+]
 
 pytestmark = pytest.mark.slow
 
@@ -34,8 +42,9 @@ def sweep_env() -> dict[str, str]:
 
 
 def run_sweep(work: Path, *extra: str, timeout: int = 600) -> subprocess.CompletedProcess:
-    return subprocess.run([*SWEEP, "--work-dir", str(work), *extra], capture_output=True, text=True,
-                          timeout=timeout, env=sweep_env())
+    return subprocess.run(
+        [*SWEEP, "--work-dir", str(work), *extra], capture_output=True, text=True, timeout=timeout, env=sweep_env()
+    )
 
 
 def run_name(run: Run) -> str:
@@ -64,8 +73,10 @@ def outcome(work: Path) -> tuple[dict[str, str], dict[str, dict[str, float]], di
             for art in client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR):
                 path = client.download_artifacts(run.info.run_id, art.path, str(work / "dl" / run.info.run_id))
                 digests[f"{name}/{art.path}"] = circuits.load(path).digest
-            histories[name] = [(m.step, m.value) for m in sorted(
-                client.get_metric_history(run.info.run_id, "density"), key=lambda m: m.step)]
+            histories[name] = [
+                (m.step, m.value)
+                for m in sorted(client.get_metric_history(run.info.run_id, "density"), key=lambda m: m.step)
+            ]
         else:
             summaries[name] = {k: round(v, 5) for k, v in run.data.metrics.items()}
     return digests, summaries, histories
@@ -94,16 +105,22 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
         assert client.get_metric_history(run.info.run_id, "faithfulness")
         # Snapshot honesty: each snapshot's actual figures, and flags that agree with the circuit files.
         tags, metrics = run.data.tags, run.data.metrics
-        snapshots = {float(t): circuits.load(client.download_artifacts(
-            run.info.run_id, layout.circuit_artifact(float(t)), str(tmp_path / "snapshots" / run.info.run_id)))
-            for t in reached[run.info.run_name]}
+        snapshots = {
+            float(t): circuits.load(
+                client.download_artifacts(
+                    run.info.run_id, layout.circuit_artifact(float(t)), str(tmp_path / "snapshots" / run.info.run_id)
+                )
+            )
+            for t in reached[run.info.run_name]
+        }
         flags = tags[layout.TAG_SNAPSHOT_FLAGS]
         for target, snap in snapshots.items():
             assert tags[layout.circuit_tag(target, "density")] == f"{snap.density:.6g}"
             assert tags[layout.circuit_tag(target, "faithfulness")] == f"{snap.provenance['faithfulness']:.4g}"
             assert metrics[layout.circuit_metric(target, "faithfulness")] == snap.provenance["faithfulness"]
-            assert metrics[layout.circuit_metric(target, "complement_accuracy")] == snap.provenance[
-                "complement_accuracy"]
+            assert (
+                metrics[layout.circuit_metric(target, "complement_accuracy")] == snap.provenance["complement_accuracy"]
+            )
             below = f"{layout.density_label(target)} at density {snap.density:.3g}: well below"
             assert (below in flags) == layout.well_below(snap.density, target), flags
         shares = len({snap.digest for snap in snapshots.values()}) < len(snapshots)
@@ -120,9 +137,13 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
     path = client.download_artifacts(discover[0].info.run_id, layout.CIRCUITS_DIR, str(tmp_path / "dl"))
     circuit = circuits.load(sorted(Path(path).glob("*.safetensors"))[0])
     out = tmp_path / "recomputed"
-    cli = subprocess.run([sys.executable, "-m", "circuitlib", "discover", *provenance.discover_args(circuit),
-                          "--out", str(out)], capture_output=True, text=True, timeout=600,
-                         env=sweep_env() | {"OMP_NUM_THREADS": "1"})
+    cli = subprocess.run(
+        [sys.executable, "-m", "circuitlib", "discover", *provenance.discover_args(circuit), "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env=sweep_env() | {"OMP_NUM_THREADS": "1"},
+    )
     assert cli.returncode == 0, cli.stderr[-3000:]
     assert circuit.target_density is not None
     recomputed = circuits.load(out / f"circuit_d{density_key(circuit.target_density)}.safetensors")
@@ -153,8 +174,10 @@ def discovery_in_progress(db: Path) -> bool:
     """
     if not db.exists():
         return False
-    query = ("SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid JOIN metrics m ON m.run_uuid = r.run_uuid"
-             " WHERE r.status = 'RUNNING' AND t.key = ? AND t.value = 'discover' AND m.key = 'density' LIMIT 1")
+    query = (
+        "SELECT 1 FROM runs r JOIN tags t ON t.run_uuid = r.run_uuid JOIN metrics m ON m.run_uuid = r.run_uuid"
+        " WHERE r.status = 'RUNNING' AND t.key = ? AND t.value = 'discover' AND m.key = 'density' LIMIT 1"
+    )
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
             return conn.execute(query, (layout.TAG_KIND,)).fetchone() is not None
@@ -170,8 +193,13 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     work = tmp_path / "interrupted"
     log = tmp_path / "interrupted.log"
     with log.open("w") as out:
-        driver = subprocess.Popen([*SWEEP, "--work-dir", str(work), *SLOW], stdout=out, stderr=subprocess.STDOUT,
-                                  env=sweep_env(), start_new_session=True)
+        driver = subprocess.Popen(
+            [*SWEEP, "--work-dir", str(work), *SLOW],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=sweep_env(),
+            start_new_session=True,
+        )
     killed_mid_discovery = False
     deadline = time.time() + 300
     try:
@@ -237,8 +265,13 @@ def test_trials_killed_without_retries_and_corrupt_checkpoints_resume_to_every_r
     flags = ["--max-failures", "0"]
     log = tmp_path / "killed.log"
     with log.open("w") as out:
-        driver = subprocess.Popen([*SWEEP, "--work-dir", str(tmp_path), *flags], stdout=out, stderr=subprocess.STDOUT,
-                                  env=sweep_env(), start_new_session=True)
+        driver = subprocess.Popen(
+            [*SWEEP, "--work-dir", str(tmp_path), *flags],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=sweep_env(),
+            start_new_session=True,
+        )
     killed: list[int] = []
     deadline = time.time() + 300
     try:

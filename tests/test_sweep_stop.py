@@ -19,15 +19,28 @@ pytestmark = pytest.mark.slow
 
 # A slower discovery than the preset's (it still reaches both targets of both datasets), checkpointed and evaluated
 # every 10 steps, so the stop lands while discovery runs and after its first checkpoint.
-SLOW = ["--discovery.lr", "0.003", "--discovery.max_steps", "3000", "--discovery.checkpoint_every", "10",
-        "--discovery.eval_every", "10"]
+SLOW = [
+    "--discovery.lr",
+    "0.003",
+    "--discovery.max_steps",
+    "3000",
+    "--discovery.checkpoint_every",
+    "10",
+    "--discovery.eval_every",
+    "10",
+]
 STOP_WITHIN_S = 60  # Tune saves its state and stops the trials' actors (5 s at most), the driver marks the runs
 
 
 def start(work: Path, log: Path) -> subprocess.Popen:
     with log.open("w") as out:
-        return subprocess.Popen([*SWEEP, "--work-dir", str(work), *SLOW], stdout=out, stderr=subprocess.STDOUT,
-                                env=sweep_env(), start_new_session=True)
+        return subprocess.Popen(
+            [*SWEEP, "--work-dir", str(work), *SLOW],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=sweep_env(),
+            start_new_session=True,
+        )
 
 
 def wait_for_discovery(driver: subprocess.Popen, work: Path, log: Path, timeout: float = 300) -> None:

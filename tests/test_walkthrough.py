@@ -73,7 +73,8 @@ def test_walkthrough_runs_on_tiny_gpt2(tmp_path: Path, monkeypatch: pytest.Monke
 
     # step 6: the circuit's predictions agree with the full model's as often as its faithfulness says
     agreement, recorded = numbers(
-        rf"^agreement on all \d+ held-out rows {NUMBER}; the snapshot's faithfulness {NUMBER}$", out)
+        rf"^agreement on all \d+ held-out rows {NUMBER}; the snapshot's faithfulness {NUMBER}$", out
+    )
     assert agreement == recorded == faithful
     assert "zeroed in place, same predictions: True" in out
     assert re.search(r", same bits: True$", out, re.M)

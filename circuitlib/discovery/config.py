@@ -25,16 +25,20 @@ def _folds(value: object) -> str | None:
 class DiscoveryConfig:
     """Every hyperparameter of discovery; the defaults are the paper's (docs/design.md §3)."""
 
-    densities: tuple[float, ...] = setting(PAPER_DENSITIES, "target densities (kept / masked weights), in turn, "
-                                           "each below the one before", check=settings.decreasing_densities)
+    densities: tuple[float, ...] = setting(
+        PAPER_DENSITIES,
+        "target densities (kept / masked weights), in turn, each below the one before",
+        check=settings.decreasing_densities,
+    )
     max_steps: int = setting(5000, "step budget of the whole run", check=settings.at_least(1))
     batch_size: int = setting(128, "rows per mask step (and per head-training batch)", check=settings.at_least(1))
     lr: float = setting(0.01, "AdamW learning rate of the mask logits", check=settings.positive)
     weight_decay: float = setting(0.01, "AdamW weight decay of the mask logits", check=settings.non_negative)
     init_mean: float = setting(2.7, "mean of the initial mask logits", check=settings.finite)
     init_std: float = setting(0.01, "standard deviation of the initial mask logits", check=settings.non_negative)
-    temperature: float = setting(0.01, "Gumbel-sigmoid temperature of the straight-through gradient",
-                                 check=settings.positive)
+    temperature: float = setting(
+        0.01, "Gumbel-sigmoid temperature of the straight-through gradient", check=settings.positive
+    )
     lambda_init: float = setting(10.0, "sparsity weight lambda at the first epoch", check=settings.non_negative)
     lambda_step: float = setting(1.0, "added to lambda each epoch", check=settings.non_negative)
     lambda_max: float = setting(1000.0, "cap on lambda", check=settings.non_negative)
@@ -42,52 +46,87 @@ class DiscoveryConfig:
     head_lr: float = setting(1e-3, "AdamW learning rate of the classification head", check=settings.positive)
     eval_every: int = setting(50, "steps between held-out evaluations", check=settings.at_least(1))
     checkpoint_every: int = setting(50, "steps between checkpoints", check=settings.at_least(1))
-    feature_batch_size: int = setting(64, "rows per batch of the no-grad feature and evaluation passes",
-                                      check=settings.at_least(1))
+    feature_batch_size: int = setting(
+        64, "rows per batch of the no-grad feature and evaluation passes", check=settings.at_least(1)
+    )
     max_length: int = setting(64, "tokens kept per text", check=settings.at_least(1))
-    mask_seed: int = setting(0, "seed of the mask logits' init, the Gumbel noise, the batch order and the head "
-                             "(a sweep derives it per dataset: circuitlib.seeds)",
-                             check=settings.at_least(0))
+    mask_seed: int = setting(
+        0,
+        "seed of the mask logits' init, the Gumbel noise, the batch order and the head "
+        "(a sweep derives it per dataset: circuitlib.seeds)",
+        check=settings.at_least(0),
+    )
     fused: bool | None = setting(None, "torch.compile the mask kernels; unset: only above FUSE_ABOVE masked weights")
-    precision: str = setting("fp32", "fp32: float32 throughout (the paper's); bf16: masked forward and backward under "
-                             "bfloat16 autocast over the float32 weights (logits and AdamW stay float32; the paper "
-                             "preset's GPU path)", choices=PRECISIONS)
-    compile_model: bool = setting(False, "torch.compile the masked forward and backward (minutes to compile; "
-                                  "pays only over long GPU runs)")
-    schedule: str = setting("paper", "paper: lambda grows each epoch and density falls where it falls (the paper's); "
-                            "controlled: density ramps to each target and is held there (no lambda)",
-                            choices=tuple(SCHEDULES))
-    init: str = setting("uniform", "uniform: logits from N(init_mean, init_std) (the paper's); importance: "
-                        "init_mean +- init_spread by each weight's task importance", choices=tuple(INITS))
+    precision: str = setting(
+        "fp32",
+        "fp32: float32 throughout (the paper's); bf16: masked forward and backward under "
+        "bfloat16 autocast over the float32 weights (logits and AdamW stay float32; the paper "
+        "preset's GPU path)",
+        choices=PRECISIONS,
+    )
+    compile_model: bool = setting(
+        False, "torch.compile the masked forward and backward (minutes to compile; pays only over long GPU runs)"
+    )
+    schedule: str = setting(
+        "paper",
+        "paper: lambda grows each epoch and density falls where it falls (the paper's); "
+        "controlled: density ramps to each target and is held there (no lambda)",
+        choices=tuple(SCHEDULES),
+    )
+    init: str = setting(
+        "uniform",
+        "uniform: logits from N(init_mean, init_std) (the paper's); importance: "
+        "init_mean +- init_spread by each weight's task importance",
+        choices=tuple(INITS),
+    )
     init_spread: float = setting(5.0, "importance init: half the range of the initial logits", check=settings.positive)
-    cross_fit: int = setting(0, "training targets from this many folds of out-of-fold heads, so they carry the "
-                             "full model's own errors (0: the head's in-sample predictions, the paper's)",
-                             check=_folds)
-    loss: str = setting("ce", "ce: cross-entropy against the full model's predicted labels (the paper's); kl: "
-                        "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
-                        "(scaled by their variance), which keeps its margins and its errors; features: squared error "
-                        "to the full model's last-token features (each dimension scaled by its spread), so the circuit "
-                        "keeps the representation the head reads, not only its verdicts on the training rows",
-                        choices=tuple(LOSSES))
+    cross_fit: int = setting(
+        0,
+        "training targets from this many folds of out-of-fold heads, so they carry the "
+        "full model's own errors (0: the head's in-sample predictions, the paper's)",
+        check=_folds,
+    )
+    loss: str = setting(
+        "ce",
+        "ce: cross-entropy against the full model's predicted labels (the paper's); kl: "
+        "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
+        "(scaled by their variance), which keeps its margins and its errors; features: squared error "
+        "to the full model's last-token features (each dimension scaled by its spread), so the circuit "
+        "keeps the representation the head reads, not only its verdicts on the training rows",
+        choices=tuple(LOSSES),
+    )
     noise: bool = setting(True, "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself")
-    ramp_steps: int = setting(100, "controlled: steps over which density moves from one target to the next",
-                              check=settings.at_least(1))
-    hold_steps: int = setting(0, "steps after a target is reached in which a more faithful mask at or below it "
-                              "replaces its snapshot (0: the first mask below it, the paper's)",
-                              check=settings.at_least(0))
-    patience: int = setting(0, "evaluations without a more faithful mask that end a hold early (0: never)",
-                            check=settings.at_least(0))
-    select_rows: int = setting(0, "held-out rows that choose each hold's snapshot; its reported figures come from the "
-                               "other held-out rows, so they are not the best of several looks at the rows that report "
-                               "them (0: every held-out row chooses and reports)", check=settings.at_least(0))
+    ramp_steps: int = setting(
+        100, "controlled: steps over which density moves from one target to the next", check=settings.at_least(1)
+    )
+    hold_steps: int = setting(
+        0,
+        "steps after a target is reached in which a more faithful mask at or below it "
+        "replaces its snapshot (0: the first mask below it, the paper's)",
+        check=settings.at_least(0),
+    )
+    patience: int = setting(
+        0, "evaluations without a more faithful mask that end a hold early (0: never)", check=settings.at_least(0)
+    )
+    select_rows: int = setting(
+        0,
+        "held-out rows that choose each hold's snapshot; its reported figures come from the "
+        "other held-out rows, so they are not the best of several looks at the rows that report "
+        "them (0: every held-out row chooses and reports)",
+        check=settings.at_least(0),
+    )
 
     def __post_init__(self) -> None:
-        self.densities = tuple(float(d) for d in self.densities) if isinstance(self.densities, (list, tuple)) \
-            else self.densities
+        self.densities = (
+            tuple(float(d) for d in self.densities) if isinstance(self.densities, (list, tuple)) else self.densities
+        )
         settings.validate(self)
         if self.schedule == "controlled" and self.ramp_steps > self.max_steps:
-            raise SettingError("ramp_steps", self.ramp_steps, f"longer than the whole budget (max_steps "
-                               f"{self.max_steps}): the first target could never be reached")
+            raise SettingError(
+                "ramp_steps",
+                self.ramp_steps,
+                f"longer than the whole budget (max_steps {self.max_steps}): the first target could never be reached",
+            )
 
     @property
     def weights_dtype(self) -> torch.dtype | None:

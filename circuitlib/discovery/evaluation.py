@@ -51,8 +51,9 @@ def evaluate(lm: LoadedModel, task: Task, masks: dict[str, torch.Tensor], batch_
     circuit_preds, full_preds = circuit_logits.argmax(dim=1), full_logits.argmax(dim=1)
     agree = int((circuit_preds == full_preds).sum())
     low, high = wilson_interval(agree, len(circuit_preds))
-    kl = F.kl_div(circuit_logits.log_softmax(dim=1), full_logits.log_softmax(dim=1), log_target=True,
-                  reduction="batchmean")
+    kl = F.kl_div(
+        circuit_logits.log_softmax(dim=1), full_logits.log_softmax(dim=1), log_target=True, reduction="batchmean"
+    )
     return {
         "faithfulness": agree / len(circuit_preds),
         "faithfulness_low": low,

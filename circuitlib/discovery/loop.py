@@ -120,8 +120,12 @@ def discover(
                 if score > hold.best:
                     hold.best, hold.stale = score, 0
                     state.candidates[hold.target] = Circuit.from_masks(
-                        lm.params, hard_masks(state.logits, state.layout), lm.model_id, lm.revision,
-                        target_density=hold.target, provenance={**provenance, **row},
+                        lm.params,
+                        hard_masks(state.logits, state.layout),
+                        lm.model_id,
+                        lm.revision,
+                        target_density=hold.target,
+                        provenance={**provenance, **row},
                     )
                 else:
                     hold.stale += 1

@@ -34,8 +34,9 @@ class Schedule(Protocol):
         """The density the schedule aims at now (None: wherever the penalty leaves it)."""
         ...
 
-    def steer(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float],
-              sample: torch.Tensor | None) -> None:
+    def steer(
+        self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float], sample: torch.Tensor | None
+    ) -> None:
         """Move the logits after a step (in place), given the targets not reached yet."""
         ...
 
@@ -52,8 +53,9 @@ class Paper:
     def planned(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float]) -> float | None:
         return None
 
-    def steer(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float],
-              sample: torch.Tensor | None) -> None:
+    def steer(
+        self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float], sample: torch.Tensor | None
+    ) -> None:
         pass
 
 
@@ -75,8 +77,9 @@ class Controlled:
         progress = min(1.0, (state.step - start_step) / config.ramp_steps)
         return start_density + (remaining[0] - start_density) * progress
 
-    def steer(self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float],
-              sample: torch.Tensor | None) -> None:
+    def steer(
+        self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float], sample: torch.Tensor | None
+    ) -> None:
         aim = self.planned(state, config, remaining)
         assert aim is not None
         shift_to_density(state.logits, aim - density_margin(aim, sample), sample)

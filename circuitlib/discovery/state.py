@@ -102,8 +102,9 @@ class DiscoveryState:
                 if path.is_file():
                     candidates[h.target] = circuits.load(path)
         except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
-            raise CorruptCheckpoint(path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-                                    ) from exc
+            raise CorruptCheckpoint(
+                path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            ) from exc
         with torch.no_grad():
             self.logits.copy_(state["logits"])
         self.optimizer.load_state_dict(state["optimizer"])

@@ -21,8 +21,13 @@ FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs mo
 MaskedFeatures = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
-def masked_features(lm: LoadedModel, layout: FlatLayout, precision: str = "fp32", compile_model: bool = False,
-                    grad_buffer: torch.Tensor | None = None) -> MaskedFeatures:
+def masked_features(
+    lm: LoadedModel,
+    layout: FlatLayout,
+    precision: str = "fp32",
+    compile_model: bool = False,
+    grad_buffer: torch.Tensor | None = None,
+) -> MaskedFeatures:
     """(flat masked weights, batch) -> last-token features [batch, d_model] (float32) with those weights swapped in.
 
     With `compile_model`, the whole forward (and so its backward) is one torch.compile'd graph: far fewer kernel
@@ -83,8 +88,17 @@ def mask_step(
     # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value (a pass
     # over every logit, skipped where there is no penalty).
     penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
-    masked = sample_masked_weights(state.logits, buffers.weights, buffers.noise, state.noise_gen, config.temperature,
-                                   fused, lam, out=buffers.masked, noise=config.noise)
+    masked = sample_masked_weights(
+        state.logits,
+        buffers.weights,
+        buffers.noise,
+        state.noise_gen,
+        config.temperature,
+        fused,
+        lam,
+        out=buffers.masked,
+        noise=config.noise,
+    )
     forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
     task_loss = LOSSES[config.loss](task, forward(masked, inputs), index.to(lm.device))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer

@@ -40,8 +40,9 @@ class Task:
         return self.eval_full_logits.argmax(dim=1)
 
 
-def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: ClassificationData,
-                 config: DiscoveryConfig) -> Task:
+def prepare_task(
+    lm: LoadedModel, train: ClassificationData, eval_data: ClassificationData, config: DiscoveryConfig
+) -> Task:
     """Cache full-model features once, train the head on them, and fix the full model's predictions."""
     device = lm.device
     train_tok = tokenize(lm.tokenizer, train.texts, config.max_length)
@@ -55,9 +56,17 @@ def prepare_task(lm: LoadedModel, train: ClassificationData, eval_data: Classifi
         eval_full_logits = head(eval_features)
     if config.cross_fit:
         train_full_logits = out_of_fold_logits(train_features, labels, config)
-    return Task(train_tok, eval_tok, torch.tensor(eval_data.labels, device=device), head, train_full_logits,
-                eval_full_logits, train_features, train_features.std(dim=0).clamp_min(1e-6),
-                selection_rows(len(eval_data), eval_data.name, config))
+    return Task(
+        train_tok,
+        eval_tok,
+        torch.tensor(eval_data.labels, device=device),
+        head,
+        train_full_logits,
+        eval_full_logits,
+        train_features,
+        train_features.std(dim=0).clamp_min(1e-6),
+        selection_rows(len(eval_data), eval_data.name, config),
+    )
 
 
 def selection_rows(n_eval: int, name: str, config: DiscoveryConfig) -> torch.Tensor | None:
@@ -65,8 +74,10 @@ def selection_rows(n_eval: int, name: str, config: DiscoveryConfig) -> torch.Ten
     if not config.select_rows:
         return None
     if config.select_rows >= n_eval:
-        raise InputError(f"select_rows {config.select_rows}: must be fewer than the {n_eval} held-out rows of "
-                         f"{name}, so some rows are left to report the snapshot's figures")
+        raise InputError(
+            f"select_rows {config.select_rows}: must be fewer than the {n_eval} held-out rows of "
+            f"{name}, so some rows are left to report the snapshot's figures"
+        )
     order = torch.randperm(n_eval, generator=torch.Generator().manual_seed(config.mask_seed + SELECT_STREAM))
     select = torch.zeros(n_eval, dtype=torch.bool)
     select[order[: config.select_rows]] = True
@@ -85,8 +96,14 @@ def out_of_fold_logits(features: torch.Tensor, labels: torch.Tensor, config: Dis
     logits = torch.empty(len(features), 2, device=features.device)
     for k in range(config.cross_fit):
         held = fold == k
-        head = train_head(features[~held], labels[~held], config.head_epochs, config.head_lr, config.batch_size,
-                          config.mask_seed + k + 1)
+        head = train_head(
+            features[~held],
+            labels[~held],
+            config.head_epochs,
+            config.head_lr,
+            config.batch_size,
+            config.mask_seed + k + 1,
+        )
         with torch.no_grad():
             logits[held] = head(features[held])
     return logits
