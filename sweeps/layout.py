@@ -65,9 +65,20 @@ CIRCUITS_DIR = "circuits"
 EDITS_ARTIFACT = "edits.json"
 
 
+# MLflow 3.17's UI ignores `mlflow.experimentKind` when it picks a view: every experiment opens in the GenAI view
+# unless the URL says `workflowType=machine_learning` (or the browser stored that choice from the view toggle), so
+# every link the sweep writes or prints carries it.
+MODEL_TRAINING_VIEW = "workflowType=machine_learning"
+
+
+def experiment_url(ui: str, experiment_id: str) -> str:
+    """The experiment's runs table in MLflow's UI at `ui` (e.g. http://127.0.0.1:5000), in the model-training view."""
+    return f"{ui.rstrip('/')}/#/experiments/{experiment_id}?{MODEL_TRAINING_VIEW}"
+
+
 def run_link(experiment_id: str, run_id: str, text: str) -> str:
-    """A markdown link to a run that MLflow's UI follows from a description."""
-    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id})"
+    """A markdown link to a run that MLflow's UI follows from a description (in the model-training view)."""
+    return f"[{text}](#/experiments/{experiment_id}/runs/{run_id}?{MODEL_TRAINING_VIEW})"
 
 
 def density_label(target: float) -> str:

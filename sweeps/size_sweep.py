@@ -551,7 +551,10 @@ def _run_sweep(config: SweepConfig, resume: str) -> int:
             f"sweep {config.name}: not finished in MLflow: {shown(others)}; rerun the same command to redo them",
             file=sys.stderr,
         )
-    print(f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open http://127.0.0.1:5000")
+    print(
+        f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open "
+        f"{layout.experiment_url('http://127.0.0.1:5000', exp_id)}"
+    )
     print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
     return 1 if failed else 0
 

@@ -129,6 +129,7 @@ class TinySweep:
     uri: str  # its MLflow tracking URI
     report: Path  # the report folder
     env: dict[str, str]  # the environment both ran in
+    output: str = ""  # what the sweep printed
 
 
 @pytest.fixture(scope="session")
@@ -172,4 +173,4 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
         env=env,
     )
     assert report.returncode == 0, report.stderr[-3000:]
-    return TinySweep(work, uri, out, env)
+    return TinySweep(work, uri, out, env, sweep.stdout)

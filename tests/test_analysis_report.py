@@ -399,7 +399,8 @@ def test_the_sweep_run_gets_the_headline_metrics_report_and_findings(analysed, s
     assert local.read_text() == report.html.read_text()
     note = sweep.data.tags[layout.NOTE_TAG]
     assert "Headline findings" in note and "**[0.15, 0.25]**" in note
-    assert f"/runs/{run_id})" in note and note.count("| **") == 4  # a verdict per claim, and the analysis run linked
+    assert f"/runs/{run_id}?{layout.MODEL_TRAINING_VIEW})" in note  # the analysis run linked
+    assert note.count("| **") == 4  # a verdict per claim
 
 
 def test_cli_report(store, tmp_path):

@@ -64,7 +64,8 @@ def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
     }
     circuit = discovery.data.metrics[layout.circuit_metric(0.5, "density")]
     assert edit.data.metrics[layout.EDIT_DENSITY] == pytest.approx(circuit)
-    assert f"/runs/{discovery.info.run_id})" in edit.data.tags[layout.NOTE_TAG]  # links its circuit's discovery
+    link = f"/runs/{discovery.info.run_id}?{layout.MODEL_TRAINING_VIEW})"
+    assert link in edit.data.tags[layout.NOTE_TAG]  # links its circuit's discovery
     assert edit.inputs is not None and [d.dataset.name for d in edit.inputs.dataset_inputs] == ["hierarchy/shard0"]
     table = json.loads(
         open(client.download_artifacts(edit.info.run_id, layout.EDITS_ARTIFACT, str(tmp_path))).read(),

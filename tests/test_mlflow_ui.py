@@ -177,6 +177,15 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     parent = next(r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep").info.run_id
     analysis = next(r for r in runs if r.data.tags.get(layout.TAG_KIND) == "analysis").info.run_id
 
+    # The address the sweep prints opens, in a fresh browser, on the runs table (not MLflow 3.17's GenAI view).
+    browse = next(line for line in tiny_sweep.output.splitlines() if line.startswith("browse:"))
+    printed = browse.split("then open ")[1].strip()
+    assert printed == layout.experiment_url("http://127.0.0.1:5000", exp.experiment_id)
+    page.goto(printed.replace("http://127.0.0.1:5000", mlflow_ui))
+    page.wait_for_selector("text=matching runs")
+    sweep_name = next(r.info.run_name for r in runs if r.info.run_id == parent)
+    page.locator(".ag-row a", has_text=sweep_name).first.wait_for(state="attached")
+
     # The run tree: the sweep's run opens onto its discovery, edit and analysis runs.
     _runs_page(page, mlflow_ui, exp.experiment_id)
     _expand(page, parent)
