@@ -7,8 +7,12 @@ import os
 import re
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from circuitlib.errors import InputError
+
+if TYPE_CHECKING:
+    from analysis.pipeline import Options
 
 
 def _default_cache() -> Path:
@@ -28,27 +32,51 @@ def _check(args: argparse.Namespace) -> None:
 
 def cmd_report(args: argparse.Namespace) -> None:
     _check(args)
-    from analysis.sweep_data import read_sweep
+    from analysis.pipeline import Options
 
     cache = Path(args.cache) if args.cache else _default_cache()
-    sweep = read_sweep(args.experiment, args.sweep, cache, args.tracking_uri)
+    options = Options(args.faithfulness, args.bootstrap, args.confidence, args.seed)
+    for line in report_sweep(args.experiment, args.sweep, args.tracking_uri, args.out, cache, options, not args.no_log):
+        print(line)
 
-    from analysis.pipeline import Options, analyse  # torch and matplotlib load only once the sweep is found
+
+def report_sweep(
+    experiment: str,
+    sweep_run_id: str | None,
+    tracking_uri: str | None,
+    out: str | Path | None,
+    cache: Path,
+    options: Options | None = None,
+    log: bool = True,
+) -> list[str]:
+    """Analyse a sweep, write its report to `out` (default reports/<sweep name>) and, with `log`, log it as the
+    sweep's `analysis` run; returns what to tell the user: where the report is and each claim's verdict."""
+    from analysis.sweep_data import read_sweep
+
+    sweep = read_sweep(experiment, sweep_run_id, cache, tracking_uri)
+
+    from analysis.findings import findings  # torch and matplotlib load only once the sweep is found
+    from analysis.pipeline import Options, analyse
     from analysis.report import write_report
     from analysis.tracking import log_analysis
 
-    options = Options(args.faithfulness, args.bootstrap, args.confidence, args.seed)
-    out = Path(args.out) if args.out else Path("reports") / re.sub(r"[^\w.-]+", "_", sweep.name)
+    options = options or Options()
+    folder = Path(out) if out else Path("reports") / re.sub(r"[^\w.-]+", "_", sweep.name)
     analysis = analyse(sweep, options)
-    report = write_report(analysis, out)
-    print(f"report: {report.markdown} and {report.html.name}")
-    print(
+    report = write_report(analysis, folder)
+    lines = [
+        f"report: {report.markdown} and {report.html.name}",
         f"circuits: {len(analysis.used)} faithful and used, {len(analysis.excluded)} excluded "
-        f"(faithfulness below {options.faithfulness_threshold:g} or unknown)"
-    )
-    print(f"size window: {analysis.window.describe()}; missing pieces: {len(analysis.notes)}")
-    if not args.no_log:
-        print(f"analysis run: {log_analysis(sweep, report, options)} (child of sweep run {sweep.run_id})")
+        f"(faithfulness below {options.faithfulness_threshold:g} or unknown)",
+        f"size window: {analysis.window.describe()}; missing pieces: {len(analysis.notes)}",
+    ]
+    lines += [
+        f"  claim {i}, {f.verdict}: {f.result}"
+        for i, f in enumerate(findings(report.headline, options.faithfulness_threshold), 1)
+    ]
+    if log:
+        lines.append(f"analysis run: {log_analysis(sweep, report, options)} (child of sweep run {sweep.run_id})")
+    return lines
 
 
 def build_parser() -> argparse.ArgumentParser:

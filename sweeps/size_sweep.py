@@ -77,6 +77,12 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
     parser.add_argument(
         "--dry-run", action="store_true", help="print the resolved config and trial counts; run nothing"
     )
+    parser.add_argument(
+        "--no-report",
+        action="store_true",
+        help="end without the analysis (by default the sweep ends by writing its report under WORK_DIR/NAME/report, "
+        "logging it to its MLflow run and printing each claim's verdict)",
+    )
     for key in RETIRED:  # read only to be refused with what replaced it
         parser.add_argument(f"--{key}", help=argparse.SUPPRESS)
     add_override_arguments(parser)
@@ -443,7 +449,7 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
             check_params(config)
             preflight(config)
             freeze_params(config)
-            return run_sweep(config, resume_command(prog, given))
+            return run_sweep(config, resume_command(prog, given), report=not args.no_report)
     except InputError as exc:
         print(f"{prog}: error: {exc}", file=sys.stderr)
         return 2
@@ -481,7 +487,7 @@ def stopped(
     return 128 + signal.Signals[signame].value
 
 
-def run_sweep(config: SweepConfig, resume: str = "") -> int:
+def run_sweep(config: SweepConfig, resume: str = "", report: bool = True) -> int:
     """Both phases; returns the exit code (1 when any trial failed, after logging everything that finished; 128 + the
     signal's number when a SIGINT or SIGTERM stopped it)."""
     resume = resume or resume_command(PROG, sys.argv[1:])
@@ -491,14 +497,14 @@ def run_sweep(config: SweepConfig, resume: str = "") -> int:
     assert config.tracking_uri is not None, "a sweep runs on its resolved config"
     watch = TrackingWatch(config.tracking_uri).start() if TrackingWatch.watches(config.tracking_uri) else None
     try:
-        return _run_sweep(config, resume)
+        return _run_sweep(config, resume, report)
     finally:
         if watch is not None:
             watch.close()
         STOP.uninstall()
 
 
-def _run_sweep(config: SweepConfig, resume: str) -> int:
+def _run_sweep(config: SweepConfig, resume: str, report: bool) -> int:
     from sweeps.trials import discovery_trial, edit_trial, trainable
 
     driver = uuid.uuid4().hex  # this run of the sweep, as the trials it starts report it (sweeps.outcomes)
@@ -551,12 +557,39 @@ def _run_sweep(config: SweepConfig, resume: str) -> int:
             f"sweep {config.name}: not finished in MLflow: {shown(others)}; rerun the same command to redo them",
             file=sys.stderr,
         )
+    if report and circuits:  # the analysis judges circuits; with none, there is nothing to report
+        report_sweep(config, parent)
     print(
         f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open "
         f"{layout.experiment_url('http://127.0.0.1:5000', exp_id)}"
     )
     print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
     return 1 if failed else 0
+
+
+def report_sweep(config: SweepConfig, parent: str) -> None:
+    """End with the sweep's analysis (analysis.cli.report_sweep): its report under the sweep's folder, logged to its
+    MLflow run, and each claim's verdict printed; a report that cannot be made is one line, and the sweep stands."""
+    from mlflow.exceptions import MlflowException
+
+    from analysis.cli import report_sweep as analyse_sweep  # the analysis reads what the sweep logged
+
+    assert config.experiment is not None, "a sweep runs on its resolved config"
+    folder = Path(config.work_dir) / config.name
+    try:
+        lines = analyse_sweep(
+            config.experiment, parent, config.tracking_uri, folder / "report", folder / "analysis-cache"
+        )
+    except (InputError, MlflowException) as exc:
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        print(
+            f"sweep {config.name}: no report ({reason}); make it with: circuitlib report --experiment "
+            f"{config.experiment} --sweep {parent} --tracking-uri {config.tracking_uri}",
+            file=sys.stderr,
+        )
+        return
+    for line in lines:
+        print(line)
 
 
 def command(argv: list[str]) -> int:

@@ -17,6 +17,10 @@ pytestmark = pytest.mark.slow
 
 def test_report_on_the_tiny_sweep(tiny_sweep):
     out, uri = tiny_sweep.report, tiny_sweep.uri
+    printed = tiny_sweep.output.splitlines()
+    assert f"report: {out / 'report.md'} and report.html" in printed  # the sweep ended by running its analysis
+    verdicts = [line for line in printed if line.startswith("  claim ")]
+    assert [line.split(",")[0] for line in verdicts] == [f"  claim {i}" for i in (1, 2, 3, 4)]
     text = (out / "report.md").read_text()
     for section in SECTIONS:
         assert f"## {section}" in text

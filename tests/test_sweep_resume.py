@@ -20,7 +20,8 @@ from circuitlib.types import density_key
 from sweeps import layout
 
 REPO = Path(__file__).resolve().parents[1]
-SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny"]
+# --no-report: these tests count the sweep's own runs; the report at a sweep's end is tested on the tiny_sweep fixture
+SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--no-report"]
 # Slower discovery than the preset (paper learning rate), so the kill lands mid-discovery.
 SLOW = [
     "--discovery.lr",

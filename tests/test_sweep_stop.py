@@ -82,7 +82,7 @@ def test_ctrl_c_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
     assert len(lines) == 1, text[-3000:]
     line = lines[0]
     python = os.path.relpath(SWEEP[0]) if not os.path.relpath(SWEEP[0]).startswith("..") else "python"
-    assert line.endswith(f"; resume with: {python} {SWEEP[1]} --preset tiny --work-dir {work} {' '.join(SLOW)}"), line
+    assert line.endswith(f"; resume with: {python} {' '.join(SWEEP[1:])} --work-dir {work} {' '.join(SLOW)}"), line
     assert "edit not started" in line and "cut short (" in line, line
     # Nothing retried, nothing Tune would print for its own restore, no traceback.
     assert not list((work / "ray").glob("*-retry*")), sorted(p.name for p in (work / "ray").iterdir())
