@@ -266,12 +266,6 @@ def load(path: str | os.PathLike) -> Circuit:
     return c
 
 
-def save_to_store(c: Circuit, store_dir: str | os.PathLike) -> Path:
-    """Save `c` in a content-addressed store as <digest[:20]>.safetensors; identical circuits are stored once."""
-    path = Path(store_dir) / f"{c.digest[:20]}.safetensors"
-    return path if path.exists() else save(c, path)
-
-
 def _ratio(num: float, den: float) -> float:
     """num / den, nan where den is 0."""
     return num / den if den else math.nan

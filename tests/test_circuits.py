@@ -23,7 +23,6 @@ from circuitlib.circuits import (
     overlap_by_module,
     random_like,
     save,
-    save_to_store,
 )
 from circuitlib.errors import InputError
 from circuitlib.types import MODULE_TYPES, MaskedParam
@@ -132,19 +131,6 @@ def test_digest_is_stable_and_content_dependent():
     assert Circuit.from_masks(PARAMS, masks, "tiny").digest != a.digest
     renamed = [MaskedParam(p.name + "x", p.shape, p.module_type, p.layer) for p in PARAMS]
     assert Circuit(renamed, a.bits.copy(), a.offsets, "tiny").digest != a.digest
-
-
-def test_save_to_store_dedups(tmp_path):
-    a, masks = make(4, provenance={"seed": 1})
-    first = save_to_store(a, tmp_path / "store")
-    assert first.name == f"{a.digest[:20]}.safetensors"
-    mtime = first.stat().st_mtime_ns
-    same = Circuit.from_masks(PARAMS, masks, "tiny", provenance={"seed": 2})
-    assert save_to_store(same, tmp_path / "store") == first
-    assert first.stat().st_mtime_ns == mtime and load(first).provenance == {"seed": 1}
-    other, _ = make(5)
-    assert save_to_store(other, tmp_path / "store") != first
-    assert len(list((tmp_path / "store").iterdir())) == 2
 
 
 def test_complement_flips_every_weight_and_keeps_pad_bits_zero():
