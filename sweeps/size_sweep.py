@@ -37,6 +37,7 @@ from typing import Any
 from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
+from record import lease
 from sweeps import context, layout, outcomes, tracking
 from sweeps.config import (
     PRESET_HELP,
@@ -505,18 +506,27 @@ def run_sweep(config: SweepConfig, resume: str = "", report: bool = True) -> int
 
 
 def _run_sweep(config: SweepConfig, resume: str, report: bool) -> int:
-    from sweeps.trials import discovery_trial, edit_trial, trainable
-
-    driver = uuid.uuid4().hex  # this run of the sweep, as the trials it starts report it (sweeps.outcomes)
-    cluster = connect_ray(config)
-    STOP.take()  # ray.init set its own SIGTERM handler
-    resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
     assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
     client = tracking.client_for(config.tracking_uri)
     embedded = config.tracking_uri.startswith("sqlite:")
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own
     exp_id = tracking.experiment_id(client, config.experiment, artifact_root)
     parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
+    # One driver per sweep, whatever its work dir or machine: the lease on the parent run, held in MLflow until the
+    # sweep ends (the work dir's flock covers one work dir only), taken before Ray starts so a second driver is
+    # refused at once.
+    with lease.acquire(client, parent, label=f"sweep {config.name!r}"):
+        return _drive(config, resume, report, client, exp_id, parent)
+
+
+def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, parent: str) -> int:
+    """The sweep, under its lease: Ray, both phases, the end of the sweep's run and its report."""
+    from sweeps.trials import discovery_trial, edit_trial, trainable
+
+    driver = uuid.uuid4().hex  # this run of the sweep, as the trials it starts report it (sweeps.outcomes)
+    cluster = connect_ray(config)
+    STOP.take()  # ray.init set its own SIGTERM handler
+    resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
     context.describe_sweep(client, exp_id, parent, config)
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(

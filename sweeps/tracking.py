@@ -11,10 +11,12 @@ from collections.abc import Iterable, Mapping
 from pathlib import Path
 
 from mlflow.entities import Metric, Param, RunTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from circuitlib.errors import InputError
 from circuitlib.jsonio import json_safe
+from record.lease import SETTLE_S
 from sweeps import layout
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
@@ -30,7 +32,17 @@ def experiment_id(client: MlflowClient, name: str, artifact_root: str | None = N
     found = client.get_experiment_by_name(name)
     if found is not None:
         return found.experiment_id
-    return client.create_experiment(name, artifact_location=artifact_root)
+    try:
+        return client.create_experiment(name, artifact_location=artifact_root)
+    except MlflowException as exc:
+        if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+            raise
+    found = client.get_experiment_by_name(name)  # another driver created it meanwhile: share theirs
+    if found is None:
+        raise InputError(
+            f"experiment {name!r}: MLflow says it exists but cannot find it (deleted?); restore it or pick another"
+        )
+    return found.experiment_id
 
 
 def flat_params(config: Mapping[str, object]) -> dict[str, str]:
@@ -88,10 +100,23 @@ def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str, set
             return runs
 
 
+def sweep_runs(client: MlflowClient, exp_id: str, sweep: str) -> list:
+    """Every parent run of sweep `sweep` in the experiment, oldest first (ties by run id): one, but for the moment
+    after two drivers that started the sweep at once each created one (`open_sweep_run` keeps the oldest)."""
+    query = _query({layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep})
+    runs, token = [], None
+    while True:
+        page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token)
+        runs += list(page)
+        token = page.token
+        if not token:
+            return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+
+
 def sweep_run(client: MlflowClient, exp_id: str, sweep: str, settings_hash: str):
-    """The parent run of sweep `sweep` in the experiment, or None; one run with other settings is refused, so a sweep
-    never returns another configuration's results, whatever work dir or machine it runs from."""
-    found = find_run(client, exp_id, {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep})
+    """The parent run of sweep `sweep` in the experiment (its oldest), or None; one run with other settings is
+    refused, so a sweep never returns another configuration's results, whatever work dir or machine it runs from."""
+    found = next(iter(sweep_runs(client, exp_id, sweep)), None)
     theirs = found.data.tags.get(layout.TAG_SETTINGS, "none") if found is not None else settings_hash
     if theirs != settings_hash:
         assert found is not None
@@ -103,16 +128,28 @@ def sweep_run(client: MlflowClient, exp_id: str, sweep: str, settings_hash: str)
 
 
 def open_sweep_run(
-    client: MlflowClient, exp_id: str, sweep: str, params: Mapping[str, object], settings_hash: str
+    client: MlflowClient,
+    exp_id: str,
+    sweep: str,
+    params: Mapping[str, object],
+    settings_hash: str,
+    settle_s: float = SETTLE_S,
 ) -> str:
     """The sweep's parent run: reused when the sweep is run again with the same settings, created (with its params)
-    otherwise."""
+    otherwise. Two drivers that create it at once each make one; after `settle_s` (so that the other's lands) each
+    searches again and keeps the oldest, and the driver whose run is not the oldest deletes its own."""
     found = sweep_run(client, exp_id, sweep, settings_hash)
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
     tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep, layout.TAG_SETTINGS: settings_hash}
     run = client.create_run(exp_id, run_name=sweep, tags=tags)
+    time.sleep(settle_s)
+    oldest = sweep_run(client, exp_id, sweep, settings_hash)
+    if oldest is not None and oldest.info.run_id != run.info.run_id:
+        client.delete_run(run.info.run_id)  # another driver's run of this sweep came first: the sweep is theirs
+        client.update_run(oldest.info.run_id, status="RUNNING")
+        return oldest.info.run_id
     log_params(client, run.info.run_id, params)
     return run.info.run_id
 

@@ -1,0 +1,146 @@
+"""One driver per sweep, wherever it runs: two drivers of one sweep, with two work dirs, against one MLflow server."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from record import lease
+from sweeps import layout
+
+REPO = Path(__file__).resolve().parents[1]
+BIN = Path(sys.executable).parent
+SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--no-report", "--name", "dup"]
+
+pytestmark = pytest.mark.slow
+
+
+def sweep_env() -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "MLFLOW_TRACKING_URI")}
+    return env | {"HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_for(url: str, timeout: float) -> None:
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except urllib.error.HTTPError:  # it answered: it is up
+            return
+        except OSError:
+            time.sleep(0.5)
+    raise TimeoutError(f"{url} did not answer within {timeout}s")
+
+
+@pytest.fixture
+def server(tmp_path) -> Iterator[str]:
+    port = free_port()
+    proc = subprocess.Popen(
+        [
+            str(BIN / "mlflow"),
+            "server",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--workers",
+            "1",
+            "--backend-store-uri",
+            f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--artifacts-destination",
+            str(tmp_path / "art"),
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env=sweep_env(),
+        start_new_session=True,
+    )
+    try:
+        wait_for(f"http://127.0.0.1:{port}/health", timeout=120)
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:  # MLflow 3's server also runs a job runner that may not stop on SIGTERM
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait(timeout=30)
+
+
+def leased_run(client: MlflowClient, timeout: float) -> str:
+    """The id of sweep `dup`'s parent run once a driver holds its lease."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        exp = client.get_experiment_by_name("dup")
+        if exp is not None:
+            for run in client.search_runs([exp.experiment_id], filter_string=f"tags.`{layout.TAG_KIND}` = 'sweep'"):
+                if lease.LEASE_TAG in run.data.tags:
+                    return run.info.run_id
+        time.sleep(0.5)
+    raise TimeoutError(f"no driver took the lease within {timeout}s")
+
+
+def test_a_second_driver_of_a_sweep_is_refused_whatever_its_work_dir(server, tmp_path):
+    client = MlflowClient(server)
+    log = tmp_path / "a.log"
+    with log.open("w") as out:
+        a = subprocess.Popen(
+            [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", server],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=sweep_env(),
+            start_new_session=True,
+        )
+    try:
+        parent = leased_run(client, timeout=180)
+        holder = lease.holder(client, parent)
+        assert holder is not None and holder.pid == a.pid
+
+        began = time.time()
+        b = subprocess.run(
+            [*SWEEP, "--work-dir", str(tmp_path / "b"), "--tracking-uri", server],
+            capture_output=True,
+            text=True,
+            timeout=120,
+            env=sweep_env(),
+        )
+        assert b.returncode != 0, b.stdout + b.stderr
+        assert time.time() - began < 60
+        errors = [line for line in b.stderr.splitlines() if "error" in line]
+        assert len(errors) == 1, b.stderr
+        assert "sweep 'dup': another driver runs it" in errors[0] and f"pid {a.pid}" in errors[0], b.stderr
+        assert "Traceback" not in b.stderr
+
+        assert a.wait(timeout=900) == 0, log.read_text()[-3000:]
+    finally:
+        if a.poll() is None:
+            os.killpg(a.pid, signal.SIGKILL)
+            a.wait(timeout=30)
+
+    assert lease.holder(client, parent) is None  # released at the end
+    exp = client.get_experiment_by_name("dup")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
+    assert [r.info.run_id for r in parents] == [parent]
+    names = Counter(r.info.run_name for r in runs if r.data.tags.get(layout.PARENT_TAG) == parent)
+    assert names and all(n == 1 for n in names.values()), names
