@@ -7,6 +7,9 @@ compare-and-swap, so a taker writes the tag, waits `SETTLE_S`, and reads it back
 the one whose write landed last keeps it and the other backs off. A driver that dies without releasing leaves a lease
 that expires within `TTL_S`; its rerun may take it then. Expiry times are wall-clock times of the drivers' hosts, so
 their clocks must agree to well within the TTL.
+
+The TTL is `TTL_S` unless the environment variable `CIRCUITLIB_LEASE_TTL_S` sets another (seconds, a positive number;
+anything else is an InputError naming it): tests shorten it to see a dead driver's lease expire.
 """
 
 from __future__ import annotations
@@ -27,7 +30,23 @@ from circuitlib.errors import InputError
 
 LEASE_TAG = "circuitlib.lease"
 TTL_S = 90.0  # a crashed driver's rerun waits at most this long for its lease to expire
+TTL_ENV = "CIRCUITLIB_LEASE_TTL_S"  # overrides TTL_S, for tests
 SETTLE_S = 1.0  # how long a taker waits before reading its write back (a concurrent taker's write lands by then)
+
+
+def configured_ttl_s() -> float:
+    """The lease's TTL: `TTL_ENV` where it is set, `TTL_S` otherwise; an InputError naming it when it is not a
+    positive number."""
+    raw = os.environ.get(TTL_ENV, "").strip()
+    if not raw:
+        return TTL_S
+    try:
+        value = float(raw)
+    except ValueError:
+        value = float("nan")
+    if not (value > 0 and value != float("inf")):
+        raise InputError(f"{TTL_ENV}={raw!r}: the lease's TTL must be a positive number of seconds")
+    return value
 
 
 @dataclass(frozen=True)
@@ -139,16 +158,22 @@ class Lease:
 
 
 def acquire(
-    client: MlflowClient, run_id: str, ttl_s: float = TTL_S, label: str | None = None, settle_s: float = SETTLE_S
+    client: MlflowClient,
+    run_id: str,
+    ttl_s: float | None = None,
+    label: str | None = None,
+    settle_s: float = SETTLE_S,
 ) -> Lease:
-    """Take the lease on run `run_id` (absent or expired) and keep it renewed; an InputError, one line naming the
-    holder, while a live driver holds it or when a concurrent taker won it.
+    """Take the lease on run `run_id` (absent or expired) and keep it renewed, `ttl_s` at a time (by default
+    `configured_ttl_s()`); an InputError, one line naming the holder, while a live driver holds it or when a
+    concurrent taker won it.
 
     Without compare-and-swap this is Fischer's timed mutual exclusion: read, write, wait `settle_s`, read back. It is
     safe while a taker's read and write take less than `settle_s` together; a taker that took longer cannot know it
     did not overwrite a holder that had already read its own write back, so it clears its write and tries again after
     that holder's next heartbeat (which restores its tag)."""
     label = label or f"MLflow run {run_id}"
+    ttl_s = ttl_s if ttl_s is not None else configured_ttl_s()
     for _ in range(3):
         owner = _take(client, run_id, ttl_s, label, settle_s)
         if owner is not None:

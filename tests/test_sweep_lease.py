@@ -144,3 +144,75 @@ def test_a_second_driver_of_a_sweep_is_refused_whatever_its_work_dir(server, tmp
     assert [r.info.run_id for r in parents] == [parent]
     names = Counter(r.info.run_name for r in runs if r.data.tags.get(layout.PARENT_TAG) == parent)
     assert names and all(n == 1 for n in names.values()), names
+
+
+def started_discoveries(client: MlflowClient, parent: str, timeout: float) -> dict[str, str]:
+    """{run name: run id} of sweep run `parent`'s discovery trials once one of them has started."""
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        exp = client.get_experiment_by_name("dup")
+        assert exp is not None
+        query = f"tags.`{layout.PARENT_TAG}` = '{parent}' and tags.`{layout.TAG_KIND}` = 'discover'"
+        runs = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000)
+        if runs:
+            return {str(r.info.run_name): r.info.run_id for r in runs}
+        time.sleep(0.5)
+    raise TimeoutError(f"no discovery trial started within {timeout}s")
+
+
+def test_a_killed_drivers_sweep_is_taken_over_after_its_lease_expires_with_nothing_duplicated(server, tmp_path):
+    client = MlflowClient(server)
+    env = sweep_env() | {lease.TTL_ENV: "10"}
+    log = tmp_path / "a.log"
+    with log.open("w") as out:
+        a = subprocess.Popen(
+            [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", server],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            env=env,
+            start_new_session=True,
+        )
+    try:
+        parent = leased_run(client, timeout=180)
+        held = lease.holder(client, parent)
+        assert held is not None and held.pid == a.pid
+        assert held.expires - held.since <= 11  # the environment's TTL, not the default's
+        begun = started_discoveries(client, parent, timeout=300)
+    finally:
+        os.killpg(a.pid, signal.SIGKILL)  # the driver and all it started in its session: its Ray too
+        a.wait(timeout=30)
+    killed = time.time()
+
+    held = lease.holder(client, parent)
+    assert held is not None and held.pid == a.pid and held.live(), "the dead driver's lease stands until it expires"
+    b_cmd = [*SWEEP, "--work-dir", str(tmp_path / "b"), "--tracking-uri", server]
+    early = subprocess.run(b_cmd, capture_output=True, text=True, timeout=120, env=env)
+    assert early.returncode != 0, early.stdout + early.stderr
+    errors = [line for line in early.stderr.splitlines() if "error" in line]
+    assert len(errors) == 1, early.stderr
+    assert "sweep 'dup': another driver runs it" in errors[0] and f"pid {a.pid}" in errors[0], early.stderr
+    assert "Traceback" not in early.stderr
+
+    held = lease.holder(client, parent)
+    assert held is not None and held.pid == a.pid  # the refused driver left the dead one's lease as it was
+    time.sleep(max(0.0, held.expires - time.time()) + 1)
+    assert time.time() - killed < 30  # the short TTL, not the default 90 s, is what B waited for
+    blog = tmp_path / "b.log"
+    with blog.open("w") as out:
+        b = subprocess.run(b_cmd, stdout=out, stderr=subprocess.STDOUT, timeout=900, env=env, start_new_session=True)
+    assert b.returncode == 0, blog.read_text()[-3000:]
+
+    assert lease.holder(client, parent) is None  # B released it at the end
+    exp = client.get_experiment_by_name("dup")
+    assert exp is not None
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
+    assert [r.info.run_id for r in parents] == [parent]
+    assert parents[0].info.status == "FINISHED"
+    children = [r for r in runs if r.data.tags.get(layout.PARENT_TAG) == parent]
+    names = Counter(r.info.run_name for r in children)
+    duplicated = {name: n for name, n in names.items() if n > 1}
+    assert names and not duplicated, duplicated
+    assert {r.info.run_name: r.info.status for r in children if r.info.status != "FINISHED"} == {}
+    ids = {r.info.run_name: r.info.run_id for r in children}
+    assert {name: ids.get(name) for name in begun} == begun  # B finished the runs A had begun, under their ids
