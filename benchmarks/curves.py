@@ -69,7 +69,7 @@ def main() -> None:
         targets |= set(report["discovery"]["densities"])
         for dataset, rows in report["history"].items():
             steps = [r["step"] for r in rows]
-            name = f"{label}: {dataset}" if len(report["history"]) > 1 else label
+            name = f"{label}: {dataset}"
             (line,) = faith.plot(steps, [r["faithfulness"] for r in rows], marker=".", label=name)
             faith.fill_between(
                 steps,
