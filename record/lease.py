@@ -23,6 +23,7 @@ import threading
 import time
 from dataclasses import asdict, dataclass, replace
 
+import psutil
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
@@ -31,6 +32,7 @@ from circuitlib.errors import InputError
 LEASE_TAG = "circuitlib.lease"
 TTL_S = 90.0  # a crashed driver's rerun waits at most this long for its lease to expire
 TTL_ENV = "CIRCUITLIB_LEASE_TTL_S"  # overrides TTL_S, for tests
+HOST_ENV = "CIRCUITLIB_LEASE_HOST"  # overrides the host name a lease records
 SETTLE_S = 1.0  # how long a taker waits before reading its write back (a concurrent taker's write lands by then)
 
 
@@ -47,6 +49,12 @@ def configured_ttl_s() -> float:
     if not (value > 0 and value != float("inf")):
         raise InputError(f"{TTL_ENV}={raw!r}: the lease's TTL must be a positive number of seconds")
     return value
+
+
+def this_host() -> str:
+    """The host a lease names: $CIRCUITLIB_LEASE_HOST where set (drivers whose machines share a host name, such as
+    pods, tell themselves apart with it), else the host name."""
+    return os.environ.get(HOST_ENV) or socket.gethostname()
 
 
 @dataclass(frozen=True)
@@ -74,7 +82,18 @@ class Holder:
             return None
 
     def live(self, now: float | None = None) -> bool:
-        return self.expires > (time.time() if now is None else now)
+        """Unexpired, and not a driver of this host that is gone (killed): such a lease need not wait its expiry."""
+        return self.expires > (time.time() if now is None else now) and not self.gone()
+
+    def gone(self) -> bool:
+        """Whether the holder is a driver on this host whose process no longer runs (its pid is free, or names a
+        process started after the lease was taken)."""
+        if self.host != this_host() or self.pid == os.getpid():
+            return False
+        try:
+            return psutil.Process(self.pid).create_time() > self.since + 1
+        except psutil.NoSuchProcess:
+            return True
 
     def describe(self, now: float | None = None) -> str:
         left = max(0, round(self.expires - (time.time() if now is None else now)))
@@ -189,7 +208,7 @@ def _take(client: MlflowClient, run_id: str, ttl_s: float, label: str, settle_s:
     if current is not None and current.live():
         raise _refusal(label, current)
     now = time.time()
-    owner = Holder(socket.gethostname(), os.getpid(), now, now + ttl_s, secrets.token_hex(8))
+    owner = Holder(this_host(), os.getpid(), now, now + ttl_s, secrets.token_hex(8))
     client.set_tag(run_id, LEASE_TAG, owner.encode())
     slow = settle_s > 0 and time.monotonic() - start > settle_s / 2
     time.sleep(settle_s)  # let a concurrent taker's write land, then see whose stands

@@ -304,8 +304,9 @@ class Stop:
         handlers, switch, level = self._before
         self._before = None
         logging.getLogger("ray.tune").setLevel(level)
-        for sig, handler in handlers.items():
-            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+        if self.signal is None:  # a stopped sweep keeps the handler: a second signal during Ray's shutdown at exit
+            for sig, handler in handlers.items():  # still exits at once, with its line, not a KeyboardInterrupt
+                signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
         if switch is None:
             os.environ.pop("TUNE_DISABLE_SIGINT_HANDLER", None)
         else:

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import logging
+import subprocess
+import sys
 import threading
 import time
 
@@ -158,3 +160,19 @@ def test_a_taker_too_slow_to_be_sure_clears_its_write_and_tries_again(store, mon
     monkeypatch.setattr(client, "set_tag", slow_first)
     with lease.acquire(client, run_id, ttl_s=3, settle_s=0.2) as mine:
         assert len(writes) == 2 and token(client, run_id) == mine.owner.token
+
+
+def test_a_killed_driver_of_this_host_is_taken_over_at_once_and_one_of_another_host_is_not(store, monkeypatch):
+    client, run_id = store
+    exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid, now = int(exited.stdout), time.time()
+    dead = lease.Holder(lease.this_host(), dead_pid, now, now + 600, "dead")
+    client.set_tag(run_id, lease.LEASE_TAG, dead.encode())
+    assert dead.gone() and not dead.live()  # its pid runs no process: no need to wait 600 s
+    with lease.acquire(client, run_id, ttl_s=30, settle_s=0) as mine:
+        assert token(client, run_id) == mine.owner.token
+    monkeypatch.setenv(lease.HOST_ENV, "another-machine")  # the same dead pid, seen from another host: still live
+    assert dead.live() and not dead.gone()
+    client.set_tag(run_id, lease.LEASE_TAG, dead.encode())
+    with pytest.raises(InputError, match="another driver runs it"):
+        lease.acquire(client, run_id, ttl_s=30, settle_s=0)

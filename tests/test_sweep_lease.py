@@ -169,7 +169,7 @@ def test_a_killed_drivers_sweep_is_taken_over_after_its_lease_expires_with_nothi
             [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", server],
             stdout=out,
             stderr=subprocess.STDOUT,
-            env=env,
+            env=env | {lease.HOST_ENV: "another-machine"},  # as from another host: B cannot see that A is gone
             start_new_session=True,
         )
     try:
