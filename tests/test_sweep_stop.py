@@ -124,5 +124,6 @@ def test_a_second_ctrl_c_exits_at_once(tmp_path):
     text = log.read_text()
     assert code == 128 + signal.SIGINT, text[-3000:]
     assert took < 10, (took, text[-3000:])
-    assert "sweep tiny: stopped at once, without waiting for its trials; resume with: python" in text, text[-3000:]
+    python = os.path.relpath(SWEEP[0]) if not os.path.relpath(SWEEP[0]).startswith("..") else "python"
+    assert f"sweep tiny: stopped at once, without waiting for its trials; resume with: {python} " in text, text[-3000:]
     assert "Traceback" not in text, text[-3000:]
