@@ -209,7 +209,13 @@ def _take(client: MlflowClient, run_id: str, ttl_s: float, label: str, settle_s:
         raise _refusal(label, current)
     now = time.time()
     owner = Holder(this_host(), os.getpid(), now, now + ttl_s, secrets.token_hex(8))
-    client.set_tag(run_id, LEASE_TAG, owner.encode())
+    try:
+        client.set_tag(run_id, LEASE_TAG, owner.encode())
+    except MlflowException:  # a concurrent taker's first write of the tag won (a store's unique key on it)
+        current = holder(client, run_id)
+        if current is not None and current.token != owner.token:
+            raise _refusal(label, current) from None
+        raise
     slow = settle_s > 0 and time.monotonic() - start > settle_s / 2
     time.sleep(settle_s)  # let a concurrent taker's write land, then see whose stands
     current = holder(client, run_id)
