@@ -213,7 +213,11 @@ def test_the_first_signal_stops_the_running_experiment_through_tunes_own_handler
     assert stop.requested and stop.signal == "SIGTERM" and stopped == [signal.SIGUSR1]
     assert stop.cut_short() == ["discover/x/seed0"]
     stop.detach()  # Tuner.fit returned
-    stop.uninstall()  # run_sweep returned: the signals as they were
+    stop.uninstall()  # run_sweep returned after a stop: the handler stays, so a second signal at exit is handled
+    assert signal.getsignal(signal.SIGINT) == stop.handle
+    stop.signal = None
+    stop._before = ({signal.SIGINT: signal.default_int_handler, signal.SIGTERM: signal.SIG_DFL}, "1", 0)
+    stop.uninstall()  # a sweep that ran to its end: the signals as they were
     assert signal.getsignal(signal.SIGINT) == signal.default_int_handler
 
 
