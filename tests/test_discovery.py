@@ -316,6 +316,30 @@ def test_features_loss_is_the_scaled_distance_to_the_full_models_features(tiny_l
         assert (loss == 0) == (density == 1.0), (density, loss)
 
 
+@pytest.mark.parametrize(("name", "decision"), [("features+mse", "mse"), ("features+ce", "ce")])
+def test_a_features_plus_decision_loss_is_the_sum_of_its_parts(name: str, decision: str) -> None:
+    """features+X adds X's loss on the head's logits to the feature distance, each on the same rows."""
+    torch.manual_seed(0)
+    head = torch.nn.Linear(4, 2)
+    full = torch.randn(6, 4)
+    task = discovery.Task(
+        train=None,  # type: ignore[arg-type]  # the losses read only the cached targets and the head
+        eval=None,  # type: ignore[arg-type]
+        eval_labels=torch.zeros(0),
+        head=head,
+        train_full_logits=head(full).detach(),
+        eval_full_logits=torch.zeros(0, 2),
+        train_full_features=full,
+        feature_scale=full.std(dim=0),
+    )
+    index = torch.tensor([1, 3, 4])
+    features = full[index] + 0.5 * torch.randn(3, 4)
+    parts = [discovery.LOSSES[n](task, features, index) for n in ("features", decision)]
+    assert all(part > 0 for part in parts)
+    torch.testing.assert_close(discovery.LOSSES[name](task, features, index), parts[0] + parts[1])
+    assert discovery.LOSSES[name](task, full[index], index) < parts[0] + parts[1]  # the full model's own features
+
+
 def test_config_rejects_an_unknown_precision() -> None:
     with pytest.raises(InputError, match="precision 'fp16'"):
         DiscoveryConfig(precision="fp16")

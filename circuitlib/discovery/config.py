@@ -92,7 +92,8 @@ class DiscoveryConfig:
         "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
         "(scaled by their variance), which keeps its margins and its errors; features: squared error "
         "to the full model's last-token features (each dimension scaled by its spread), so the circuit "
-        "keeps the representation the head reads, not only its verdicts on the training rows",
+        "keeps the representation the head reads, not only its verdicts on the training rows; "
+        "features+mse, features+ce: features plus that decision loss",
         choices=tuple(LOSSES),
     )
     noise: bool = setting(True, "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself")

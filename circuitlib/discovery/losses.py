@@ -40,4 +40,23 @@ def feature_mse(task: Task, features: torch.Tensor, index: torch.Tensor) -> torc
     return ((features - task.train_full_features[index]) / task.feature_scale).square().mean()
 
 
-LOSSES: dict[str, Loss] = {"ce": cross_entropy, "kl": kl, "mse": logit_mse, "features": feature_mse}
+def features_and(decision: Loss) -> Loss:
+    """feature_mse plus a loss on the head's decision: the features keep the circuit from fitting the training rows'
+    verdicts alone, the decision term weighs the one direction of the features the head reads above the other
+    dimensions."""
+
+    def loss(task: Task, features: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+        return feature_mse(task, features, index) + decision(task, features, index)
+
+    loss.__doc__ = f"feature_mse + {decision.__name__}"
+    return loss
+
+
+LOSSES: dict[str, Loss] = {
+    "ce": cross_entropy,
+    "kl": kl,
+    "mse": logit_mse,
+    "features": feature_mse,
+    "features+mse": features_and(logit_mse),
+    "features+ce": features_and(cross_entropy),
+}
