@@ -17,7 +17,7 @@ import numpy as np
 from analysis.bootstrap import Estimate, bootstrap_mean, stratified_gap
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.overlap import OverlapRow
-from analysis.sweep_data import Source
+from record.reader import Source
 
 POOLED = "all"  # the scope of the row pooled over densities
 CROSS = "cross-dataset"

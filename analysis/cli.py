@@ -51,14 +51,14 @@ def report_sweep(
 ) -> list[str]:
     """Analyse a sweep, write its report to `out` (default reports/<sweep name>) and, with `log`, log it as the
     sweep's `analysis` run; returns what to tell the user: where the report is and each claim's verdict."""
-    from analysis.sweep_data import read_sweep
+    from record.reader import read_sweep
 
     sweep = read_sweep(experiment, sweep_run_id, cache, tracking_uri)
 
     from analysis.findings import findings  # torch and matplotlib load only once the sweep is found
     from analysis.pipeline import Options, analyse
+    from analysis.publish import log_analysis
     from analysis.report import write_report
-    from analysis.tracking import log_analysis
 
     options = options or Options()
     folder = Path(out) if out else Path("reports") / re.sub(r"[^\w.-]+", "_", sweep.name)

@@ -18,11 +18,11 @@ from analysis.baselines import BaselineRow, baseline_rows
 from analysis.composition import CompositionEntry, circuit_composition
 from analysis.overlap import OverlapRow, density_overlaps
 from analysis.snapshots import Snapshot, flag_shared, snapshot
-from analysis.sweep_data import FINISHED, Source, Sweep
 from analysis.window import ALL, Window, WindowRow, estimate_window, missing_edits, window_rows
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.errors import InputError
+from record.reader import FINISHED, Source, Sweep
 
 
 @dataclass(frozen=True)

@@ -22,9 +22,9 @@ from analysis.composition import ALL_LAYERS, CompositionEntry
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.overlap import OverlapRow
 from analysis.snapshots import Snapshot, flags
-from analysis.sweep_data import Discovery, Source
 from analysis.window import MASKED, Window, WindowRow
 from circuitlib.types import MODULE_TYPES
+from record.reader import Discovery, Source
 
 DPI = 110
 RATIO = matplotlib.colormaps["RdBu_r"].with_extremes(bad="lightgray")  # white at chance; grey: a missing circuit

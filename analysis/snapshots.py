@@ -9,11 +9,11 @@ from collections import defaultdict
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 
-from analysis.sweep_data import Source
 from circuitlib.circuits import Circuit
 from circuitlib.discovery import SnapshotRecord
-from sweeps.layout import WELL_BELOW as WELL_BELOW  # re-exported: the report states the rule
-from sweeps.layout import well_below
+from record.names import WELL_BELOW as WELL_BELOW  # re-exported: the report states the rule
+from record.names import well_below
+from record.reader import Source
 
 UNKNOWN = "faithfulness unknown"
 

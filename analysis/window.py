@@ -18,9 +18,9 @@ import numpy as np
 
 from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, finite_mean
 from analysis.snapshots import is_faithful
-from analysis.sweep_data import EditRun, Source
 from circuitlib.types import MASKED_VARIANTS
-from sweeps.layout import FULL
+from record.names import FULL
+from record.reader import EditRun, Source
 
 ALL = "all"  # the pooled scope
 MASKED = MASKED_VARIANTS  # the variants edited under a circuit's mask, declared in circuitlib.types

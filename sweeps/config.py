@@ -33,7 +33,7 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # refused with this line rather than as an unknown setting.
 RETIRED = {
     "dtype": "retired: the model's weights load in float32, and discovery.precision is the one precision switch "
-    "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/test_gpu.py and "
+    "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/circuitlib/test_gpu.py and "
     "benchmarks/gpu_check.sh measure); edits always run on float32 weights",
 }
 

@@ -1,7 +1,7 @@
 """What a sweep's runs say about themselves in the MLflow UI: descriptions that link runs, the git commit, the data as
 dataset inputs, params and metrics the UI can plot, and the per-request edit table with its prompts.
 
-The sweep's bookkeeping (tracking.py) decides which run is which; this module only adds what a reader of the UI needs.
+The sweep's record (record/store.py) decides which run is which; this module only adds what a reader of the UI needs.
 """
 
 from __future__ import annotations
@@ -23,7 +23,7 @@ from circuitlib import data
 from circuitlib.circuits import Circuit
 from circuitlib.discovery import DiscoveryConfig
 from circuitlib.types import ClassificationData, EditRequest, density_key
-from sweeps import layout
+from record import names
 from sweeps.config import SweepConfig
 from sweeps.specs import CircuitRef
 
@@ -47,10 +47,10 @@ def git_commit(root: Path = ROOT) -> str | None:
 def describe_sweep(client: MlflowClient, experiment_id: str, parent_id: str, config: SweepConfig) -> None:
     """Tag the sweep's run with the git commit and a description, and give its experiment a description where it
     has none (a user's own is kept)."""
-    tags = {layout.TAG_MODEL: config.model}
+    tags = {names.TAG_MODEL: config.model}
     commit = git_commit()
     if commit:
-        tags[layout.GIT_COMMIT_TAG] = commit
+        tags[names.GIT_COMMIT_TAG] = commit
     note = (
         f"Sweep **{config.name}**: circuits of `{config.model}` on {', '.join(config.datasets)} (seeds "
         f"{', '.join(map(str, config.seeds))}) at target densities "
@@ -58,23 +58,23 @@ def describe_sweep(client: MlflowClient, experiment_id: str, parent_id: str, con
         f"{', '.join(config.variants)}{' and the full model' if config.include_full else ''} on "
         f"`{config.requests}`.\n\nThe headline findings appear here once `python -m analysis report` has run."
     )
-    current = client.get_run(parent_id).data.tags.get(layout.NOTE_TAG)
+    current = client.get_run(parent_id).data.tags.get(names.NOTE_TAG)
     if not current:
-        tags[layout.NOTE_TAG] = note
+        tags[names.NOTE_TAG] = note
     for key, value in tags.items():
         client.set_tag(parent_id, key, value)
     experiment = client.get_experiment(experiment_id)
-    if not experiment.tags.get(layout.EXPERIMENT_KIND_TAG):  # the UI then opens on runs, not on GenAI traces
-        client.set_experiment_tag(experiment_id, layout.EXPERIMENT_KIND_TAG, layout.EXPERIMENT_KIND)
-    if not experiment.tags.get(layout.NOTE_TAG):
+    if not experiment.tags.get(names.EXPERIMENT_KIND_TAG):  # the UI then opens on runs, not on GenAI traces
+        client.set_experiment_tag(experiment_id, names.EXPERIMENT_KIND_TAG, names.EXPERIMENT_KIND)
+    if not experiment.tags.get(names.NOTE_TAG):
         client.set_experiment_tag(
             experiment_id,
-            layout.NOTE_TAG,
+            names.NOTE_TAG,
             (
                 f"Circuit discovery and knowledge edits (Ge, Rudzicz and Zhu 2024, *What Do the Circuits Mean? A "
                 f"Knowledge Edit View*). One parent run per sweep; its children are the discovery runs "
                 f"(`discover/...`), the edit runs (`edit/...`) and the `analysis` runs holding the report. Plot an "
-                f"edit metric (`nll_new_drop`, `efficacy_score`) against `{layout.EDIT_DENSITY}`, grouped by the "
+                f"edit metric (`nll_new_drop`, `efficacy_score`) against `{names.EDIT_DENSITY}`, grouped by the "
                 f"`variant` param, for the size window."
             ),
         )
@@ -83,7 +83,7 @@ def describe_sweep(client: MlflowClient, experiment_id: str, parent_id: str, con
 def inherited_tags(client: MlflowClient, parent_id: str) -> dict[str, str]:
     """The tags a trial's run copies from its sweep's run: the git commit, where the sweep recorded one."""
     tags = client.get_run(parent_id).data.tags
-    return {k: tags[k] for k in (layout.GIT_COMMIT_TAG,) if k in tags}
+    return {k: tags[k] for k in (names.GIT_COMMIT_TAG,) if k in tags}
 
 
 def discovery_params(split: data.SplitSpec, config: DiscoveryConfig, model: str) -> dict[str, object]:
@@ -104,7 +104,7 @@ def edit_params(dataset: str | None, target: float | None, variant: str, seed: i
     """What an edit run is a point of, as params the UI can group and plot by (the full model: dataset `full`,
     target density 1)."""
     return {
-        "dataset": dataset or layout.FULL,
+        "dataset": dataset or names.FULL,
         "target_density": 1.0 if target is None else float(target),
         "variant": variant,
         "seed": seed,
@@ -115,11 +115,11 @@ def edit_figures(circuit: Circuit | None) -> dict[str, float]:
     """The edited circuit's actual density and held-out faithfulness, as metrics to plot edit metrics against (the
     full model: density 1 and faithfulness 1, by definition)."""
     if circuit is None:
-        return {layout.EDIT_DENSITY: 1.0, layout.EDIT_FAITHFULNESS: 1.0}
+        return {names.EDIT_DENSITY: 1.0, names.EDIT_FAITHFULNESS: 1.0}
     faithfulness = circuit.provenance.get("faithfulness")
-    figures = {layout.EDIT_DENSITY: circuit.density}
+    figures = {names.EDIT_DENSITY: circuit.density}
     if isinstance(faithfulness, int | float) and math.isfinite(faithfulness):
-        figures[layout.EDIT_FAITHFULNESS] = float(faithfulness)
+        figures[names.EDIT_FAITHFULNESS] = float(faithfulness)
     return figures
 
 
@@ -127,23 +127,23 @@ def describe_discovery(experiment_id: str, parent_id: str, sweep: str, dataset: 
     """A discovery run's description."""
     return (
         f"Discovery of circuits on `{dataset}`, sweep seed {seed}, in sweep "
-        f"{layout.run_link(experiment_id, parent_id, sweep)}. Metrics by step: the held-out density and "
+        f"{names.run_link(experiment_id, parent_id, sweep)}. Metrics by step: the held-out density and "
         f"faithfulness; "
-        f"`circuit.<target>.*`: each snapshot's figures; artifacts `{layout.CIRCUITS_DIR}/d<target>.safetensors`. "
+        f"`circuit.<target>.*`: each snapshot's figures; artifacts `{names.CIRCUITS_DIR}/d<target>.safetensors`. "
         f"Its params are the whole discovery config."
     )
 
 
 def describe_edit(experiment_id: str, parent_id: str, sweep: str, variant: str, ref: CircuitRef | None) -> str:
     """An edit run's description, linking the discovery run its circuit came from."""
-    where = f"in sweep {layout.run_link(experiment_id, parent_id, sweep)}"
-    table = f"`{layout.EDITS_ARTIFACT}`: one row per request, with its prompt, subject, targets and scores."
+    where = f"in sweep {names.run_link(experiment_id, parent_id, sweep)}"
+    table = f"`{names.EDITS_ARTIFACT}`: one row per request, with its prompt, subject, targets and scores."
     if ref is None:
         return f"Edits of the **full model** (every weight may change), {where}. {table}"
-    source = layout.run_link(experiment_id, ref.run_id, layout.discover_run_name(ref.dataset, ref.seed))
+    source = names.run_link(experiment_id, ref.run_id, names.discover_run_name(ref.dataset, ref.seed))
     return (
         f"Edits of the **{variant}** of the circuit at target density {density_key(ref.target)} "
-        f"(`{ref.artifact}` of {source}), {where}. `{layout.EDIT_DENSITY}` and `{layout.EDIT_FAITHFULNESS}` "
+        f"(`{ref.artifact}` of {source}), {where}. `{names.EDIT_DENSITY}` and `{names.EDIT_FAITHFULNESS}` "
         f"are that circuit's actual figures. {table}"
     )
 
@@ -171,8 +171,8 @@ def edit_table(rows: Sequence[Mapping[str, Any]], requests: Sequence[EditRequest
 def log_edit_table(client: MlflowClient, run_id: str, table: pd.DataFrame) -> None:
     """Log the per-request table as an MLflow table (JSON, NaN as null) once: MLflow appends to an existing one, and
     a retried trial's table is already whole."""
-    if layout.EDITS_ARTIFACT not in {f.path for f in client.list_artifacts(run_id)}:
-        client.log_table(run_id, table, layout.EDITS_ARTIFACT)
+    if names.EDITS_ARTIFACT not in {f.path for f in client.list_artifacts(run_id)}:
+        client.log_table(run_id, table, names.EDITS_ARTIFACT)
 
 
 def _input(frame: pd.DataFrame, name: str, spec: str, context: str, targets: str | None = None) -> DatasetInput:

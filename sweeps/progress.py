@@ -455,6 +455,6 @@ class TrackingWatch:
 
 
 def _probe(uri: str, timeout: float) -> None:
-    from sweeps import tracking  # MLflow's client, only where a server is watched
+    from record import store  # MLflow's client, only where a server is watched
 
-    tracking.probe(uri, timeout=timeout)
+    store.probe(uri, timeout=timeout)

@@ -37,8 +37,9 @@ from typing import Any
 from circuitlib import data, options, settings
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
-from record import lease
-from sweeps import context, layout, outcomes, tracking
+from record import lease, names, store
+from record.names import RunKind
+from sweeps import context, outcomes
 from sweeps.config import (
     PRESET_HELP,
     RETIRED,
@@ -192,12 +193,12 @@ def preflight(config: SweepConfig) -> None:
     if "RAY_ADDRESS" not in os.environ:
         trial_resources(config, local_resources())
     assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
-    tracking.probe(config.tracking_uri)
+    store.probe(config.tracking_uri)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # a new SQLite store's notices
-    client = tracking.client_for(config.tracking_uri)
+    client = store.client_for(config.tracking_uri)
     experiment = client.get_experiment_by_name(config.experiment)
     if experiment is not None:
-        tracking.sweep_run(client, experiment.experiment_id, config.name, config.settings_hash())
+        store.sweep_run(client, experiment.experiment_id, config.name, config.settings_hash())
 
 
 def connect_ray(config: SweepConfig) -> Mapping[str, float]:
@@ -252,14 +253,14 @@ def trial_resources(config: SweepConfig, cluster: Mapping[str, float], can_grow:
     return {"cpu": config.cpus_per_trial, "gpu": gpus}
 
 
-def phase_resources(config: SweepConfig, resources: Mapping[str, float], phase: str) -> dict[str, float]:
+def phase_resources(config: SweepConfig, resources: Mapping[str, float], phase: RunKind) -> dict[str, float]:
     """What one trial of `phase` asks Ray for: `resources`, with an edit trial's GPU share where trials get GPUs."""
-    if phase == "edit" and resources.get("gpu", 0) > 0 and config.gpus_per_edit_trial is not None:
+    if phase == RunKind.EDIT and resources.get("gpu", 0) > 0 and config.gpus_per_edit_trial is not None:
         return {**resources, "gpu": config.gpus_per_edit_trial}
     return dict(resources)
 
 
-def experiment_name(config: SweepConfig, phase: str, trials: Sequence[DiscoveryTrial | EditTrial]) -> str:
+def experiment_name(config: SweepConfig, phase: RunKind, trials: Sequence[DiscoveryTrial | EditTrial]) -> str:
     """The Tune experiment of one phase with exactly these trials: a rerun that asks for the same trials restores it,
     one that asks for others (other discoveries found, other settings) starts its own, never an old trial list."""
     specs = json.dumps([tune_config(t) for t in trials], sort_keys=True)
@@ -267,7 +268,7 @@ def experiment_name(config: SweepConfig, phase: str, trials: Sequence[DiscoveryT
 
 
 def run_phase(
-    phase: str,
+    phase: RunKind,
     trainable: Callable[[dict[str, Any]], None],
     trials: Sequence[DiscoveryTrial | EditTrial],
     config: SweepConfig,
@@ -331,7 +332,7 @@ def stranded(
 
 
 def settle_phase(
-    phase: str,
+    phase: RunKind,
     trainable: Callable[[dict[str, Any]], None],
     trials: Sequence[DiscoveryTrial | EditTrial],
     run: SweepRun,
@@ -375,14 +376,14 @@ def settle_phase(
 def found_circuits(client, run: SweepRun, trials: Sequence[DiscoveryTrial]) -> list[CircuitRef]:
     """The circuits of every finished discovery of `trials`, as MLflow records them: phase 2's one source."""
     runs: dict[str, Any] = {}
-    for logged in tracking.child_runs(client, run.experiment_id, run.parent_run_id, "discover", run.settings_hash):
-        runs.setdefault(logged.data.tags.get(layout.TAG_TRIAL, ""), logged)  # the newest run of a trial wins
+    for logged in store.child_runs(client, run.experiment_id, run.parent_run_id, RunKind.DISCOVER, run.settings_hash):
+        runs.setdefault(logged.data.tags.get(names.TAG_TRIAL, ""), logged)  # the newest run of a trial wins
     found = []
     for trial in trials:
         logged = runs.get(trial.key)
         if logged is None or logged.info.status != "FINISHED":
             continue
-        reached = set(logged.data.tags.get(layout.TAG_REACHED, "").split(","))
+        reached = set(logged.data.tags.get(names.TAG_REACHED, "").split(","))
         found += [
             CircuitRef(trial.name, trial.seed, target, logged.info.run_id)
             for target in run.config.discovery.densities
@@ -395,11 +396,11 @@ def unfinished(client, run: SweepRun, trials: Sequence[DiscoveryTrial | EditTria
     """The trials without a FINISHED MLflow run of these settings: the sweep's own check of what it logged. Runs left
     RUNNING by a trial that died with its worker are marked FAILED on the way (no trial runs any more)."""
     status: dict[str, str] = {}
-    for kind in ("discover", "edit"):
-        runs = tracking.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash)
-        tracking.fail_running(client, runs)
+    for kind in (RunKind.DISCOVER, RunKind.EDIT):
+        runs = store.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash)
+        store.fail_running(client, runs)
         for logged in runs:  # newest first: the newest run of a trial wins
-            status.setdefault(logged.data.tags.get(layout.TAG_TRIAL, ""), logged.info.status)
+            status.setdefault(logged.data.tags.get(names.TAG_TRIAL, ""), logged.info.status)
     return [t.key for t in trials if status.get(t.key) != "FINISHED"]
 
 
@@ -462,17 +463,17 @@ def main(argv: list[str] | None = None, prog: str = PROG) -> int:
 def stopped(
     client,
     run: SweepRun,
-    phases: Sequence[tuple[str, Sequence[DiscoveryTrial | EditTrial]]],
-    not_started: Sequence[str],
+    phases: Sequence[tuple[RunKind, Sequence[DiscoveryTrial | EditTrial]]],
+    not_started: Sequence[RunKind],
     resume: str,
 ) -> int:
     """After a stop (`SweepStopped`): the runs of the trials it cut short and the sweep's run are marked KILLED, one
     line says what finished, what was cut short and how to resume; the exit code is 128 + the signal's number."""
     status: dict[str, str] = {}
     cut = set(STOP.cut_short())
-    for kind in ("discover", "edit"):
-        for logged in tracking.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash):
-            key = logged.data.tags.get(layout.TAG_TRIAL, "")
+    for kind in (RunKind.DISCOVER, RunKind.EDIT):
+        for logged in store.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash):
+            key = logged.data.tags.get(names.TAG_TRIAL, "")
             if logged.info.status == "RUNNING":  # its trial was cut short: Tune has stopped its actor by now
                 client.set_terminated(logged.info.run_id, "KILLED")
                 cut.add(key)
@@ -507,11 +508,11 @@ def run_sweep(config: SweepConfig, resume: str = "", report: bool = True) -> int
 
 def _run_sweep(config: SweepConfig, resume: str, report: bool) -> int:
     assert config.tracking_uri is not None and config.experiment is not None, "a sweep runs on its resolved config"
-    client = tracking.client_for(config.tracking_uri)
+    client = store.client_for(config.tracking_uri)
     embedded = config.tracking_uri.startswith("sqlite:")
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own
-    exp_id = tracking.experiment_id(client, config.experiment, artifact_root)
-    parent = tracking.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
+    exp_id = store.experiment_id(client, config.experiment, artifact_root)
+    parent = store.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
     # One driver per sweep, whatever its work dir or machine: the lease on the parent run, held in MLflow until the
     # sweep ends (the work dir's flock covers one work dir only), taken before Ray starts so a second driver is
     # refused at once.
@@ -530,7 +531,7 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
     context.describe_sweep(client, exp_id, parent, config)
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(
-        f"trial resources {resources} (edit trials {phase_resources(config, resources, 'edit')}); results and "
+        f"trial resources {resources} (edit trials {phase_resources(config, resources, RunKind.EDIT)}); results and "
         f"checkpoints under {config.storage_path}"
     )
     run = SweepRun(config, exp_id, parent)
@@ -538,19 +539,25 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
     discoveries = discovery_trials(run)
     try:
         inputs = settle_phase(
-            "discover", trainable(discovery_trial, DiscoveryTrial, driver), discoveries, run, client, resources, driver
+            RunKind.DISCOVER,
+            trainable(discovery_trial, DiscoveryTrial, driver),
+            discoveries,
+            run,
+            client,
+            resources,
+            driver,
         )
     except SweepStopped:
-        return stopped(client, run, [("discover", discoveries)], ["edit"], resume)
+        return stopped(client, run, [(RunKind.DISCOVER, discoveries)], [RunKind.EDIT], resume)
     circuits = found_circuits(client, run, discoveries)
     edits = edit_trials(run, circuits)
     if edits:
         try:
             inputs |= settle_phase(
-                "edit", trainable(edit_trial, EditTrial, driver), edits, run, client, resources, driver
+                RunKind.EDIT, trainable(edit_trial, EditTrial, driver), edits, run, client, resources, driver
             )
         except SweepStopped:
-            return stopped(client, run, [("discover", discoveries), ("edit", edits)], [], resume)
+            return stopped(client, run, [(RunKind.DISCOVER, discoveries), (RunKind.EDIT, edits)], [], resume)
     failed = list(dict.fromkeys(unfinished(client, run, [*discoveries, *edits])))  # each trial once
     client.set_terminated(parent, "FAILED" if failed else "FINISHED")
     print(f"sweep {config.name}: {summary(circuits, discoveries, edits, failed)}")
@@ -571,7 +578,7 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
         report_sweep(config, parent)
     print(
         f"browse: mlflow ui --backend-store-uri {config.tracking_uri}  then open "
-        f"{layout.experiment_url('http://127.0.0.1:5000', exp_id)}"
+        f"{names.experiment_url('http://127.0.0.1:5000', exp_id)}"
     )
     print(f"analyse: circuitlib report --experiment {config.experiment} --tracking-uri {config.tracking_uri}")
     return 1 if failed else 0

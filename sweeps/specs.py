@@ -13,7 +13,7 @@ from typing import Any, TypeVar
 from circuitlib import data, options
 from circuitlib.seeds import Seeds, sweep_seeds
 from circuitlib.types import FULL, Variant
-from sweeps import layout
+from record import names
 from sweeps.config import SweepConfig
 
 Spec = TypeVar("Spec", "DiscoveryTrial", "EditTrial")
@@ -52,7 +52,7 @@ class DiscoveryTrial:
 
     @property
     def key(self) -> str:
-        return layout.discover_run_name(self.name, self.seed)
+        return names.discover_run_name(self.name, self.seed)
 
 
 @dataclass(frozen=True)
@@ -66,7 +66,7 @@ class CircuitRef:
 
     @property
     def artifact(self) -> str:
-        return layout.circuit_artifact(self.target)
+        return names.circuit_artifact(self.target)
 
 
 @dataclass(frozen=True)
@@ -87,8 +87,8 @@ class EditTrial:
     def key(self) -> str:
         c = self.circuit
         if c is None:
-            return layout.edit_run_name(None, None, self.variant, self.shard)
-        return layout.edit_run_name(c.dataset, c.target, self.variant, self.shard, c.seed)
+            return names.edit_run_name(None, None, self.variant, self.shard)
+        return names.edit_run_name(c.dataset, c.target, self.variant, self.shard, c.seed)
 
 
 def discovery_trials(run: SweepRun) -> list[DiscoveryTrial]:

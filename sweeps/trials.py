@@ -15,8 +15,7 @@ import sys
 import tempfile
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from collections.abc import Callable, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,9 @@ from circuitlib.editing import RequestResult, edit_requests, results_as_rows, su
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
-from sweeps import context, layout, outcomes, progress, tracking
+from record import names, store
+from record.names import RunKind
+from sweeps import context, outcomes, progress
 from sweeps.config import SweepConfig
 from sweeps.specs import DiscoveryTrial, EditTrial, Spec, from_tune
 
@@ -58,8 +59,8 @@ def trainable(run: Callable[[Spec], None], spec_type: type[Spec], driver: str = 
 
     An error of the trial's input (`outcomes.INPUT_ERRORS`) is not raised, which Tune would retry to no avail: the
     trial ends with one last result that carries its line and `driver`, the id of the sweep run that started it
-    (`sweeps.outcomes`); its MLflow run is marked FAILED (by `_trial_run`, or, where the error came before it, by the
-    driver's end check). Every other error is raised, for Tune to retry."""
+    (`sweeps.outcomes`); its MLflow run is marked FAILED (by `record.store.outcome`, or, where the error came before
+    it, by the driver's end check). Every other error is raised, for Tune to retry."""
 
     def tune_run(config: dict[str, Any]) -> None:
         quiet_worker()
@@ -96,7 +97,7 @@ class _QuietOnExit:
 
 def _client(cfg: SweepConfig) -> MlflowClient:
     assert cfg.tracking_uri is not None, "trials get the sweep's resolved config"
-    return tracking.client_for(cfg.tracking_uri)
+    return store.client_for(cfg.tracking_uri)
 
 
 def _target(circuit: circuits.Circuit) -> float:
@@ -122,46 +123,30 @@ def snapshot_honesty(found: Sequence[circuits.Circuit]) -> tuple[dict[str, str],
     for circuit in found:
         target, density = _target(circuit), circuit.density
         record = SnapshotRecord.from_provenance(circuit.provenance)
-        figures = {k: _number(getattr(record, k)) for k in layout.SNAPSHOT_METRICS} | {"density": density}
-        tags[layout.circuit_tag(target, "density")] = f"{density:.6g}"
-        tags[layout.circuit_tag(target, "faithfulness")] = f"{figures['faithfulness']:.4g}"
-        metrics |= {layout.circuit_metric(target, k): v for k, v in figures.items() if math.isfinite(v)}
-        if layout.well_below(density, target):
+        figures = {k: _number(getattr(record, k)) for k in names.SNAPSHOT_METRICS} | {"density": density}
+        tags[names.circuit_tag(target, "density")] = f"{density:.6g}"
+        tags[names.circuit_tag(target, "faithfulness")] = f"{figures['faithfulness']:.4g}"
+        metrics |= {names.circuit_metric(target, k): v for k, v in figures.items() if math.isfinite(v)}
+        if names.well_below(density, target):
             flags.append(
-                f"{layout.density_label(target)} at density {density:.3g}: well below its target "
-                f"(< {layout.WELL_BELOW:g} x {density_key(target)})"
+                f"{names.density_label(target)} at density {density:.3g}: well below its target "
+                f"(< {names.WELL_BELOW:g} x {density_key(target)})"
             )
         if record.optimistic:
             flags.append(
-                f"{layout.density_label(target)} faithfulness: best of {figures['selected_among']:g} "
+                f"{names.density_label(target)} faithfulness: best of {figures['selected_among']:g} "
                 "evaluations on the rows that report it (optimistic)"
             )
         shared[circuit.digest].append(target)
     for targets in shared.values():
         if len(targets) > 1:
-            flags.append(f"{', '.join(layout.density_label(t) for t in targets)}: one snapshot")
-    tags[layout.TAG_SNAPSHOT_FLAGS] = "; ".join(flags)
+            flags.append(f"{', '.join(names.density_label(t) for t in targets)}: one snapshot")
+    tags[names.TAG_SNAPSHOT_FLAGS] = "; ".join(flags)
     return tags, metrics
 
 
 def _node_id() -> str:
     return ray.get_runtime_context().get_node_id() if ray.is_initialized() else "local"
-
-
-@contextmanager
-def _trial_run(client, run_id: str) -> Iterator[None]:
-    """Mark the child run FINISHED on success, KILLED where Tune stops the trial (its `tune.report` raises
-    SystemExit: the sweep was stopped, `sweeps.progress.Stop`) and FAILED on any other error (which is re-raised for
-    Tune to retry)."""
-    try:
-        yield
-    except SystemExit:
-        client.set_terminated(run_id, "KILLED")
-        raise
-    except BaseException:
-        client.set_terminated(run_id, "FAILED")
-        raise
-    client.set_terminated(run_id, "FINISHED")
 
 
 class _Speed:
@@ -219,32 +204,32 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
     split, config = discovery_inputs(trial)
     client = _client(cfg)
     tags = {
-        layout.TAG_KIND: "discover",
-        layout.TAG_SWEEP: cfg.name,
-        layout.TAG_DATASET: trial.name,
-        layout.TAG_SEED: str(trial.seed),
-        layout.TAG_MODEL: cfg.model,
-        layout.TAG_NODE: _node_id(),
-        layout.NOTE_TAG: context.describe_discovery(
+        names.TAG_KIND: RunKind.DISCOVER,
+        names.TAG_SWEEP: cfg.name,
+        names.TAG_DATASET: trial.name,
+        names.TAG_SEED: str(trial.seed),
+        names.TAG_MODEL: cfg.model,
+        names.TAG_NODE: _node_id(),
+        names.NOTE_TAG: context.describe_discovery(
             trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.name, trial.seed
         ),
         **context.inherited_tags(client, trial.sweep.parent_run_id),
     }
     params = {**context.discovery_params(split, config, cfg.model), "seed": trial.seed}
-    run_id, finished = tracking.open_trial_run(
+    run_id, finished = store.open_trial_run(
         client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags, params, trial.sweep.settings_hash
     )
     if finished:
         tune.report({"run_id": run_id, "skipped": True})
         return
 
-    with _trial_run(client, run_id), tempfile.TemporaryDirectory() as tmp:
+    with store.outcome(client, run_id), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         lm = discovery_model(cfg)
         train, eval_data = split.load()
         client.log_inputs(run_id, context.classification_inputs(trial.dataset, train, eval_data))
         checkpoint_dir = _restored_checkpoint(work / "checkpoint") or work / "checkpoint"
-        logged = tracking.last_logged_step(client, run_id, "density")
+        logged = store.last_logged_step(client, run_id, "density")
         pending: list[dict[str, float]] = []
         latest: dict[str, float] = {}
         speed = _Speed()
@@ -260,13 +245,13 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
                 tune.report(discovery_progress(latest, config.max_steps, rate))
 
         def flush() -> None:
-            tracking.log_metrics(client, run_id, pending, step_key="step")
+            store.log_metrics(client, run_id, pending, step_key="step")
             pending.clear()
 
         def on_snapshot(circuit: circuits.Circuit) -> None:
-            name = Path(layout.circuit_artifact(_target(circuit))).name
+            name = Path(names.circuit_artifact(_target(circuit))).name
             path = circuits.save(provenance.stamp(circuit, split, lm), work / "circuits" / name)
-            tracking.log_file(client, run_id, path, layout.CIRCUITS_DIR)
+            store.log_file(client, run_id, path, names.CIRCUITS_DIR)
 
         def on_checkpoint(directory: Path) -> None:
             flush()
@@ -299,11 +284,9 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         reached = ",".join(density_key(_target(c)) for c in outcome.circuits)
         unreached = ",".join(density_key(t) for t in outcome.unreached)
         honesty_tags, honesty_metrics = snapshot_honesty(outcome.circuits)
-        tracking.set_tags(
-            client, run_id, {layout.TAG_REACHED: reached, layout.TAG_UNREACHED: unreached, **honesty_tags}
-        )
-        tracking.log_metrics(client, run_id, [honesty_metrics])
-        tracking.log_json(
+        store.set_tags(client, run_id, {names.TAG_REACHED: reached, names.TAG_UNREACHED: unreached, **honesty_tags})
+        store.log_metrics(client, run_id, [honesty_metrics])
+        store.log_json(
             client, run_id, {"full_accuracy": outcome.full_accuracy, "history": outcome.history}, "history.json"
         )
     tune.report({"run_id": run_id, "skipped": False})
@@ -334,26 +317,26 @@ def edit_trial(trial: EditTrial) -> None:
     ref = trial.circuit
     client = _client(cfg)
     tags = {
-        layout.TAG_KIND: "edit",
-        layout.TAG_SWEEP: cfg.name,
-        layout.TAG_VARIANT: trial.variant,
-        layout.TAG_SHARD: str(trial.shard),
-        layout.TAG_SEED: str(ref.seed if ref else 0),
-        layout.TAG_MODEL: cfg.model,
-        layout.TAG_NODE: _node_id(),
-        layout.NOTE_TAG: context.describe_edit(
+        names.TAG_KIND: RunKind.EDIT,
+        names.TAG_SWEEP: cfg.name,
+        names.TAG_VARIANT: trial.variant,
+        names.TAG_SHARD: str(trial.shard),
+        names.TAG_SEED: str(ref.seed if ref else 0),
+        names.TAG_MODEL: cfg.model,
+        names.TAG_NODE: _node_id(),
+        names.NOTE_TAG: context.describe_edit(
             trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.variant, ref
         ),
         **context.inherited_tags(client, trial.sweep.parent_run_id),
     }
     if ref is not None:
         tags |= {
-            layout.TAG_DATASET: ref.dataset,
-            layout.TAG_TARGET: density_key(ref.target),
-            layout.TAG_CIRCUIT_RUN: ref.run_id,
-            layout.TAG_CIRCUIT_ARTIFACT: ref.artifact,
+            names.TAG_DATASET: ref.dataset,
+            names.TAG_TARGET: density_key(ref.target),
+            names.TAG_CIRCUIT_RUN: ref.run_id,
+            names.TAG_CIRCUIT_ARTIFACT: ref.artifact,
         }
-    run_id, finished = tracking.open_trial_run(
+    run_id, finished = store.open_trial_run(
         client,
         trial.sweep.experiment_id,
         trial.sweep.parent_run_id,
@@ -374,7 +357,7 @@ def edit_trial(trial: EditTrial) -> None:
         tune.report({**result, **client.get_run(run_id).data.metrics, "skipped": True})
         return
 
-    with _trial_run(client, run_id), tempfile.TemporaryDirectory() as tmp:
+    with store.outcome(client, run_id), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pool = data.load_requests(cfg.requests, cfg.edit_limit)
         requests = pool[trial.shard * cfg.shard_size : (trial.shard + 1) * cfg.shard_size]
@@ -382,7 +365,7 @@ def edit_trial(trial: EditTrial) -> None:
         lm = load_model(cfg.model, revision=cfg.model_revision)  # edits run on float32 weights
         circuit = None
         if ref is not None:
-            circuit = circuits.load(tracking.download(client, ref.run_id, ref.artifact, work / "circuit"))
+            circuit = circuits.load(store.download(client, ref.run_id, ref.artifact, work / "circuit"))
             circuits.check_compatible(circuit, lm.params, source=f"{ref.run_id}/{ref.artifact}")
         masks = variant_masks(circuit, trial.variant, trial.random_mask_seed)
         rows = _edit_rows(_restored_checkpoint(work / "restored"))
@@ -398,6 +381,6 @@ def edit_trial(trial: EditTrial) -> None:
                 work / "checkpoint", rows, tune.report, edit_progress(len(rows), len(requests), speed.at(len(rows)))
             )
         summary = summarize([RequestResult(**r) for r in rows])
-        tracking.log_metrics(client, run_id, [summary | context.edit_figures(circuit)])
+        store.log_metrics(client, run_id, [summary | context.edit_figures(circuit)])
         context.log_edit_table(client, run_id, context.edit_table(rows, requests))
     tune.report({**result, **summary, "skipped": False})

@@ -13,7 +13,7 @@ import torch
 from circuitlib import cli, data
 from circuitlib.discovery import DiscoveryConfig, DiscoveryState, discover
 from circuitlib.errors import CorruptCheckpoint, InputError
-from sweeps import layout, tracking
+from record import names, store
 from sweeps.config import load_preset
 from sweeps.size_sweep import driver_lock, main
 from sweeps.trials import ROWS_FILE, _edit_rows
@@ -77,16 +77,16 @@ def test_the_same_name_with_other_settings_elsewhere_is_refused_before_ray(sweep
     """Another work dir (as every `ray job submit` gets), one MLflow store: another lr never returns those results."""
     uri = f"sqlite:///{tmp_path / 'shared.db'}"
     first = dataclasses.replace(load_preset("tiny"), work_dir=str(tmp_path / "a"), tracking_uri=uri).resolved()
-    client = tracking.client_for(uri)
-    exp = tracking.experiment_id(client, "tiny", (tmp_path / "artifacts").as_uri())
-    parent = tracking.open_sweep_run(client, exp, "tiny", {}, first.settings_hash())
+    client = store.client_for(uri)
+    exp = store.experiment_id(client, "tiny", (tmp_path / "artifacts").as_uri())
+    parent = store.open_sweep_run(client, exp, "tiny", {}, first.settings_hash())
     code, err = sweep("--tracking-uri", uri, "--discovery.lr", "0.01", work=tmp_path / "b")
     assert code == 2 and len(err) == 1 and f"MLflow run {parent} of that name has other settings" in err[0]
     assert nothing_started(tmp_path / "b")
     # The same settings from another work dir reuse that parent run (and so its finished children).
     again = dataclasses.replace(first, work_dir=str(tmp_path / "c"), max_failures=0).resolved()
     assert again.settings_hash() == first.settings_hash()
-    reused = tracking.sweep_run(client, exp, "tiny", again.settings_hash())
+    reused = store.sweep_run(client, exp, "tiny", again.settings_hash())
     assert reused is not None and reused.info.run_id == parent
 
 
@@ -113,14 +113,14 @@ def test_only_result_shaping_settings_change_the_hash():
 
 
 def test_filter_values_with_quotes_find_their_run(tmp_path):
-    client = tracking.client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
-    exp = tracking.experiment_id(client, "q", (tmp_path / "artifacts").as_uri())
+    client = store.client_for(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    exp = store.experiment_id(client, "q", (tmp_path / "artifacts").as_uri())
     for value in ("it's", 'say "hi"'):
-        run = client.create_run(exp, tags={layout.TAG_TRIAL: value})
-        found = tracking.find_run(client, exp, {layout.TAG_TRIAL: value})
+        run = client.create_run(exp, tags={names.TAG_TRIAL: value})
+        found = store.find_run(client, exp, {names.TAG_TRIAL: value})
         assert found is not None and found.info.run_id == run.info.run_id
     with pytest.raises(InputError, match="both quote characters"):
-        tracking.literal('it\'s "both"')
+        store.literal('it\'s "both"')
 
 
 def test_a_corrupt_discovery_checkpoint_names_its_file(tiny_lm, tiny_data, tmp_path):

@@ -12,11 +12,11 @@ import pytest
 from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, stratified_gap
 from analysis.composition import ALL_LAYERS, circuit_composition, over_represented
 from analysis.overlap import ALL, density_overlaps, pair_overlap
-from analysis.sweep_data import EditRun, Source, normalize_density
 from analysis.tables import GAP, estimate, number, write_csv
 from analysis.window import WindowRow, estimate_window, window_rows
 from circuitlib.circuits import Circuit
 from circuitlib.types import MaskedParam, density_key
+from record.reader import EditRun, Source, normalize_density
 
 # Odd sizes, so most parameters end in pad bits.
 PARAMS = [

@@ -17,10 +17,9 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from record import lease
-from sweeps import layout
+from record import lease, names
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--no-report", "--name", "dup"]
 
@@ -92,7 +91,7 @@ def leased_run(client: MlflowClient, timeout: float) -> str:
     while time.time() < deadline:
         exp = client.get_experiment_by_name("dup")
         if exp is not None:
-            for run in client.search_runs([exp.experiment_id], filter_string=f"tags.`{layout.TAG_KIND}` = 'sweep'"):
+            for run in client.search_runs([exp.experiment_id], filter_string=f"tags.`{names.TAG_KIND}` = 'sweep'"):
                 if lease.LEASE_TAG in run.data.tags:
                     return run.info.run_id
         time.sleep(0.5)
@@ -140,10 +139,10 @@ def test_a_second_driver_of_a_sweep_is_refused_whatever_its_work_dir(server, tmp
     exp = client.get_experiment_by_name("dup")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(names.TAG_KIND) == "sweep"]
     assert [r.info.run_id for r in parents] == [parent]
-    names = Counter(r.info.run_name for r in runs if r.data.tags.get(layout.PARENT_TAG) == parent)
-    assert names and all(n == 1 for n in names.values()), names
+    counts = Counter(r.info.run_name for r in runs if r.data.tags.get(names.PARENT_TAG) == parent)
+    assert counts and all(n == 1 for n in counts.values()), counts
 
 
 def started_discoveries(client: MlflowClient, parent: str, timeout: float) -> dict[str, str]:
@@ -152,7 +151,7 @@ def started_discoveries(client: MlflowClient, parent: str, timeout: float) -> di
     while time.time() < deadline:
         exp = client.get_experiment_by_name("dup")
         assert exp is not None
-        query = f"tags.`{layout.PARENT_TAG}` = '{parent}' and tags.`{layout.TAG_KIND}` = 'discover'"
+        query = f"tags.`{names.PARENT_TAG}` = '{parent}' and tags.`{names.TAG_KIND}` = 'discover'"
         runs = client.search_runs([exp.experiment_id], filter_string=query, max_results=1000)
         if runs:
             return {str(r.info.run_name): r.info.run_id for r in runs}
@@ -206,13 +205,13 @@ def test_a_killed_drivers_sweep_is_taken_over_after_its_lease_expires_with_nothi
     exp = client.get_experiment_by_name("dup")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
+    parents = [r for r in runs if r.data.tags.get(names.TAG_KIND) == "sweep"]
     assert [r.info.run_id for r in parents] == [parent]
     assert parents[0].info.status == "FINISHED"
-    children = [r for r in runs if r.data.tags.get(layout.PARENT_TAG) == parent]
-    names = Counter(r.info.run_name for r in children)
-    duplicated = {name: n for name, n in names.items() if n > 1}
-    assert names and not duplicated, duplicated
+    children = [r for r in runs if r.data.tags.get(names.PARENT_TAG) == parent]
+    counts = Counter(r.info.run_name for r in children)
+    duplicated = {name: n for name, n in counts.items() if n > 1}
+    assert counts and not duplicated, duplicated
     assert {r.info.run_name: r.info.status for r in children if r.info.status != "FINISHED"} == {}
     ids = {r.info.run_name: r.info.run_id for r in children}
     assert {name: ids.get(name) for name in begun} == begun  # B finished the runs A had begun, under their ids

@@ -1,4 +1,4 @@
-"""The analysis of a synthetic sweep laid out in a temporary MLflow store exactly as sweeps/layout.py says.
+"""The analysis of a synthetic sweep laid out in a temporary MLflow store exactly as record/names.py says.
 
 The sweep has three datasets, four densities, a planted effect (the complement learns more than the circuit at
 0.25, 0.15 and 0.05; the circuit is faithful only down to 0.15, so the circuits of 0.05 are left out of every
@@ -28,17 +28,17 @@ from analysis.cli import main
 from analysis.composition import ALL_LAYERS
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.pipeline import Analysis, Options, analyse
+from analysis.publish import log_analysis
 from analysis.report import SECTIONS, write_report
-from analysis.sweep_data import read_sweep
-from analysis.tracking import log_analysis
 from analysis.window import ALL
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.editing import RequestResult
 from circuitlib.types import MaskedParam, ModuleType
-from sweeps import layout
+from record import names
+from record.reader import read_sweep
 
-ROOT = Path(__file__).resolve().parents[1]
+ROOT = Path(__file__).resolve().parents[2]
 EXPERIMENT = "synthetic"
 DATASETS = ("alpha", "beta", "gamma")
 DENSITIES = (0.5, 0.25, 0.15, 0.05)
@@ -47,7 +47,7 @@ FAITHFULNESS = {0.5: 0.99, 0.25: 0.95, 0.15: 0.92, 0.05: 0.6}
 GAP = {0.5: -0.5, 0.25: 1.0, 0.15: 1.0, 0.05: 1.0}  # planted complement - circuit learning gap
 RANDOM_GAP = 0.4
 REQUESTS = 40
-FAILED = layout.edit_run_name("alpha", 0.25, "random", 0)
+FAILED = names.edit_run_name("alpha", 0.25, "random", 0)
 LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
     ("ln_1.weight", (6,), "norm"),
     ("attn.c_attn.weight", (6, 9), "attention"),
@@ -118,15 +118,15 @@ def result(case: int, variant: str, drop: float, nll_true: float) -> RequestResu
 
 
 def child(client: MlflowClient, exp: str, parent: str, name: str, tags: dict[str, str], status: str = "FINISHED"):
-    """A nested run of the sweep, tagged as layout.py says."""
+    """A nested run of the sweep, tagged as record/names.py says."""
     run = client.create_run(
         exp,
         run_name=name,
         tags={
-            layout.PARENT_TAG: parent,
-            layout.TAG_SWEEP: "synth",
-            layout.TAG_TRIAL: name,
-            layout.TAG_MODEL: "toy",
+            names.PARENT_TAG: parent,
+            names.TAG_SWEEP: "synth",
+            names.TAG_TRIAL: name,
+            names.TAG_MODEL: "toy",
             **tags,
         },
     )
@@ -134,7 +134,7 @@ def child(client: MlflowClient, exp: str, parent: str, name: str, tags: dict[str
 
 
 def json_artifact(client: MlflowClient, run_id: str, rows: list[dict], folder: Path) -> None:
-    path = folder / run_id / layout.EDITS_ARTIFACT
+    path = folder / run_id / names.EDITS_ARTIFACT
     path.parent.mkdir(parents=True)
     path.write_text(json.dumps(rows))
     client.log_artifact(run_id, str(path))
@@ -145,13 +145,13 @@ def build_sweep(uri: str, scratch: Path) -> str:
     client = MlflowClient(uri)
     exp = client.create_experiment(EXPERIMENT, artifact_location=str(scratch / "artifacts"))
     parent = client.create_run(
-        exp, run_name="synth", tags={layout.TAG_KIND: "sweep", layout.TAG_SWEEP: "synth", layout.TAG_MODEL: "toy"}
+        exp, run_name="synth", tags={names.TAG_KIND: "sweep", names.TAG_SWEEP: "synth", names.TAG_MODEL: "toy"}
     ).info.run_id
     for dataset in DATASETS:
-        tags = {layout.TAG_KIND: "discover", layout.TAG_DATASET: dataset, layout.TAG_SEED: "0"}
+        tags = {names.TAG_KIND: "discover", names.TAG_DATASET: dataset, names.TAG_SEED: "0"}
         if dataset in UNREACHED:
-            tags[layout.TAG_UNREACHED] = f"{UNREACHED[dataset]:g}"
-        run_id = child(client, exp, parent, layout.discover_run_name(dataset, 0), tags)
+            tags[names.TAG_UNREACHED] = f"{UNREACHED[dataset]:g}"
+        run_id = child(client, exp, parent, names.discover_run_name(dataset, 0), tags)
         history = []
         for d in DENSITIES:
             step = snapshot_step(d)
@@ -167,24 +167,24 @@ def build_sweep(uri: str, scratch: Path) -> str:
             if dataset != "beta":  # beta's faithfulness comes from its metric history
                 provenance["faithfulness"] = FAITHFULNESS[d]
             c = Circuit.from_masks(PARAMS, circuit_masks(dataset, d), "toy", target_density=d, provenance=provenance)
-            path = circuits.save(c, scratch / run_id / layout.circuit_artifact(d))
-            client.log_artifact(run_id, str(path), layout.CIRCUITS_DIR)
+            path = circuits.save(c, scratch / run_id / names.circuit_artifact(d))
+            client.log_artifact(run_id, str(path), names.CIRCUITS_DIR)
         client.log_batch(run_id, metrics=history)
         client.set_terminated(run_id)
         for d in DENSITIES:
             if UNREACHED.get(dataset) == d:
                 continue
             for variant in ("circuit", "complement", "random"):
-                name = layout.edit_run_name(dataset, d, variant, 0)
+                name = names.edit_run_name(dataset, d, variant, 0)
                 tags = {
-                    layout.TAG_KIND: "edit",
-                    layout.TAG_DATASET: dataset,
-                    layout.TAG_SEED: "0",
-                    layout.TAG_TARGET: f"{d:g}",
-                    layout.TAG_VARIANT: variant,
-                    layout.TAG_SHARD: "0",
-                    layout.TAG_CIRCUIT_RUN: run_id,
-                    layout.TAG_CIRCUIT_ARTIFACT: layout.circuit_artifact(d),
+                    names.TAG_KIND: "edit",
+                    names.TAG_DATASET: dataset,
+                    names.TAG_SEED: "0",
+                    names.TAG_TARGET: f"{d:g}",
+                    names.TAG_VARIANT: variant,
+                    names.TAG_SHARD: "0",
+                    names.TAG_CIRCUIT_RUN: run_id,
+                    names.TAG_CIRCUIT_ARTIFACT: names.circuit_artifact(d),
                 }
                 edit_id = child(client, exp, parent, name, tags)
                 if name == FAILED:
@@ -196,8 +196,8 @@ def build_sweep(uri: str, scratch: Path) -> str:
         client,
         exp,
         parent,
-        layout.edit_run_name(None, None, layout.FULL, 0),
-        {layout.TAG_KIND: "edit", layout.TAG_VARIANT: layout.FULL, layout.TAG_SHARD: "0"},
+        names.edit_run_name(None, None, names.FULL, 0),
+        {names.TAG_KIND: "edit", names.TAG_VARIANT: names.FULL, names.TAG_SHARD: "0"},
     )
     json_artifact(client, full, [asdict(result(i, "full", 2.0, 1.5)) for i in range(REQUESTS)], scratch)
     client.set_terminated(full)
@@ -257,9 +257,9 @@ def test_overlap_matches_brute_force(analysed):
             assert r.jaccard_ratio == pytest.approx(r.jaccard / r.expected_jaccard)
             assert r.jaccard_ratio > 1  # the shared score makes circuits overlap more than chance
             for module in ("attention", "mlp", "norm"):
-                names = [p.name for p in PARAMS if p.module_type == module]
-                gx = np.concatenate([mx[n].ravel() for n in names])
-                gy = np.concatenate([my[n].ravel() for n in names])
+                group = [p.name for p in PARAMS if p.module_type == module]
+                gx = np.concatenate([mx[n].ravel() for n in group])
+                gy = np.concatenate([my[n].ravel() for n in group])
                 assert rows[d, x, y, module].jaccard == pytest.approx((gx & gy).sum() / (gx | gy).sum())
 
 
@@ -375,8 +375,8 @@ def test_analysis_run_is_logged_under_the_sweep(analysed, store):
     client = MlflowClient(uri)
     run = client.get_run(run_id)
     assert run.info.run_name == "analysis" and run.info.status == "FINISHED"
-    assert run.data.tags[layout.PARENT_TAG] == parent
-    assert run.data.tags[layout.TAG_KIND] == "analysis" and run.data.tags[layout.TAG_SWEEP] == "synth"
+    assert run.data.tags[names.PARENT_TAG] == parent
+    assert run.data.tags[names.TAG_KIND] == "analysis" and run.data.tags[names.TAG_SWEEP] == "synth"
     assert run.data.metrics["window_low"] == 0.15 and run.data.metrics["window_high"] == 0.25
     assert run.data.metrics["window_upper_edge_observed"] == 1.0  # 0.5 was tested and does not resist
     assert run.data.metrics["window_lower_edge_observed"] == 0.0  # 0.05's circuits are not faithful
@@ -397,9 +397,9 @@ def test_the_sweep_run_gets_the_headline_metrics_report_and_findings(analysed, s
     assert {f.path for f in client.list_artifacts(parent)} == {"report.html"}
     local = Path(client.download_artifacts(parent, "report.html", str(report.folder.parent / "parent")))
     assert local.read_text() == report.html.read_text()
-    note = sweep.data.tags[layout.NOTE_TAG]
+    note = sweep.data.tags[names.NOTE_TAG]
     assert "Headline findings" in note and "**[0.15, 0.25]**" in note
-    assert f"/runs/{run_id}?{layout.MODEL_TRAINING_VIEW})" in note  # the analysis run linked
+    assert f"/runs/{run_id}?{names.MODEL_TRAINING_VIEW})" in note  # the analysis run linked
     assert note.count("| **") == 4  # a verdict per claim
 
 
@@ -452,7 +452,7 @@ def test_bad_input_is_one_line(store, tmp_path, capsys, monkeypatch, args, messa
     client = MlflowClient(uri)
     experiment = client.get_experiment_by_name(EXPERIMENT)
     assert experiment is not None
-    discovery = client.search_runs([experiment.experiment_id], f"tags.`{layout.TAG_KIND}` = 'discover'")[0].info.run_id
+    discovery = client.search_runs([experiment.experiment_id], f"tags.`{names.TAG_KIND}` = 'discover'")[0].info.run_id
     args = [discovery if x == "DISCOVERY" else x for x in args]
     if "--tracking-uri" not in args:
         args += ["--tracking-uri", uri]
@@ -489,20 +489,20 @@ def test_report_on_a_sweep_with_nothing_but_a_failed_trial(tmp_path):
     uri = f"sqlite:///{tmp_path}/mlflow.db"
     client = MlflowClient(uri)
     exp = client.create_experiment("empty", artifact_location=str(tmp_path / "artifacts"))
-    parent = client.create_run(exp, run_name="empty", tags={layout.TAG_KIND: "sweep"}).info.run_id
+    parent = client.create_run(exp, run_name="empty", tags={names.TAG_KIND: "sweep"}).info.run_id
     failed = child(
         client,
         exp,
         parent,
-        layout.discover_run_name("alpha", 0),
-        {layout.TAG_KIND: "discover", layout.TAG_DATASET: "alpha", layout.TAG_SEED: "0"},
+        names.discover_run_name("alpha", 0),
+        {names.TAG_KIND: "discover", names.TAG_DATASET: "alpha", names.TAG_SEED: "0"},
     )
     client.set_terminated(failed, "FAILED")
     a = analyse(read_sweep("empty", parent, tmp_path / "cache", uri), Options(n_boot=200))
     report = write_report(a, tmp_path / "report")
     text = report.markdown.read_text()
     assert all(f"## {section}" in text for section in SECTIONS)
-    assert f"{layout.discover_run_name('alpha', 0)}: FAILED, 0 circuit(s) kept" in text
+    assert f"{names.discover_run_name('alpha', 0)}: FAILED, 0 circuit(s) kept" in text
     assert "no edits of the full model" in text
     assert text.count("**not assessable**") == 4 and a.window.describe() == "none"
     assert "no circuit to judge from" in text

@@ -1,4 +1,4 @@
-"""The lease on a sweep's parent run (`record.lease`) against a real MLflow SQLite store."""
+"""The lease on a sweep's parent run (`record.lease`) against a real MLflow SQLite parent."""
 
 from __future__ import annotations
 
@@ -12,12 +12,11 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from circuitlib.errors import InputError
-from record import lease
-from sweeps import tracking
+from record import lease, store
 
 
 @pytest.fixture
-def store(tmp_path) -> tuple[MlflowClient, str]:
+def parent(tmp_path) -> tuple[MlflowClient, str]:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("lease", artifact_location=(tmp_path / "art").as_uri())
@@ -34,8 +33,8 @@ def token(client: MlflowClient, run_id: str) -> str:
     return held(client, run_id).token
 
 
-def test_acquire_writes_the_holder_and_release_clears_it(store):
-    client, run_id = store
+def test_acquire_writes_the_holder_and_release_clears_it(parent):
+    client, run_id = parent
     mine = lease.acquire(client, run_id, ttl_s=30, settle_s=0)
     try:
         found = lease.holder(client, run_id)
@@ -47,8 +46,8 @@ def test_acquire_writes_the_holder_and_release_clears_it(store):
     lease.acquire(client, run_id, ttl_s=30, settle_s=0).release()  # free again
 
 
-def test_a_live_lease_is_refused_in_one_line_naming_its_holder(store):
-    client, run_id = store
+def test_a_live_lease_is_refused_in_one_line_naming_its_holder(parent):
+    client, run_id = parent
     with lease.acquire(client, run_id, ttl_s=60, settle_s=0) as mine:
         with pytest.raises(InputError) as refused:
             lease.acquire(client, run_id, ttl_s=60, settle_s=0, label="sweep 'dup'")
@@ -60,8 +59,8 @@ def test_a_live_lease_is_refused_in_one_line_naming_its_holder(store):
         assert token(client, run_id) == mine.owner.token  # the refused taker left it alone
 
 
-def test_an_expired_lease_is_taken_over_and_its_late_release_keeps_the_new_one(store):
-    client, run_id = store
+def test_an_expired_lease_is_taken_over_and_its_late_release_keeps_the_new_one(parent):
+    client, run_id = parent
     old = lease.acquire(client, run_id, ttl_s=0.6, settle_s=0)
     old._stop.set()  # its driver hangs: no more heartbeats
     old._thread.join()
@@ -78,8 +77,8 @@ def test_an_expired_lease_is_taken_over_and_its_late_release_keeps_the_new_one(s
         new.release()
 
 
-def test_the_heartbeat_renews_the_expiry(store):
-    client, run_id = store
+def test_the_heartbeat_renews_the_expiry(parent):
+    client, run_id = parent
     with lease.acquire(client, run_id, ttl_s=0.9, settle_s=0):
         first = held(client, run_id).expires
         time.sleep(2.0)  # beyond the TTL: only renewals keep it live
@@ -90,9 +89,9 @@ def test_the_heartbeat_renews_the_expiry(store):
     assert lease.holder(client, run_id) is None
 
 
-def test_of_two_concurrent_takers_one_wins(store):
-    client, run_id = store
-    assert lease.holder(client, run_id) is None  # the store is open: no first-use delay in the race
+def test_of_two_concurrent_takers_one_wins(parent):
+    client, run_id = parent
+    assert lease.holder(client, run_id) is None  # the parent is open: no first-use delay in the race
     results: list[object] = []
 
     def take() -> None:
@@ -131,23 +130,23 @@ def test_experiment_creation_tolerates_a_race(tmp_path, monkeypatch):
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     theirs = client.create_experiment("raced")
     monkeypatch.setattr(client, "get_experiment_by_name", missed_once(client.get_experiment_by_name))
-    assert tracking.experiment_id(client, "raced") == theirs  # RESOURCE_ALREADY_EXISTS: theirs is shared
+    assert store.experiment_id(client, "raced") == theirs  # RESOURCE_ALREADY_EXISTS: theirs is shared
 
 
 def test_parent_run_creation_tolerates_a_race(tmp_path, monkeypatch):
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     exp = client.create_experiment("raced")
-    theirs = tracking.open_sweep_run(client, exp, "s", {"a": 1}, "h", settle_s=0)
+    theirs = store.open_sweep_run(client, exp, "s", {"a": 1}, "h", settle_s=0)
     time.sleep(0.01)
-    monkeypatch.setattr(tracking, "sweep_run", missed_once(tracking.sweep_run))
-    assert tracking.open_sweep_run(client, exp, "s", {"a": 1}, "h", settle_s=0) == theirs
+    monkeypatch.setattr(store, "sweep_run", missed_once(store.sweep_run))
+    assert store.open_sweep_run(client, exp, "s", {"a": 1}, "h", settle_s=0) == theirs
     runs = client.search_runs([exp])
     assert [r.info.run_id for r in runs] == [theirs]  # the duplicate deleted itself
 
 
-def test_a_taker_too_slow_to_be_sure_clears_its_write_and_tries_again(store, monkeypatch):
-    client, run_id = store
+def test_a_taker_too_slow_to_be_sure_clears_its_write_and_tries_again(parent, monkeypatch):
+    client, run_id = parent
     writes: list[str] = []
     real = client.set_tag
 
@@ -162,8 +161,8 @@ def test_a_taker_too_slow_to_be_sure_clears_its_write_and_tries_again(store, mon
         assert len(writes) == 2 and token(client, run_id) == mine.owner.token
 
 
-def test_a_killed_driver_of_this_host_is_taken_over_at_once_and_one_of_another_host_is_not(store, monkeypatch):
-    client, run_id = store
+def test_a_killed_driver_of_this_host_is_taken_over_at_once_and_one_of_another_host_is_not(parent, monkeypatch):
+    client, run_id = parent
     exited = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
     dead_pid, now = int(exited.stdout), time.time()
     dead = lease.Holder(lease.this_host(), dead_pid, now, now + 600, "dead")

@@ -15,13 +15,14 @@ from typing import Any
 import pytest
 
 from circuitlib.errors import InputError
+from record.names import RunKind
 from sweeps import outcomes
 from sweeps.config import load_preset
 from sweeps.progress import Progress
 from sweeps.size_sweep import main, parse_args, resolve_config, settle_phase, summary
 from sweeps.specs import CircuitRef, SweepRun, discovery_trials, edit_trials
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 MLFLOW_LOG = "20"  # MLflow's own log lines (a timestamp) when it creates its SQLite tables
 
 
@@ -216,7 +217,7 @@ def test_an_input_failure_is_not_retried_but_one_of_an_earlier_run_runs_again(tm
     monkeypatch.setattr(size_sweep, "unfinished", lambda client, run, trials: [keys[1]])
     failures[keys[1]] = ("this-run", "dataset x: no rows")
     failed = settle_phase(
-        "discover", lambda config: None, trials, SweepRun(tiny, "0", "p"), None, {"cpu": 1, "gpu": 0}, "this-run"
+        RunKind.DISCOVER, lambda config: None, trials, SweepRun(tiny, "0", "p"), None, {"cpu": 1, "gpu": 0}, "this-run"
     )
     assert failed == {keys[1]: "dataset x: no rows"} and fits == [keys]  # not run again
     err = capsys.readouterr().err.splitlines()
@@ -225,7 +226,7 @@ def test_an_input_failure_is_not_retried_but_one_of_an_earlier_run_runs_again(tm
     fits.clear()
     failures[keys[1]] = ("an-earlier-run", "dataset x: no rows")
     failed = settle_phase(
-        "discover", lambda config: None, trials, SweepRun(tiny, "0", "p"), None, {"cpu": 1, "gpu": 0}, "this-run"
+        RunKind.DISCOVER, lambda config: None, trials, SweepRun(tiny, "0", "p"), None, {"cpu": 1, "gpu": 0}, "this-run"
     )
     assert fits == [keys, [keys[1]]]  # run again, alone, in a new experiment
     assert failed == {keys[1]: "dataset x: no rows"}  # where it failed on its input again, named once

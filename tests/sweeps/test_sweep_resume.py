@@ -17,9 +17,9 @@ from mlflow.tracking import MlflowClient
 
 from circuitlib import circuits, provenance
 from circuitlib.types import density_key
-from sweeps import layout
+from record import names
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 # --no-report: these tests count the sweep's own runs; the report at a sweep's end is tested on the tiny_sweep fixture
 SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--no-report"]
 # Slower discovery than the preset (paper learning rate), so the kill lands mid-discovery.
@@ -59,8 +59,8 @@ def child_runs(work: Path, name: str = "tiny"):
     exp = client.get_experiment_by_name(name)
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
-    children = [r for r in runs if r.data.tags.get(layout.PARENT_TAG)]
+    parents = [r for r in runs if r.data.tags.get(names.TAG_KIND) == "sweep"]
+    children = [r for r in runs if r.data.tags.get(names.PARENT_TAG)]
     return client, parents, children
 
 
@@ -70,8 +70,8 @@ def outcome(work: Path) -> tuple[dict[str, str], dict[str, dict[str, float]], di
     digests, summaries, histories = {}, {}, {}
     for run in children:
         name = run.info.run_name
-        if run.data.tags[layout.TAG_KIND] == "discover":
-            for art in client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR):
+        if run.data.tags[names.TAG_KIND] == "discover":
+            for art in client.list_artifacts(run.info.run_id, names.CIRCUITS_DIR):
                 path = client.download_artifacts(run.info.run_id, art.path, str(work / "dl" / run.info.run_id))
                 digests[f"{name}/{art.path}"] = circuits.load(path).digest
             histories[name] = [
@@ -90,52 +90,52 @@ def test_tiny_sweep_logs_every_trial_once(tmp_path):
     client, parents, children = child_runs(tmp_path)
     assert len(parents) == 1
     parent = parents[0].info.run_id
-    assert all(r.data.tags[layout.PARENT_TAG] == parent for r in children)
-    names = [r.info.run_name for r in children]
-    assert len(names) == len(set(names))
-    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
-    edits = [r for r in children if r.data.tags[layout.TAG_KIND] == "edit"]
+    assert all(r.data.tags[names.PARENT_TAG] == parent for r in children)
+    run_names = [r.info.run_name for r in children]
+    assert len(run_names) == len(set(run_names))
+    discover = [r for r in children if r.data.tags[names.TAG_KIND] == "discover"]
+    edits = [r for r in children if r.data.tags[names.TAG_KIND] == "edit"]
     assert sorted(run_name(r) for r in discover) == ["discover/determiner_noun/seed0", "discover/hierarchy/seed0"]
     assert all(r.info.status == "FINISHED" for r in children)
-    reached = {r.info.run_name: r.data.tags[layout.TAG_REACHED].split(",") for r in discover}
+    reached = {r.info.run_name: r.data.tags[names.TAG_REACHED].split(",") for r in discover}
     n_circuits = sum(len([t for t in v if t]) for v in reached.values())
     assert len(edits) == n_circuits * 3 * 2 + 2  # circuit x 3 variants x 2 shards, plus full x 2 shards
     for run in discover:
-        arts = {a.path for a in client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR)}
-        assert arts == {layout.circuit_artifact(float(t)) for t in reached[run.info.run_name]}
+        arts = {a.path for a in client.list_artifacts(run.info.run_id, names.CIRCUITS_DIR)}
+        assert arts == {names.circuit_artifact(float(t)) for t in reached[run.info.run_name]}
         assert client.get_metric_history(run.info.run_id, "faithfulness")
         # Snapshot honesty: each snapshot's actual figures, and flags that agree with the circuit files.
         tags, metrics = run.data.tags, run.data.metrics
         snapshots = {
             float(t): circuits.load(
                 client.download_artifacts(
-                    run.info.run_id, layout.circuit_artifact(float(t)), str(tmp_path / "snapshots" / run.info.run_id)
+                    run.info.run_id, names.circuit_artifact(float(t)), str(tmp_path / "snapshots" / run.info.run_id)
                 )
             )
             for t in reached[run.info.run_name]
         }
-        flags = tags[layout.TAG_SNAPSHOT_FLAGS]
+        flags = tags[names.TAG_SNAPSHOT_FLAGS]
         for target, snap in snapshots.items():
-            assert tags[layout.circuit_tag(target, "density")] == f"{snap.density:.6g}"
-            assert tags[layout.circuit_tag(target, "faithfulness")] == f"{snap.provenance['faithfulness']:.4g}"
-            assert metrics[layout.circuit_metric(target, "faithfulness")] == snap.provenance["faithfulness"]
+            assert tags[names.circuit_tag(target, "density")] == f"{snap.density:.6g}"
+            assert tags[names.circuit_tag(target, "faithfulness")] == f"{snap.provenance['faithfulness']:.4g}"
+            assert metrics[names.circuit_metric(target, "faithfulness")] == snap.provenance["faithfulness"]
             assert (
-                metrics[layout.circuit_metric(target, "complement_accuracy")] == snap.provenance["complement_accuracy"]
+                metrics[names.circuit_metric(target, "complement_accuracy")] == snap.provenance["complement_accuracy"]
             )
-            below = f"{layout.density_label(target)} at density {snap.density:.3g}: well below"
-            assert (below in flags) == layout.well_below(snap.density, target), flags
+            below = f"{names.density_label(target)} at density {snap.density:.3g}: well below"
+            assert (below in flags) == names.well_below(snap.density, target), flags
         shares = len({snap.digest for snap in snapshots.values()}) < len(snapshots)
         assert ("one snapshot" in flags) == shares, flags
     for run in edits:
         assert "efficacy_score" in run.data.metrics and "nll_new_drop" in run.data.metrics
-        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {layout.EDITS_ARTIFACT}
-        if run.data.tags[layout.TAG_VARIANT] != "full":
-            source = client.get_run(run.data.tags[layout.TAG_CIRCUIT_RUN])
-            assert run_name(source).startswith(f"discover/{run.data.tags[layout.TAG_DATASET]}/")
-            assert run.data.tags[layout.TAG_TARGET] in reached[source.info.run_name]
+        assert {a.path for a in client.list_artifacts(run.info.run_id)} == {names.EDITS_ARTIFACT}
+        if run.data.tags[names.TAG_VARIANT] != "full":
+            source = client.get_run(run.data.tags[names.TAG_CIRCUIT_RUN])
+            assert run_name(source).startswith(f"discover/{run.data.tags[names.TAG_DATASET]}/")
+            assert run.data.tags[names.TAG_TARGET] in reached[source.info.run_name]
 
     # `circuitlib discover` recomputes a sweep circuit bit for bit from what its file records.
-    path = client.download_artifacts(discover[0].info.run_id, layout.CIRCUITS_DIR, str(tmp_path / "dl"))
+    path = client.download_artifacts(discover[0].info.run_id, names.CIRCUITS_DIR, str(tmp_path / "dl"))
     circuit = circuits.load(sorted(Path(path).glob("*.safetensors"))[0])
     out = tmp_path / "recomputed"
     cli = subprocess.run(
@@ -181,7 +181,7 @@ def discovery_in_progress(db: Path) -> bool:
     )
     try:
         with closing(sqlite3.connect(f"file:{db}?mode=ro", uri=True, timeout=1)) as conn:
-            return conn.execute(query, (layout.TAG_KIND,)).fetchone() is not None
+            return conn.execute(query, (names.TAG_KIND,)).fetchone() is not None
     except sqlite3.OperationalError:  # tables not created yet, or the file is locked for a write
         return False
 
@@ -292,14 +292,14 @@ def test_trials_killed_without_retries_and_corrupt_checkpoints_resume_to_every_r
     _, parents, children = child_runs(tmp_path)
     assert [p.info.status for p in parents] == ["FAILED"]
     assert "RUNNING" not in {r.info.status for r in children}
-    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
+    discover = [r for r in children if r.data.tags[names.TAG_KIND] == "discover"]
     lost = sorted(run_name(r) for r in discover if r.info.status == "FAILED")
     assert lost, [(run_name(r), r.info.status) for r in discover]
     line = next((ln for ln in text.splitlines() if "not finished in MLflow:" in ln), "")
     assert all(name in line for name in lost), text[-3000:]
     # A discovery whose worker started after the kill may finish: the summary counts its circuits, and only its.
     finished = [r for r in discover if r.info.status == "FINISHED"]
-    n_done = sum(len([t for t in r.data.tags[layout.TAG_REACHED].split(",") if t]) for r in finished)
+    n_done = sum(len([t for t in r.data.tags[names.TAG_REACHED].split(",") if t]) for r in finished)
     assert f"sweep tiny: {n_done} circuits from 2 discoveries" in text, text[-3000:]
 
     states = list((tmp_path / "ray").rglob("state.pt"))
@@ -313,9 +313,9 @@ def test_trials_killed_without_retries_and_corrupt_checkpoints_resume_to_every_r
     _, parents, children = child_runs(tmp_path)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert all(r.info.status == "FINISHED" for r in children)
-    names = [run_name(r) for r in children]
-    assert len(names) == len(set(names))
-    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
+    run_names = [run_name(r) for r in children]
+    assert len(run_names) == len(set(run_names))
+    discover = [r for r in children if r.data.tags[names.TAG_KIND] == "discover"]
     assert len(discover) == 2
-    n_circuits = sum(len([t for t in r.data.tags[layout.TAG_REACHED].split(",") if t]) for r in discover)
+    n_circuits = sum(len([t for t in r.data.tags[names.TAG_REACHED].split(",") if t]) for r in discover)
     assert n_circuits and len(children) - len(discover) == n_circuits * 3 * 2 + 2

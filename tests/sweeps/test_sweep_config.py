@@ -17,8 +17,9 @@ from circuitlib.discovery import DiscoveryConfig
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
 from circuitlib.types import PAPER_DENSITIES, MaskedParam
+from record import names, store
+from record.names import RunKind
 from sweeps import config as sweep_config
-from sweeps import layout, tracking
 from sweeps.config import SweepConfig, load_preset, preset_names
 from sweeps.progress import estimate_left, format_duration
 from sweeps.size_sweep import (
@@ -43,7 +44,7 @@ from sweeps.specs import (
 )
 from sweeps.trials import snapshot_honesty
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 SHARED_DATA = REPO.parent / "shared" / "data"  # the paper's sets, beside the repository (absent in a bare clone)
@@ -310,12 +311,12 @@ def test_edit_trials_ask_ray_tune_for_their_gpu_share(tmp_path, monkeypatch):
     assert paper.gpus_per_edit_trial == 0.25
     base = trial_resources(paper, {"CPU": 16.0, "GPU": 2.0})
     trials = discovery_trials(run_of(paper))[:1]
-    for phase, gpus in (("discover", 1), ("edit", 0.25)):
+    for phase, gpus in ((RunKind.DISCOVER, 1), (RunKind.EDIT, 0.25)):
         run_phase(phase, lambda config: None, trials, paper, base)
         assert captured["resources"] == {"CPU": 4, "GPU": gpus}
-    assert phase_resources(load_preset("tiny"), {"cpu": 1, "gpu": 0}, "edit") == {"cpu": 1, "gpu": 0}
+    assert phase_resources(load_preset("tiny"), {"cpu": 1, "gpu": 0}, RunKind.EDIT) == {"cpu": 1, "gpu": 0}
     whole = dataclasses.replace(paper, gpus_per_edit_trial=None)
-    assert phase_resources(whole, base, "edit") == base
+    assert phase_resources(whole, base, RunKind.EDIT) == base
 
 
 def test_a_trial_tune_ended_cleanly_but_unfinished_in_mlflow_runs_again_in_a_new_experiment(tmp_path, monkeypatch):
@@ -357,13 +358,13 @@ def test_a_trial_tune_ended_cleanly_but_unfinished_in_mlflow_runs_again_in_a_new
     assert len(keys) == 3
     left = [keys[0], keys[1]]  # the first ended cleanly but never finished; the second errored; the third finished
     monkeypatch.setattr(size_sweep, "unfinished", lambda client, run, trials: [t.key for t in trials if t.key in left])
-    settle_phase("discover", lambda config: None, trials, run_of(tiny), None, {"cpu": 1, "gpu": 0})
+    settle_phase(RunKind.DISCOVER, lambda config: None, trials, run_of(tiny), None, {"cpu": 1, "gpu": 0})
     assert [f[1] for f in fits] == [keys, [keys[0]]]
     assert fits[1][0].endswith("-retry2") and fits[1][0].startswith(f"{tiny.name}-discover-")
 
     fits.clear()
     left = [keys[1]]  # only the errored trial is unfinished: nothing runs twice
-    settle_phase("discover", lambda config: None, trials, run_of(tiny), None, {"cpu": 1, "gpu": 0})
+    settle_phase(RunKind.DISCOVER, lambda config: None, trials, run_of(tiny), None, {"cpu": 1, "gpu": 0})
     assert [f[1] for f in fits] == [keys]
 
 
@@ -388,7 +389,7 @@ def test_trial_enumeration_matches_the_data_flow():
     assert len(set(keys)) == len(keys)
     assert "edit/determiner_noun/d0.2/complement/shard1" in keys
     assert "edit/hierarchy/d0.2/circuit/shard0" not in keys
-    assert keys.count(layout.edit_run_name(None, None, "full", 0)) == 1
+    assert keys.count(names.edit_run_name(None, None, "full", 0)) == 1
     assert all(t.circuit.run_id == "b" for t in edits if t.circuit and t.circuit.dataset == "hierarchy")
 
 
@@ -404,26 +405,26 @@ def test_trial_specs_travel_through_tune_as_plain_data():
 
 def test_one_spelling_of_a_target_density():
     ref = CircuitRef("blimp_dna1", 0, 0.05, "r")
-    assert ref.artifact == layout.circuit_artifact(0.05) == "circuits/d0.05.safetensors"
+    assert ref.artifact == names.circuit_artifact(0.05) == "circuits/d0.05.safetensors"
     trial = EditTrial(run_of(load_preset("tiny")), "random", 3, ref)
     assert trial.key == "edit/blimp_dna1/d0.05/random/shard3"
-    assert layout.circuit_artifact(0.35) == "circuits/d0.35.safetensors"
+    assert names.circuit_artifact(0.35) == "circuits/d0.35.safetensors"
 
 
 def test_phase_two_edits_the_circuits_mlflow_records(tmp_path):
     """Only finished discovery runs count, and only the targets their `reached` tag names."""
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     config = dataclasses.replace(load_preset("tiny"), tracking_uri=uri)
-    client = tracking.client_for(uri)
-    exp = tracking.experiment_id(client, "t", (tmp_path / "artifacts").as_uri())
-    parent = tracking.open_sweep_run(client, exp, "t", {}, config.settings_hash())
+    client = store.client_for(uri)
+    exp = store.experiment_id(client, "t", (tmp_path / "artifacts").as_uri())
+    parent = store.open_sweep_run(client, exp, "t", {}, config.settings_hash())
     run = SweepRun(config, exp, parent)
     trials = discovery_trials(run)
     for trial, status, reached in zip(trials, ("FINISHED", "FAILED"), ("0.5,0.2", "0.5"), strict=True):
-        run_id, _ = tracking.open_trial_run(
-            client, exp, parent, trial.key, {layout.TAG_KIND: "discover"}, {}, run.settings_hash
+        run_id, _ = store.open_trial_run(
+            client, exp, parent, trial.key, {names.TAG_KIND: "discover"}, {}, run.settings_hash
         )
-        tracking.set_tags(client, run_id, {layout.TAG_REACHED: reached})
+        store.set_tags(client, run_id, {names.TAG_REACHED: reached})
         client.set_terminated(run_id, status)
     found = found_circuits(client, run, trials)
     assert [(c.dataset, c.target) for c in found] == [("determiner_noun", 0.5), ("determiner_noun", 0.2)]
@@ -524,23 +525,23 @@ def _snapshot(kept: int, target: float, **figures: float) -> Circuit:
 def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
     honest = [_snapshot(5, 0.5, faithfulness=0.95, complement_accuracy=0.55), _snapshot(2, 0.2, faithfulness=0.9)]
     tags, metrics = snapshot_honesty(honest)
-    assert tags[layout.circuit_tag(0.5, "density")] == "0.5" and tags[layout.circuit_tag(0.2, "density")] == "0.2"
-    assert tags[layout.circuit_tag(0.5, "faithfulness")] == "0.95"
-    assert tags[layout.TAG_SNAPSHOT_FLAGS] == ""
-    assert metrics[layout.circuit_metric(0.5, "faithfulness")] == 0.95
-    assert metrics[layout.circuit_metric(0.5, "complement_accuracy")] == 0.55
-    assert metrics[layout.circuit_metric(0.2, "density")] == 0.2
-    assert layout.circuit_metric(0.2, "complement_accuracy") not in metrics  # not recorded: not logged
+    assert tags[names.circuit_tag(0.5, "density")] == "0.5" and tags[names.circuit_tag(0.2, "density")] == "0.2"
+    assert tags[names.circuit_tag(0.5, "faithfulness")] == "0.95"
+    assert tags[names.TAG_SNAPSHOT_FLAGS] == ""
+    assert metrics[names.circuit_metric(0.5, "faithfulness")] == 0.95
+    assert metrics[names.circuit_metric(0.5, "complement_accuracy")] == 0.55
+    assert metrics[names.circuit_metric(0.2, "density")] == 0.2
+    assert names.circuit_metric(0.2, "complement_accuracy") not in metrics  # not recorded: not logged
 
     # A cliff: both targets get one mask at density 0.1, under 0.8 x each target.
     cliff = [_snapshot(1, 0.5), _snapshot(1, 0.2)]
     tags, _ = snapshot_honesty(cliff)
-    assert tags[layout.circuit_tag(0.5, "faithfulness")] == "nan"
-    assert tags[layout.TAG_SNAPSHOT_FLAGS] == (
+    assert tags[names.circuit_tag(0.5, "faithfulness")] == "nan"
+    assert tags[names.TAG_SNAPSHOT_FLAGS] == (
         "d0.5 at density 0.1: well below its target (< 0.8 x 0.5); "
         "d0.2 at density 0.1: well below its target (< 0.8 x 0.2); d0.5, d0.2: one snapshot"
     )
-    assert not layout.well_below(0.4, 0.5) and layout.well_below(0.39, 0.5)
+    assert not names.well_below(0.4, 0.5) and names.well_below(0.39, 0.5)
 
     # Chosen as the best of 9 evaluations on the rows that report it: flagged; chosen on rows of its own: not.
     held = [
@@ -549,8 +550,8 @@ def test_snapshot_honesty_tags_actual_density_faithfulness_and_flags():
     ]
     tags, metrics = snapshot_honesty(held)
     assert (
-        tags[layout.TAG_SNAPSHOT_FLAGS] == "d0.5 faithfulness: best of 9 evaluations on the rows that report it "
+        tags[names.TAG_SNAPSHOT_FLAGS] == "d0.5 faithfulness: best of 9 evaluations on the rows that report it "
         "(optimistic)"
     )
-    assert metrics[layout.circuit_metric(0.5, "selected_among")] == 9
-    assert metrics[layout.circuit_metric(0.2, "selection_faithfulness")] == 0.92
+    assert metrics[names.circuit_metric(0.5, "selected_among")] == 9
+    assert metrics[names.circuit_metric(0.2, "selection_faithfulness")] == 0.92

@@ -21,7 +21,7 @@ from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
 from circuitlib.jsonio import write_json
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def cli(*args: str, cwd: Path) -> subprocess.CompletedProcess:

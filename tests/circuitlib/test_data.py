@@ -16,7 +16,7 @@ from circuitlib.data import DATASET_ALIASES, dataset_name, load_classification, 
 from circuitlib.errors import InputError
 from circuitlib.types import ClassificationData
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 
 
 def shared_file(name: str) -> Path:

@@ -23,7 +23,7 @@ from urllib.parse import quote
 import pytest
 from mlflow.tracking import MlflowClient
 
-from sweeps import layout
+from record import names
 
 pytestmark = pytest.mark.slow
 
@@ -151,7 +151,7 @@ def _expand(page, parent_id: str) -> None:
     toggle = page.locator(f".ag-row[row-id='{parent_id}'] button[data-component-id$='runnamecellrenderer.tsx_46']")
     toggle.wait_for()
     time.sleep(2)  # the table draws remembered open runs after the runs themselves
-    child = page.locator(".ag-row", has_text=layout.edit_run_name(None, None, layout.FULL, 0)).first
+    child = page.locator(".ag-row", has_text=names.edit_run_name(None, None, names.FULL, 0)).first
     if not child.count():
         toggle.click()
     child.wait_for(state="attached")
@@ -174,13 +174,13 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     exp = client.get_experiment_by_name("tiny")
     assert exp is not None
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parent = next(r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep").info.run_id
-    analysis = next(r for r in runs if r.data.tags.get(layout.TAG_KIND) == "analysis").info.run_id
+    parent = next(r for r in runs if r.data.tags.get(names.TAG_KIND) == "sweep").info.run_id
+    analysis = next(r for r in runs if r.data.tags.get(names.TAG_KIND) == "analysis").info.run_id
 
     # The address the sweep prints opens, in a fresh browser, on the runs table (not MLflow 3.17's GenAI view).
     browse = next(line for line in tiny_sweep.output.splitlines() if line.startswith("browse:"))
     printed = browse.split("then open ")[1].strip()
-    assert printed == layout.experiment_url("http://127.0.0.1:5000", exp.experiment_id)
+    assert printed == names.experiment_url("http://127.0.0.1:5000", exp.experiment_id)
     page.goto(printed.replace("http://127.0.0.1:5000", mlflow_ui))
     page.wait_for_selector("text=matching runs")
     sweep_name = next(r.info.run_name for r in runs if r.info.run_id == parent)
@@ -189,7 +189,7 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     # The run tree: the sweep's run opens onto its discovery, edit and analysis runs.
     _runs_page(page, mlflow_ui, exp.experiment_id)
     _expand(page, parent)
-    page.locator(".ag-row a", has_text=layout.discover_run_name("hierarchy", 0)).first.wait_for(state="attached")
+    page.locator(".ag-row a", has_text=names.discover_run_name("hierarchy", 0)).first.wait_for(state="attached")
     shown = page.locator(".ag-row a").all_inner_texts()  # every run of the tree is in the table, scrolled or not
     assert {r.info.run_name for r in runs} <= set(shown), sorted(shown)
     _shoot(page, tmp_path, "run_tree")
@@ -199,7 +199,7 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
         page,
         mlflow_ui,
         exp.experiment_id,
-        f"&compareRunsMode=CHART&searchFilter={quote(f'tags.`{layout.TAG_KIND}` = ' + repr('edit'))}",
+        f"&compareRunsMode=CHART&searchFilter={quote(f'tags.`{names.TAG_KIND}` = ' + repr('edit'))}",
     )
     page.get_by_test_id("experiment-view-runs-visibility-column-header").click()
     page.get_by_role("menuitemradio", name="Show all runs").click()
@@ -207,12 +207,12 @@ def test_the_sweep_reads_in_the_mlflow_ui(tiny_sweep, mlflow_ui, page, tmp_path)
     page.get_by_role("button", name="Add chart").first.click()
     page.get_by_role("menuitem", name="Scatter chart").click()
     dialog = page.get_by_role("dialog")
-    _choose(page, dialog, 0, layout.EDIT_DENSITY)
+    _choose(page, dialog, 0, names.EDIT_DENSITY)
     _choose(page, dialog, 1, "nll_new_drop")
     points = dialog.locator(".scatterlayer .point")
     points.first.wait_for()
     assert points.count() >= 8  # the 16 masked-variant shards and 2 full ones, several at one density
-    assert dialog.locator(".xtitle").text_content() == layout.EDIT_DENSITY
+    assert dialog.locator(".xtitle").text_content() == names.EDIT_DENSITY
     _shoot(page, tmp_path, "scatter_nll_new_drop_vs_density")
     dialog.get_by_role("button", name="Add chart").click()
 

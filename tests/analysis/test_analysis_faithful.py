@@ -1,6 +1,6 @@
 """Findings judged only from faithful circuits, overlap against chance and stability, and honest snapshots, on
 synthetic sweeps built as plain data (circuit files on disk, edit rows in memory; reading from MLflow is covered by
-test_analysis_report.py).
+tests/analysis/test_analysis_report.py).
 
 Circuits keep the top weights of a score `shared + dataset_weight * dataset's own + seed noise`: every pair overlaps
 above chance, and with dataset_weight > 0 the same dataset's circuits from other seeds overlap more still.
@@ -26,11 +26,11 @@ from analysis.pipeline import Analysis, Options, analyse
 from analysis.plots import size_window_figure
 from analysis.report import write_report
 from analysis.snapshots import UNKNOWN
-from analysis.sweep_data import Discovery, EditRun, Source, Sweep
 from analysis.window import ALL, WindowRow, estimate_window
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.types import MaskedParam, ModuleType
+from record.reader import Discovery, EditRun, Source, Sweep
 
 LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
     ("ln.weight", (8,), "norm"),

@@ -21,10 +21,11 @@ from mlflow.tracking import MlflowClient
 
 from circuitlib.errors import InputError
 from circuitlib.types import density_key
-from sweeps import layout
+from record import names, store
+from record.names import RunKind
 
 CURVES = ("density", "faithfulness")  # discovery metrics drawn against step
-FINISHED = "FINISHED"
+FINISHED = "FINISHED"  # MLflow's status of a run that ended well
 ENDED = (FINISHED, "FAILED", "KILLED")  # statuses after which a run's artifacts no longer change
 
 
@@ -107,14 +108,9 @@ def find_sweep_run(client: MlflowClient, experiment: str, run_id: str | None) ->
     if exp is None:
         raise InputError(f"experiment {experiment!r} not found at {client.tracking_uri}")
     if run_id is None:
-        runs = client.search_runs(
-            [exp.experiment_id],
-            f"tags.`{layout.TAG_KIND}` = 'sweep'",
-            order_by=["attributes.start_time DESC"],
-            max_results=1,
-        )
+        runs = store.search(client, exp.experiment_id, {names.TAG_KIND: RunKind.SWEEP}, newest_first=True, limit=1)
         if not runs:
-            raise InputError(f"experiment {experiment!r} has no sweep run (tag {layout.TAG_KIND}=sweep)")
+            raise InputError(f"experiment {experiment!r} has no sweep run (tag {names.TAG_KIND}=sweep)")
         return exp.experiment_id, runs[0]
     try:
         run = client.get_run(run_id)
@@ -122,9 +118,9 @@ def find_sweep_run(client: MlflowClient, experiment: str, run_id: str | None) ->
         raise InputError(f"run {run_id!r} not found at {client.tracking_uri}") from None
     if run.info.experiment_id != exp.experiment_id:
         raise InputError(f"run {run_id!r} is not in experiment {experiment!r}")
-    kind = run.data.tags.get(layout.TAG_KIND)
-    if kind != "sweep":
-        raise InputError(f"run {run_id!r} is not a sweep ({layout.TAG_KIND}={kind!r})")
+    kind = run.data.tags.get(names.TAG_KIND)
+    if kind != RunKind.SWEEP:
+        raise InputError(f"run {run_id!r} is not a sweep ({names.TAG_KIND}={kind!r})")
     return exp.experiment_id, run
 
 
@@ -148,8 +144,8 @@ def _artifacts(client: MlflowClient, run_id: str, folder: str | None) -> list[st
 
 def _source(tags: dict[str, str]) -> Source | None:
     """The dataset and seed tags of a run, or None where the dataset is not tagged."""
-    dataset = tags.get(layout.TAG_DATASET)
-    return None if dataset is None else Source(dataset, int(tags.get(layout.TAG_SEED, 0)))
+    dataset = tags.get(names.TAG_DATASET)
+    return None if dataset is None else Source(dataset, int(tags.get(names.TAG_SEED, 0)))
 
 
 def _run_name(run: Run) -> str:
@@ -168,14 +164,14 @@ def _read_discovery(client: MlflowClient, run: Run, cache: Path, notes: list[str
     run_id, tags = run.info.run_id, run.data.tags
     source = _source(tags)
     if source is None:
-        notes.append(f"{run.info.run_name}: discovery run without a {layout.TAG_DATASET} tag, skipped")
+        notes.append(f"{run.info.run_name}: discovery run without a {names.TAG_DATASET} tag, skipped")
         return None
     circuits = {}
-    for artifact in _artifacts(client, run_id, layout.CIRCUITS_DIR):
+    for artifact in _artifacts(client, run_id, names.CIRCUITS_DIR):
         stem = Path(artifact).name.removesuffix(".safetensors")
         if artifact.endswith(".safetensors") and stem.startswith("d"):
             circuits[normalize_density(stem[1:])] = _cached(client, run, artifact, cache)
-    unreached = [normalize_density(t) for t in tags.get(layout.TAG_UNREACHED, "").split(",") if t.strip()]
+    unreached = [normalize_density(t) for t in tags.get(names.TAG_UNREACHED, "").split(",") if t.strip()]
     history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in CURVES}
     note = _status_note(run, f"{len(circuits)} circuit(s) kept")
     if note:
@@ -195,36 +191,23 @@ def _read_rows(path: Path) -> list[dict]:
 def _read_edit(client: MlflowClient, run: Run, cache: Path, notes: list[str]) -> EditRun | None:
     """An edit run with its per-request rows, or None (with a note) where its tags do not say what it edited."""
     run_id, tags, name = run.info.run_id, run.data.tags, _run_name(run)
-    variant = tags.get(layout.TAG_VARIANT)
-    source, target = _source(tags), tags.get(layout.TAG_TARGET)
-    if variant is None or (variant != layout.FULL and (source is None or target is None)):
+    variant = tags.get(names.TAG_VARIANT)
+    source, target = _source(tags), tags.get(names.TAG_TARGET)
+    if variant is None or (variant != names.FULL and (source is None or target is None)):
         notes.append(f"{name}: edit run without variant, dataset or target density tags, skipped")
         return None
     rows = []
-    if layout.EDITS_ARTIFACT in _artifacts(client, run_id, None):
-        rows = _read_rows(_cached(client, run, layout.EDITS_ARTIFACT, cache))
+    if names.EDITS_ARTIFACT in _artifacts(client, run_id, None):
+        rows = _read_rows(_cached(client, run, names.EDITS_ARTIFACT, cache))
     note = _status_note(run, f"{len(rows)} request(s) kept")
     if note:
         notes.append(note)
     elif not rows:
-        notes.append(f"{name}: finished without {layout.EDITS_ARTIFACT}")
-    if variant == layout.FULL:
+        notes.append(f"{name}: finished without {names.EDITS_ARTIFACT}")
+    if variant == names.FULL:
         return EditRun(run_id, name, run.info.status, variant, None, None, rows)
     assert source is not None and target is not None  # a masked variant's tags were checked above
     return EditRun(run_id, name, run.info.status, variant, source, normalize_density(target), rows)
-
-
-def _children(client: MlflowClient, experiment_id: str, parent_id: str) -> list[Run]:
-    """Every child run of a parent, page by page."""
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [experiment_id], f"tags.`{layout.PARENT_TAG}` = '{parent_id}'", max_results=1000, page_token=token
-        )
-        runs += page
-        token = page.token
-        if not token:
-            return runs
 
 
 def _check_store(uri: str) -> None:
@@ -250,18 +233,18 @@ def read_sweep(experiment: str, run_id: str | None, cache: Path, tracking_uri: s
     client = MlflowClient(uri)
     experiment_id, parent = find_sweep_run(client, experiment, run_id)
     parent_id = parent.info.run_id
-    children = _children(client, experiment_id, parent_id)
+    children = store.search(client, experiment_id, {names.PARENT_TAG: parent_id})
     notes: list[str] = []
     discoveries, edits = [], []
     for run in sorted(children, key=lambda r: r.info.run_name or ""):
-        kind = run.data.tags.get(layout.TAG_KIND)
-        if kind == "discover" and (d := _read_discovery(client, run, cache, notes)) is not None:
+        kind = run.data.tags.get(names.TAG_KIND)
+        if kind == RunKind.DISCOVER and (d := _read_discovery(client, run, cache, notes)) is not None:
             discoveries.append(d)
-        elif kind == "edit" and (e := _read_edit(client, run, cache, notes)) is not None:
+        elif kind == RunKind.EDIT and (e := _read_edit(client, run, cache, notes)) is not None:
             edits.append(e)
     notes += [f"{d.name}: target density {t:g} never reached" for d in discoveries for t in d.unreached]
-    model = parent.data.tags.get(layout.TAG_MODEL) or next(
-        (r.data.tags[layout.TAG_MODEL] for r in children if layout.TAG_MODEL in r.data.tags), None
+    model = parent.data.tags.get(names.TAG_MODEL) or next(
+        (r.data.tags[names.TAG_MODEL] for r in children if names.TAG_MODEL in r.data.tags), None
     )
-    name = parent.data.tags.get(layout.TAG_SWEEP, _run_name(parent))
+    name = parent.data.tags.get(names.TAG_SWEEP, _run_name(parent))
     return Sweep(uri, experiment, experiment_id, parent_id, name, model, discoveries, edits, notes)

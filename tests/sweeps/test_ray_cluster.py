@@ -26,9 +26,9 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from circuitlib import circuits
-from sweeps import layout
+from record import names
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 BIN = Path(sys.executable).parent
 
 pytestmark = pytest.mark.slow
@@ -260,20 +260,20 @@ def sweep_runs(tracking_uri: str, experiment: str = "tiny"):
     exp = client.get_experiment_by_name(experiment)
     assert exp is not None, f"experiment {experiment} missing on {tracking_uri}"
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep"]
-    children = [r for r in runs if layout.PARENT_TAG in r.data.tags]
+    parents = [r for r in runs if r.data.tags.get(names.TAG_KIND) == "sweep"]
+    children = [r for r in runs if names.PARENT_TAG in r.data.tags]
     return client, parents, children
 
 
 def check_sweep_on_server(tracking_uri: str, tmp_path: Path):
     client, parents, children = sweep_runs(tracking_uri)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
-    assert children and all(r.data.tags[layout.PARENT_TAG] == parents[0].info.run_id for r in children)
+    assert children and all(r.data.tags[names.PARENT_TAG] == parents[0].info.run_id for r in children)
     assert all(r.info.status == "FINISHED" for r in children)
-    discover = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
+    discover = [r for r in children if r.data.tags[names.TAG_KIND] == "discover"]
     assert len(discover) == 2
     for run in discover:
-        arts = client.list_artifacts(run.info.run_id, layout.CIRCUITS_DIR)
+        arts = client.list_artifacts(run.info.run_id, names.CIRCUITS_DIR)
         assert arts, f"{run.info.run_name} logged no circuit"
         local = client.download_artifacts(run.info.run_id, arts[0].path, str(tmp_path / run.info.run_id))
         assert circuits.load(local).model_id == "tiny-gpt2"
@@ -286,7 +286,7 @@ def test_job_submission_to_a_ray_head_with_an_mlflow_server(tmp_path, ray_cluste
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     assert "succeeded" in proc.stdout.lower()
     children = check_sweep_on_server(mlflow_server, tmp_path)
-    assert len([r for r in children if r.data.tags[layout.TAG_KIND] == "edit"]) > 0
+    assert len([r for r in children if r.data.tags[names.TAG_KIND] == "edit"]) > 0
     assert "'gpu': 1" in proc.stdout  # each trial asked Ray for the cluster's GPU
 
 
@@ -297,5 +297,5 @@ def test_trials_spread_over_two_nodes_and_reach_one_server(tmp_path, ray_cluster
     proc = ray_cluster.submit(mlflow_server, tmp_path / "job")
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
     children = check_sweep_on_server(mlflow_server, tmp_path)
-    nodes = {r.data.tags[layout.TAG_NODE] for r in children}
+    nodes = {r.data.tags[names.TAG_NODE] for r in children}
     assert len(nodes) == 2, f"trials ran on {nodes}"

@@ -1,4 +1,5 @@
-"""How a sweep is laid out in MLflow: run names, tags and artifact paths, shared by the sweep and the analysis.
+"""The names of a sweep's record in MLflow: run kinds, run names, tags and artifact paths (the sweep writes them,
+the analysis reads them).
 
 One parent run per sweep (tag kind=sweep); every trial is a nested child run (tag mlflow.parentRunId):
 
@@ -20,10 +21,29 @@ and the git commit of the sweep (`mlflow.source.git.commit`). Artifacts are vali
 
 from __future__ import annotations
 
+from enum import Enum
+
 from circuitlib.types import FULL as FULL  # re-exported: the full model's variant name
 from circuitlib.types import density_key
 
-TAG_KIND = "circuitlib.kind"  # sweep | discover | edit | analysis
+
+class RunKind(str, Enum):
+    """What a run of a sweep holds: the value of its TAG_KIND tag (and, for the analysis, its run name). A str, so a
+    tag read back compares equal to its kind."""
+
+    SWEEP = "sweep"  # the parent run
+    DISCOVER = "discover"  # one dataset and seed's discovery
+    EDIT = "edit"  # one shard of edit requests on one variant
+    ANALYSIS = "analysis"  # a report of the sweep
+
+    def __str__(self) -> str:  # the value in tags, names and messages, on every Python (3.12 changed the default)
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+
+TAG_KIND = "circuitlib.kind"  # a RunKind
 TAG_SWEEP = "circuitlib.sweep"  # the sweep's name, on every run of it
 TAG_TRIAL = "circuitlib.trial"  # the trial's key (its run name), unique within a sweep
 TAG_DATASET = "circuitlib.dataset"

@@ -14,7 +14,7 @@ from nbclient import NotebookClient
 
 from circuitlib.types import VARIANTS
 
-NOTEBOOK = Path(__file__).resolve().parents[1] / "docs" / "walkthrough.ipynb"
+NOTEBOOK = Path(__file__).resolve().parents[2] / "docs" / "walkthrough.ipynb"
 NUMBER = r"([-+]?(?:\d+\.\d+|nan))"
 
 

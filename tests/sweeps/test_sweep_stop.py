@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 from test_sweep_resume import SWEEP, child_runs, discovery_in_progress, run_name, run_sweep, sweep_env
 
-from sweeps import layout
+from record import names
 
 pytestmark = pytest.mark.slow
 
@@ -91,12 +91,12 @@ def test_ctrl_c_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
     # The trials it cut short, their runs and the sweep's run: KILLED in MLflow; none left RUNNING.
     _, parents, children = child_runs(work)
     assert [p.info.status for p in parents] == ["KILLED"]
-    discover = {run_name(r): r.info.status for r in children if r.data.tags[layout.TAG_KIND] == "discover"}
+    discover = {run_name(r): r.info.status for r in children if r.data.tags[names.TAG_KIND] == "discover"}
     assert set(discover.values()) <= {"KILLED", "FINISHED"} and "KILLED" in discover.values(), discover
     killed = sorted(name for name, status in discover.items() if status == "KILLED")
     finished = sorted(name for name, status in discover.items() if status == "FINISHED")
     assert f"discover {len(finished)}/2 finished, {len(killed)} cut short ({', '.join(killed)})" in line, line
-    assert not [r for r in children if r.data.tags[layout.TAG_KIND] == "edit"]
+    assert not [r for r in children if r.data.tags[names.TAG_KIND] == "edit"]
 
     # The same command resumes it: the cut-short trials continue from their checkpoints (a trial's log line, which
     # reaches the driver's output), and the sweep ends with every circuit, each run once.
@@ -108,10 +108,10 @@ def test_ctrl_c_stops_the_sweep_and_the_same_command_resumes_it(tmp_path):
     _, parents, children = child_runs(work)
     assert [p.info.status for p in parents] == ["FINISHED"]
     assert all(r.info.status == "FINISHED" for r in children)
-    names = [run_name(r) for r in children]
-    assert len(names) == len(set(names))
-    discover_runs = [r for r in children if r.data.tags[layout.TAG_KIND] == "discover"]
-    reached = sum(len([t for t in r.data.tags[layout.TAG_REACHED].split(",") if t]) for r in discover_runs)
+    run_names = [run_name(r) for r in children]
+    assert len(run_names) == len(set(run_names))
+    discover_runs = [r for r in children if r.data.tags[names.TAG_KIND] == "discover"]
+    reached = sum(len([t for t in r.data.tags[names.TAG_REACHED].split(",") if t]) for r in discover_runs)
     assert len(discover_runs) == 2 and reached == 4  # both targets of both datasets
     assert len(children) - len(discover_runs) == reached * 3 * 2 + 2  # circuit x 3 variants x 2 shards, full x 2
 

@@ -16,7 +16,7 @@ import torch
 
 from sweeps.config import load_preset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _load_module(name: str):

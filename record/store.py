@@ -1,4 +1,5 @@
-"""MLflow bookkeeping of a sweep: the parent run, one child run per trial (never duplicated), batched logging."""
+"""Reading and writing a sweep's record in MLflow: one quoted, paged search; the parent run and one child run per
+trial (never duplicated); batched logging; a run marked finished or failed by how its work ended."""
 
 from __future__ import annotations
 
@@ -7,17 +8,19 @@ import math
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from pathlib import Path
 
-from mlflow.entities import Metric, Param, RunTag
+from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from circuitlib.errors import InputError
 from circuitlib.jsonio import json_safe
+from record import names
 from record.lease import SETTLE_S
-from sweeps import layout
+from record.names import RunKind
 
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 _BATCH = 1000  # metrics per log_batch call (MLflow's limit)
@@ -63,6 +66,26 @@ def _query(tags: Mapping[str, str]) -> str:
     return " and ".join(f"tags.`{k}` = {literal(v)}" for k, v in tags.items())
 
 
+def search(
+    client: MlflowClient, exp_id: str, tags: Mapping[str, str], newest_first: bool = False, limit: int | None = None
+) -> list[Run]:
+    """Every run of the experiment whose tags equal `tags` (values quoted), page by page; with `limit`, at most that
+    many. The one search of the record: the sweep and the analysis both find runs only through it."""
+    order = ["attributes.start_time DESC"] if newest_first else None
+    runs: list[Run] = []
+    token = None
+    while limit is None or len(runs) < limit:
+        page_size = 1000 if limit is None else min(1000, limit - len(runs))
+        page = client.search_runs(
+            [exp_id], filter_string=_query(tags), max_results=page_size, page_token=token, order_by=order
+        )
+        runs += list(page)
+        token = page.token
+        if not token:
+            break
+    return runs
+
+
 def probe(tracking_uri: str, timeout: float = 10.0) -> None:
     """Fail in one line, within `timeout` seconds, when the tracking server of an http(s) URI does not answer."""
     if not tracking_uri.startswith(("http://", "https://")):
@@ -79,45 +102,29 @@ def probe(tracking_uri: str, timeout: float = 10.0) -> None:
         ) from None
 
 
-def find_run(client: MlflowClient, exp_id: str, tags: Mapping[str, str]):
+def find_run(client: MlflowClient, exp_id: str, tags: Mapping[str, str]) -> Run | None:
     """The newest run whose tags equal `tags`, or None."""
-    query = _query(tags)
-    runs = client.search_runs([exp_id], filter_string=query, order_by=["attributes.start_time DESC"], max_results=1)
-    return runs[0] if runs else None
+    return next(iter(search(client, exp_id, tags, newest_first=True, limit=1)), None)
 
 
-def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: str, settings_hash: str) -> list:
-    """Every child run of sweep run `parent_id` of one kind (discover, edit) and settings, newest first, all pages."""
-    query = _query({layout.PARENT_TAG: parent_id, layout.TAG_KIND: kind, layout.TAG_SETTINGS: settings_hash})
-    runs, token = [], None
-    while True:
-        page = client.search_runs(
-            [exp_id], filter_string=query, max_results=1000, page_token=token, order_by=["attributes.start_time DESC"]
-        )
-        runs += list(page)
-        token = page.token
-        if not token:
-            return runs
+def child_runs(client: MlflowClient, exp_id: str, parent_id: str, kind: RunKind, settings_hash: str) -> list[Run]:
+    """Every child run of sweep run `parent_id` of one kind and settings, newest first."""
+    tags = {names.PARENT_TAG: parent_id, names.TAG_KIND: kind, names.TAG_SETTINGS: settings_hash}
+    return search(client, exp_id, tags, newest_first=True)
 
 
-def sweep_runs(client: MlflowClient, exp_id: str, sweep: str) -> list:
+def sweep_runs(client: MlflowClient, exp_id: str, sweep: str) -> list[Run]:
     """Every parent run of sweep `sweep` in the experiment, oldest first (ties by run id): one, but for the moment
     after two drivers that started the sweep at once each created one (`open_sweep_run` keeps the oldest)."""
-    query = _query({layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep})
-    runs, token = [], None
-    while True:
-        page = client.search_runs([exp_id], filter_string=query, max_results=1000, page_token=token)
-        runs += list(page)
-        token = page.token
-        if not token:
-            return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
+    runs = search(client, exp_id, {names.TAG_KIND: RunKind.SWEEP, names.TAG_SWEEP: sweep})
+    return sorted(runs, key=lambda r: (r.info.start_time or 0, r.info.run_id))
 
 
 def sweep_run(client: MlflowClient, exp_id: str, sweep: str, settings_hash: str):
     """The parent run of sweep `sweep` in the experiment (its oldest), or None; one run with other settings is
     refused, so a sweep never returns another configuration's results, whatever work dir or machine it runs from."""
     found = next(iter(sweep_runs(client, exp_id, sweep)), None)
-    theirs = found.data.tags.get(layout.TAG_SETTINGS, "none") if found is not None else settings_hash
+    theirs = found.data.tags.get(names.TAG_SETTINGS, "none") if found is not None else settings_hash
     if theirs != settings_hash:
         assert found is not None
         raise InputError(
@@ -142,7 +149,7 @@ def open_sweep_run(
     if found is not None:
         client.update_run(found.info.run_id, status="RUNNING")
         return found.info.run_id
-    tags = {layout.TAG_KIND: "sweep", layout.TAG_SWEEP: sweep, layout.TAG_SETTINGS: settings_hash}
+    tags = {names.TAG_KIND: RunKind.SWEEP, names.TAG_SWEEP: sweep, names.TAG_SETTINGS: settings_hash}
     run = client.create_run(exp_id, run_name=sweep, tags=tags)
     time.sleep(settle_s)
     oldest = sweep_run(client, exp_id, sweep, settings_hash)
@@ -165,7 +172,7 @@ def open_trial_run(
 ) -> tuple[str, bool]:
     """(run id, finished) of the trial's child run; a rerun of the same trial with the same settings gets its existing
     run back (a run of other settings is never reused)."""
-    identity = {layout.PARENT_TAG: parent_id, layout.TAG_TRIAL: key, layout.TAG_SETTINGS: settings_hash}
+    identity = {names.PARENT_TAG: parent_id, names.TAG_TRIAL: key, names.TAG_SETTINGS: settings_hash}
     found = find_run(client, exp_id, identity)
     if found is not None:
         finished = found.info.status == "FINISHED"
@@ -177,6 +184,21 @@ def open_trial_run(
     run = client.create_run(exp_id, run_name=key, tags={**identity, **tags})
     log_params(client, run.info.run_id, params)
     return run.info.run_id, False
+
+
+@contextmanager
+def outcome(client: MlflowClient, run_id: str) -> Iterator[None]:
+    """Mark the run FINISHED when the block ends, KILLED where it exits by SystemExit (Tune stopping a trial whose
+    sweep was stopped: `sweeps.progress.Stop`) or Ctrl-C, and FAILED on any other error; the error goes on up."""
+    try:
+        yield
+    except (SystemExit, KeyboardInterrupt):
+        client.set_terminated(run_id, "KILLED")
+        raise
+    except BaseException:
+        client.set_terminated(run_id, "FAILED")
+        raise
+    client.set_terminated(run_id, "FINISHED")
 
 
 def fail_running(client: MlflowClient, runs: Iterable) -> list[str]:

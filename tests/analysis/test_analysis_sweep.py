@@ -10,7 +10,7 @@ from mlflow.tracking import MlflowClient
 
 from analysis.report import SECTIONS
 from circuitlib.discovery import DiscoveryConfig
-from sweeps import layout
+from record import names
 
 pytestmark = pytest.mark.slow
 
@@ -33,9 +33,9 @@ def test_report_on_the_tiny_sweep(tiny_sweep):
     client = MlflowClient(uri)
     exp = client.get_experiment_by_name("tiny")
     assert exp is not None
-    runs = client.search_runs([exp.experiment_id], f"tags.`{layout.TAG_KIND}` = 'analysis'")
-    parent = client.search_runs([exp.experiment_id], f"tags.`{layout.TAG_KIND}` = 'sweep'")[0]
-    assert len(runs) == 1 and runs[0].data.tags[layout.PARENT_TAG] == parent.info.run_id
+    runs = client.search_runs([exp.experiment_id], f"tags.`{names.TAG_KIND}` = 'analysis'")
+    parent = client.search_runs([exp.experiment_id], f"tags.`{names.TAG_KIND}` = 'sweep'")[0]
+    assert len(runs) == 1 and runs[0].data.tags[names.PARENT_TAG] == parent.info.run_id
     artifacts = {a.path for a in client.list_artifacts(runs[0].info.run_id)}
     assert {"report.md", "report.html", "plots", "tables"} <= artifacts
 
@@ -43,15 +43,15 @@ def test_report_on_the_tiny_sweep(tiny_sweep):
 def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
     client = MlflowClient(tiny_sweep.uri)
     exp = client.get_experiment_by_name("tiny")
-    assert exp is not None and exp.tags[layout.NOTE_TAG] and exp.tags[layout.EXPERIMENT_KIND_TAG]
+    assert exp is not None and exp.tags[names.NOTE_TAG] and exp.tags[names.EXPERIMENT_KIND_TAG]
     runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parent = next(r for r in runs if r.data.tags.get(layout.TAG_KIND) == "sweep")
-    assert "Headline findings" in parent.data.tags[layout.NOTE_TAG] and "window_found" in parent.data.metrics
-    commit = parent.data.tags.get(layout.GIT_COMMIT_TAG)  # the sweep ran from this checkout
-    trials = [r for r in runs if r.data.tags.get(layout.TAG_KIND) in ("discover", "edit")]
-    assert commit and len(trials) == 28 and all(r.data.tags.get(layout.GIT_COMMIT_TAG) == commit for r in trials)
+    parent = next(r for r in runs if r.data.tags.get(names.TAG_KIND) == "sweep")
+    assert "Headline findings" in parent.data.tags[names.NOTE_TAG] and "window_found" in parent.data.metrics
+    commit = parent.data.tags.get(names.GIT_COMMIT_TAG)  # the sweep ran from this checkout
+    trials = [r for r in runs if r.data.tags.get(names.TAG_KIND) in ("discover", "edit")]
+    assert commit and len(trials) == 28 and all(r.data.tags.get(names.GIT_COMMIT_TAG) == commit for r in trials)
 
-    discovery = next(r for r in runs if r.info.run_name == layout.discover_run_name("hierarchy", 0))
+    discovery = next(r for r in runs if r.info.run_name == names.discover_run_name("hierarchy", 0))
     assert {f"discovery.{k}" for k in DiscoveryConfig.__dataclass_fields__} <= set(discovery.data.params)
     assert discovery.data.params["discovery.lr"] == "0.1"  # the preset's, not the default
     assert discovery.inputs is not None
@@ -59,25 +59,25 @@ def test_runs_carry_what_the_ui_plots_and_links(tiny_sweep, tmp_path):
     history = client.download_artifacts(discovery.info.run_id, "history.json", str(tmp_path))
     json.loads(open(history).read(), parse_constant=lambda c: pytest.fail(f"history.json holds {c}"))
 
-    edit = next(r for r in runs if r.info.run_name == layout.edit_run_name("hierarchy", 0.5, "complement", 0))
+    edit = next(r for r in runs if r.info.run_name == names.edit_run_name("hierarchy", 0.5, "complement", 0))
     assert {k: edit.data.params[k] for k in ("dataset", "target_density", "variant", "seed")} == {
         "dataset": "hierarchy",
         "target_density": "0.5",
         "variant": "complement",
         "seed": "0",
     }
-    circuit = discovery.data.metrics[layout.circuit_metric(0.5, "density")]
-    assert edit.data.metrics[layout.EDIT_DENSITY] == pytest.approx(circuit)
-    link = f"/runs/{discovery.info.run_id}?{layout.MODEL_TRAINING_VIEW})"
-    assert link in edit.data.tags[layout.NOTE_TAG]  # links its circuit's discovery
+    circuit = discovery.data.metrics[names.circuit_metric(0.5, "density")]
+    assert edit.data.metrics[names.EDIT_DENSITY] == pytest.approx(circuit)
+    link = f"/runs/{discovery.info.run_id}?{names.MODEL_TRAINING_VIEW})"
+    assert link in edit.data.tags[names.NOTE_TAG]  # links its circuit's discovery
     assert edit.inputs is not None and [d.dataset.name for d in edit.inputs.dataset_inputs] == ["hierarchy/shard0"]
     table = json.loads(
-        open(client.download_artifacts(edit.info.run_id, layout.EDITS_ARTIFACT, str(tmp_path))).read(),
-        parse_constant=lambda c: pytest.fail(f"{layout.EDITS_ARTIFACT} holds {c}"),
+        open(client.download_artifacts(edit.info.run_id, names.EDITS_ARTIFACT, str(tmp_path))).read(),
+        parse_constant=lambda c: pytest.fail(f"{names.EDITS_ARTIFACT} holds {c}"),
     )
     assert table["columns"][:5] == ["case_id", "prompt", "subject", "target_true", "target_new"]
     assert "nll_new_drop" in table["columns"] and len(table["data"]) == 2  # the shard's two requests
-    assert json.loads(edit.data.tags["mlflow.loggedArtifacts"]) == [{"path": layout.EDITS_ARTIFACT, "type": "table"}]
+    assert json.loads(edit.data.tags["mlflow.loggedArtifacts"]) == [{"path": names.EDITS_ARTIFACT, "type": "table"}]
 
-    full = next(r for r in runs if r.info.run_name == layout.edit_run_name(None, None, layout.FULL, 0))
-    assert full.data.params["variant"] == layout.FULL and full.data.metrics[layout.EDIT_DENSITY] == 1.0
+    full = next(r for r in runs if r.info.run_name == names.edit_run_name(None, None, names.FULL, 0))
+    assert full.data.params["variant"] == names.FULL and full.data.metrics[names.EDIT_DENSITY] == 1.0
