@@ -13,9 +13,10 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from pathlib import Path
 
-import yaml
+from circuitlib.data import load_requests
+from circuitlib.types import FULL
+from sweeps.config import load_preset
 
 GIB = 2**30
 
@@ -33,18 +34,18 @@ def gpt2_block_params(d: int = D_MODEL) -> int:
 MASKED = N_LAYER * gpt2_block_params()  # every parameter under transformer.h.
 TOTAL = MASKED + VOCAB * D_MODEL + N_POS * D_MODEL + 2 * D_MODEL  # + wte, wpe, ln_f (lm_head tied)
 
-# --- the sweep (docs/design.md §3 and §4, sweeps/presets/paper.yaml, circuitlib defaults)
-BATCH = 128
-DISCOVERY_STEPS = 5000  # max_steps: the budget, used as the upper bound
-_PAPER = yaml.safe_load((Path(__file__).resolve().parents[1] / "sweeps" / "presets" / "paper.yaml").read_text())
-# paper preset (its discovery: section)
-EVAL_EVERY, CHECKPOINT_EVERY = _PAPER["discovery"]["eval_every"], _PAPER["discovery"]["checkpoint_every"]
+# --- the sweep: read from the paper preset (sweeps/presets/paper.yaml, resolved with circuitlib's defaults)
+PAPER = load_preset("paper")
+BATCH = PAPER.discovery.batch_size
+DISCOVERY_STEPS = PAPER.discovery.max_steps  # the budget, used as the upper bound
+EVAL_EVERY, CHECKPOINT_EVERY = PAPER.discovery.eval_every, PAPER.discovery.checkpoint_every
 N_EVAL = 400  # examples scored per evaluation (circuit and complement), an assumption
-EDIT_STEPS = 25  # edit_steps, worst case (early stop at loss < 1e-2 only helps)
-REQUESTS = 149  # the preset's `hierarchy` edit requests
-SHARD_SIZE = _PAPER["shard_size"]  # paper preset: requests per edit trial
-DATASETS, DENSITIES = 14, 5
-MASKED_VARIANTS = 3  # circuit, complement, random per circuit; `full` once per model
+EDIT_STEPS = PAPER.edit.max_steps  # worst case (early stop at a small loss only helps)
+REQUESTS = len(load_requests(PAPER.requests, PAPER.edit_limit))
+SHARD_SIZE = PAPER.shard_size  # requests per edit trial
+DATASETS, SEEDS, DENSITIES = len(PAPER.datasets), len(PAPER.seeds), len(PAPER.discovery.densities)
+DISCOVERIES = DATASETS * SEEDS  # one discovery trial per dataset and seed
+MASKED_VARIANTS = len([v for v in PAPER.variants if v != FULL])  # per circuit; `full` once per model
 SEQ_LENS = (32, 64)  # tokens per padded batch: the paper's texts are 5-40 words
 
 
@@ -142,16 +143,16 @@ def checkpoint_uploads_h(checkpoint_every: int = CHECKPOINT_EVERY) -> float:
 
 def edit_trials(shard_size: int = SHARD_SIZE) -> int:
     shards = -(-REQUESTS // shard_size)
-    return (DATASETS * DENSITIES * MASKED_VARIANTS + 1) * shards  # + the full model's shards
+    return (DISCOVERIES * DENSITIES * MASKED_VARIANTS + 1) * shards  # + the full model's shards
 
 
 def sweep_gpu_hours(
     gpu: Gpu, seq: int, checkpoint_every: int = CHECKPOINT_EVERY, shard_size: int = SHARD_SIZE
 ) -> dict[str, float]:
-    passes = DATASETS * DENSITIES * MASKED_VARIANTS + 1
+    passes = DISCOVERIES * DENSITIES * MASKED_VARIANTS + 1
     hours = {
-        "discovery": DATASETS * discovery_trial_h(gpu, seq),
-        "checkpoints": DATASETS * checkpoint_uploads_h(checkpoint_every),
+        "discovery": DISCOVERIES * discovery_trial_h(gpu, seq),
+        "checkpoints": DISCOVERIES * checkpoint_uploads_h(checkpoint_every),
         "edits": passes * REQUESTS * edit_request_s(gpu) / 3600,
         "edit setup": edit_trials(shard_size) * EDIT_TRIAL_SETUP_H,
     }
@@ -197,26 +198,28 @@ def table() -> str:
     a, h = sweep_gpu_hours(A100, seq), sweep_gpu_hours(H100, seq)
     for key in ("discovery", "checkpoints", "edits", "edit setup", "total"):
         label = {
-            "discovery": f"sweep: discovery, {DATASETS} datasets x 1 seed, {DISCOVERY_STEPS} steps, 32-token batches",
+            "discovery": (
+                f"sweep: discovery, {DATASETS} datasets x {SEEDS} seeds, {DISCOVERY_STEPS} steps, 32-token batches"
+            ),
             "checkpoints": (
                 f"sweep: discovery checkpoint uploads, every {CHECKPOINT_EVERY} steps "
                 f"at {CHECKPOINT_UPLOAD_BYTES_PER_S / 1e9:g} GB/s"
             ),
             "edits": (
-                f"sweep: edits, {DATASETS * DENSITIES} circuits x {MASKED_VARIANTS} variants + full, "
+                f"sweep: edits, {DISCOVERIES * DENSITIES} circuits x {MASKED_VARIANTS} variants + full, "
                 f"{REQUESTS} requests each"
             ),
             "edit setup": (
                 f"sweep: edit-trial setup, {edit_trials()} trials of {SHARD_SIZE} requests, "
                 f"{EDIT_TRIAL_SETUP_H * 60:g} min each"
             ),
-            "total": f"**sweep total ({DENSITIES} densities, {DATASETS} datasets), GPU-hours**",
+            "total": f"**sweep total ({DENSITIES} densities, {DATASETS} datasets, {SEEDS} seeds), GPU-hours**",
         }[key]
         lines.append(f"| {label} | {a[key]:.1f} GPU-h | {h[key]:.1f} GPU-h |")
     a2 = sweep_gpu_hours(A100, seq, TUNED_CHECKPOINT_EVERY, TUNED_SHARD_SIZE)
     h2 = sweep_gpu_hours(H100, seq, TUNED_CHECKPOINT_EVERY, TUNED_SHARD_SIZE)
     lines.append(
-        f"| same sweep with `--checkpoint-every {TUNED_CHECKPOINT_EVERY} --shard-size {TUNED_SHARD_SIZE}` "
+        f"| same sweep with `--discovery.checkpoint_every {TUNED_CHECKPOINT_EVERY} --shard-size {TUNED_SHARD_SIZE}` "
         f"| {a2['total']:.1f} GPU-h | {h2['total']:.1f} GPU-h |"
     )
     return "\n".join(lines)

@@ -24,6 +24,8 @@ import jsonschema
 import pytest
 import yaml
 
+from sweeps.config import load_preset
+
 REPO = Path(__file__).resolve().parents[2]
 CLUSTER = REPO / "cluster"
 KUBERAY = CLUSTER / "kuberay"
@@ -136,19 +138,20 @@ def _break_launcher(config: dict, how: str) -> dict:
 
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
 @pytest.mark.parametrize(
-    "how",
+    ("how", "named"),
     [
-        "misspelled top-level key",
-        "GPU count as string",
-        "unknown auth key",
-        "unknown docker key",
-        "head type not defined",
-        "min_workers above max_workers",
-        "node type without resources",
+        ("misspelled top-level key", "'max_worker' was unexpected"),
+        ("GPU count as string", "resources.GPU: '1' is not of type 'integer'"),
+        ("unknown auth key", "'ssh_usr' was unexpected"),
+        ("unknown docker key", "'imag' was unexpected"),
+        ("head type not defined", "`head_node_type` must be one of"),
+        ("min_workers above max_workers", "`max_workers` is smaller than the sum of `min_workers`"),
+        ("node type without resources", "'resources' is a required property"),
     ],
 )
-def test_broken_launcher_copies_fail(name, how):
-    assert cc.launcher_errors(_break_launcher(launcher(name), how)) != []
+def test_broken_launcher_copies_fail_naming_what_is_wrong(name, how, named):
+    errors = cc.launcher_errors(_break_launcher(launcher(name), how))
+    assert len(errors) == 1 and named in errors[0], errors
 
 
 @pytest.mark.parametrize("name", sorted(LAUNCHERS))
@@ -589,8 +592,15 @@ def test_sizing_supports_one_gpt2xl_trial_per_80gb_gpu():
     frequent = sizing.sweep_gpu_hours(sizing.A100, 32, checkpoint_every=50, shard_size=25)
     preset = sizing.sweep_gpu_hours(sizing.A100, 32)
     assert preset["total"] < frequent["total"] / 2  # the paper preset's sparse checkpoints and big shards pay off
-    assert sizing.edit_trials() == (14 * 5 * 3 + 1) * 1  # 149 requests in one shard of 150
-    assert sizing.edit_trials(25) == (14 * 5 * 3 + 1) * 6  # or six shards of 25
+    paper = load_preset("paper")  # the sizing reads the preset, not copies of it
+    circuits = len(paper.datasets) * len(paper.seeds) * len(paper.discovery.densities)
+    assert sizing.edit_trials() == (circuits * 3 + 1) * paper.shards() == (60 * 3 + 1) * 1
+    assert (sizing.DISCOVERY_STEPS, sizing.BATCH, sizing.EDIT_STEPS) == (
+        paper.discovery.max_steps,
+        paper.discovery.batch_size,
+        paper.edit.max_steps,
+    )
+    assert sizing.edit_trials(25) == (circuits * 3 + 1) * 6  # or six shards of 25 (149 requests)
 
 
 def test_the_paper_presets_edit_gpu_share_is_the_one_its_edit_memory_gives():

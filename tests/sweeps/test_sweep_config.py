@@ -23,6 +23,7 @@ from sweeps import config as sweep_config
 from sweeps.config import SweepConfig, load_preset, preset_names
 from sweeps.progress import estimate_left, format_duration
 from sweeps.size_sweep import (
+    check_params,
     found_circuits,
     freeze_params,
     main,
@@ -446,7 +447,10 @@ def test_a_setting_added_since_the_sweep_was_frozen_resumes_at_its_default(tmp_p
     frozen = json.loads(path.read_text())
     del frozen["discovery"]["temperature"], frozen["edit"]["neighbors"], frozen["shard_size"]
     path.write_text(json.dumps(frozen))
-    freeze_params(config)
+    assert check_params(config)  # resumed, not refused as other settings
+    assert json.loads(path.read_text()) == frozen  # and the frozen file is kept as it was
+    with pytest.raises(InputError, match="temperature"):  # the missing one reads as its default, not as any value
+        check_params(dataclasses.replace(config, discovery=dataclasses.replace(config.discovery, temperature=0.5)))
 
 
 def test_a_sweep_frozen_before_min_eval_rows_drew_its_splits_without_a_minimum(tmp_path):
