@@ -78,7 +78,7 @@ class Headline:
 def headline(a: Analysis) -> Headline:
     """The summary figures of an analysis."""
     pooled = [r for r in a.window_rows if r.scope == ALL]
-    gaps = [(r.density, r.gap_complement) for r in pooled if r.gap_complement is not None]
+    gaps = [(r.density, gap) for r in pooled if (gap := r.gap["complement"]) is not None]
     sources = {label: s for s, label in a.labels.items()}
     whole = [
         r
@@ -97,14 +97,14 @@ def headline(a: Analysis) -> Headline:
         gap_densities=tuple(d for d, _ in gaps),
         resists=tuple(d for d, gap in gaps if gap.above_zero),
         learns_more=tuple(d for d, gap in gaps if gap.below_zero),
-        knowledge_circuit=finite_mean([r.knowledge_circuit for r in pooled]),
-        knowledge_complement=finite_mean([r.knowledge_complement for r in pooled]),
+        knowledge_circuit=finite_mean([r.knowledge["circuit"] for r in pooled]),
+        knowledge_complement=finite_mean([r.knowledge["complement"] for r in pooled]),
         window=a.window,
         window_actual=(min(inside), max(inside)) if inside else None,
         above_window=min((d for d, _ in gaps if d > high), default=None) if high is not None else None,
         below_window=max((d for d, _ in gaps if d < low), default=None) if low is not None else None,
         gap_actual=tuple(
-            r.actual_density for r in pooled if r.gap_complement is not None and not math.isnan(r.actual_density)
+            r.actual_density for r in pooled if r.gap["complement"] is not None and not math.isnan(r.actual_density)
         ),
         faithful_datasets=tuple(sorted({s.dataset for s in a.used})),
         overlap=next((b for b in a.baselines if b.scope == POOLED), None),

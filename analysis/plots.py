@@ -22,8 +22,8 @@ from analysis.composition import ALL_LAYERS, CompositionEntry
 from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.overlap import OverlapRow
 from analysis.snapshots import Snapshot, flags
-from analysis.window import MASKED, Window, WindowRow
-from circuitlib.types import MODULE_TYPES
+from analysis.window import CONTROLS, MASKED, Window, WindowRow
+from circuitlib.types import FULL, MODULE_TYPES
 from record.reader import Discovery, Source
 
 DPI = 110
@@ -108,8 +108,8 @@ def size_window_figure(
     fig = Figure(figsize=(7.5, 9), layout="constrained")
     learn, gap, faith = fig.subplots(3, 1, sharex=True)
     for v in MASKED:
-        _band(learn, x, [getattr(r, f"drop_{v}") for r in placed], v)
-    full = next((r.drop_full for r in rows if r.drop_full), None)
+        _band(learn, x, [r.drop[v] for r in placed], v)
+    full = next((r.drop[FULL] for r in rows if r.drop[FULL]), None)
     if full:
         learn.axhline(full.mean, color="black", linestyle="--", label="full")
         learn.axhspan(full.low, full.high, color="black", alpha=0.08)
@@ -122,8 +122,8 @@ def size_window_figure(
         )
     learn.set_ylabel("drop in NLL of new target")
     learn.set_title("Learning of the new target (mean, 95% CI over requests; t = target density)", pad=14)
-    _band(gap, x, [r.gap_complement for r in placed], "complement − circuit")
-    _band(gap, x, [r.gap_random for r in placed], "random − circuit")
+    for v in CONTROLS:
+        _band(gap, x, [r.gap[v] for r in placed], f"{v} − circuit")
     gap.axhline(0, color="gray", linewidth=0.8)
     inside = [r.actual_density for r in placed if r.in_window]
     if inside:
@@ -142,7 +142,7 @@ def size_window_figure(
             ax.legend(fontsize=8)
         ax.grid(alpha=0.3)
     _density_axis(faith, x + [s.density for s in snapshots])
-    missing = ", ".join(f"{r.density:g}" for r in rows if r.gap_complement is None)
+    missing = ", ".join(f"{r.density:g}" for r in rows if r.gap["complement"] is None)
     notes = [f"gap: no faithful circuit with a complement − circuit gap at target {missing}"] if missing else []
     _footnote(fig, notes + [f"flagged: {line}" for line in flags(snapshots)])
     return fig

@@ -20,7 +20,8 @@ from analysis.overlap import ALL as WHOLE_MODEL
 from analysis.pipeline import Analysis
 from analysis.snapshots import WELL_BELOW, Snapshot, flags
 from analysis.tables import GAP, Column, estimate, markdown_table, number, percent, write_csv, yes_no
-from analysis.window import ALL
+from analysis.window import ALL, CONTROLS
+from circuitlib.types import MASKED_VARIANTS, VARIANTS
 
 PLOTS = "plots"
 TABLES = "tables"
@@ -158,24 +159,16 @@ def _window(a: Analysis) -> str:
         ("faithful circuits", lambda r: str(r.circuits)),
         ("actual density", lambda r: number(r.actual_density)),
         ("faithfulness", lambda r: number(r.faithfulness)),
-        ("circuit", lambda r: estimate(r.drop_circuit)),
-        ("complement", lambda r: estimate(r.drop_complement)),
-        ("random", lambda r: estimate(r.drop_random)),
-        ("full", lambda r: estimate(r.drop_full)),
-        ("complement − circuit", lambda r: estimate(r.gap_complement)),
-        ("random − circuit", lambda r: estimate(r.gap_random)),
-        ("requests (pairs)", lambda r: str(r.gap_complement.n) if r.gap_complement else GAP),
+        *[(v, lambda r, v=v: estimate(r.drop[v])) for v in VARIANTS],
+        *[(f"{v} − circuit", lambda r, v=v: estimate(r.gap[v])) for v in CONTROLS],
+        ("requests (pairs)", lambda r: str(r.gap["complement"].n) if r.gap["complement"] else GAP),
         ("in window", lambda r: yes_no(r.in_window)),
     ]
     success: list[Column] = [
         ("circuits", lambda r: r.scope),
         ("density", lambda r: f"{r.density:g}"),
-        ("success circuit", lambda r: percent(r.success_circuit)),
-        ("success complement", lambda r: percent(r.success_complement)),
-        ("success random", lambda r: percent(r.success_random)),
-        ("success full", lambda r: percent(r.success_full)),
-        ("NLL(true) pre, circuit", lambda r: number(r.knowledge_circuit)),
-        ("NLL(true) pre, complement", lambda r: number(r.knowledge_complement)),
+        *[(f"success {v}", lambda r, v=v: percent(r.success[v])) for v in VARIANTS],
+        *[(f"NLL(true) pre, {v}", lambda r, v=v: number(r.knowledge[v])) for v in MASKED_VARIANTS],
     ]
     return (
         f"Estimated window (all circuits pooled): **{a.window.describe()}**: the densities where the complement − "

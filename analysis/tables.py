@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import csv
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
@@ -46,14 +46,18 @@ def markdown_table(columns: Sequence[Column], rows: Sequence[Any]) -> str:
 
 
 def _flat(row: Any) -> dict[str, Any]:
-    """A dataclass row as one flat dict; an Estimate field `x` becomes `x_mean`, `x_low`, `x_high`, `x_n`, ..."""
+    """A dataclass row as one flat dict: a mapping field `x` (per variant) becomes `x_circuit`, `x_complement`, ...;
+    an Estimate `x` becomes `x_mean`, `x_low`, `x_high`, `x_n`, ..."""
     out: dict[str, Any] = {}
     for f in fields(row):
         value = getattr(row, f.name)
-        if "Estimate" in str(f.type):  # flattened even when None, so every row has the same columns
-            out |= {f"{f.name}_{g.name}": getattr(value, g.name, None) for g in fields(Estimate)}
-        else:
-            out[f.name] = value
+        items = value.items() if isinstance(value, Mapping) else [(None, value)]
+        for key, item in items:
+            name = f.name if key is None else f"{f.name}_{key}"
+            if "Estimate" in str(f.type):  # flattened even when None, so every row has the same columns
+                out |= {f"{name}_{g.name}": getattr(item, g.name, None) for g in fields(Estimate)}
+            else:
+                out[name] = item
     return out
 
 

@@ -24,28 +24,25 @@ from record.reader import EditRun, Source
 
 ALL = "all"  # the pooled scope
 MASKED = MASKED_VARIANTS  # the variants edited under a circuit's mask, declared in circuitlib.types
+CIRCUIT = MASKED[0]  # the circuit itself; the other masked variants are its controls
+CONTROLS = MASKED[1:]  # complement and random: each compared with the circuit
 Key = tuple[Source, int]  # (circuit source, case_id)
 
 
 @dataclass(frozen=True)
 class WindowRow:
-    """One density of one scope; None or NaN where the sweep has no data for it."""
+    """One density of one scope, its figures keyed by variant (circuitlib.types.VARIANTS); None or NaN where the
+    sweep has no data for it."""
 
     scope: str
     density: float  # the target density
     faithfulness: float  # mean over the scope's faithful circuits of this density
-    drop_circuit: Estimate | None  # drop in NLL of the new target (pre - post): how much the variant learned
-    drop_complement: Estimate | None
-    drop_random: Estimate | None
-    drop_full: Estimate | None  # the unmasked model: the same reference at every density
-    gap_complement: Estimate | None  # complement - circuit: > 0 means the circuit resists the new fact
-    gap_random: Estimate | None  # random - circuit
-    success_circuit: float  # edit success rate (efficacy score after the edit)
-    success_complement: float
-    success_random: float
-    success_full: float
-    knowledge_circuit: float  # pre-edit NLL of the true target: lower means the variant knows the fact better
-    knowledge_complement: float
+    # per variant (the full model's: the same reference at every density), drop in NLL of the new target (pre - post):
+    # how much the variant learned
+    drop: Mapping[str, Estimate | None]
+    gap: Mapping[str, Estimate | None]  # per control, its drop - the circuit's: > 0 means the circuit resists
+    success: Mapping[str, float]  # per variant, the edit success rate (efficacy score after the edit)
+    knowledge: Mapping[str, float]  # per masked variant, pre-edit NLL of the true target: lower = knows it better
     in_window: bool
     circuits: int = 0  # faithful circuits of this scope and density: the only ones the row is made of
     actual_density: float = math.nan  # their mean actual density (kept / masked weights)
@@ -106,27 +103,18 @@ def _row(
 ) -> WindowRow:
     """The row of one scope and density from its per-variant request rows and the full model's (drop, success)."""
     drop = {v: _column(cells[v], "nll_new_drop") for v in MASKED}
-    success = {v: finite_mean(_column(cells[v], "efficacy_score").values()) for v in MASKED}
-    knowledge = {v: finite_mean(_column(cells[v], "nll_true_pre").values()) for v in MASKED}
     mean = {v: bootstrap_mean(drop[v].values(), rng, n_boot, confidence) for v in MASKED}
-    gap_complement = bootstrap_gap(drop["complement"], drop["circuit"], rng, n_boot, confidence)
+    gap = {v: bootstrap_gap(drop[v], drop[CIRCUIT], rng, n_boot, confidence) for v in CONTROLS}
+    resists = gap["complement"] is not None and gap["complement"].above_zero
     return WindowRow(
         scope=scope,
         density=density,
         faithfulness=faithfulness,
-        drop_circuit=mean["circuit"],
-        drop_complement=mean["complement"],
-        drop_random=mean["random"],
-        drop_full=full[0],
-        gap_complement=gap_complement,
-        gap_random=bootstrap_gap(drop["random"], drop["circuit"], rng, n_boot, confidence),
-        success_circuit=success["circuit"],
-        success_complement=success["complement"],
-        success_random=success["random"],
-        success_full=full[1],
-        knowledge_circuit=knowledge["circuit"],
-        knowledge_complement=knowledge["complement"],
-        in_window=gap_complement is not None and gap_complement.above_zero and is_faithful(faithfulness, threshold),
+        drop={**mean, FULL: full[0]},
+        gap=gap,
+        success={**{v: finite_mean(_column(cells[v], "efficacy_score").values()) for v in MASKED}, FULL: full[1]},
+        knowledge={v: finite_mean(_column(cells[v], "nll_true_pre").values()) for v in MASKED},
+        in_window=resists and is_faithful(faithfulness, threshold),
         circuits=circuits,
         actual_density=actual_density,
     )
@@ -198,7 +186,7 @@ def missing_edits(
 def edited_circuits(edits: Sequence[EditRun]) -> set[tuple[Source, float]]:
     """The circuits (source, density) with request rows of both their circuit and complement edits."""
     cells = _index(edits)
-    return {(s, d) for s, d, v in cells if v == "circuit" and cells.get((s, d, "complement"))}
+    return {(s, d) for s, d, v in cells if v == CIRCUIT and cells.get((s, d, "complement"))}
 
 
 def estimate_window(rows: Sequence[WindowRow], scope: str = ALL) -> Window:

@@ -29,7 +29,7 @@ from analysis.snapshots import UNKNOWN
 from analysis.window import ALL, WindowRow, estimate_window
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
-from circuitlib.types import MaskedParam, ModuleType
+from circuitlib.types import MASKED_VARIANTS, VARIANTS, MaskedParam, ModuleType
 from record.reader import Discovery, EditRun, Source, Sweep
 
 LAYER: tuple[tuple[str, tuple[int, ...], ModuleType], ...] = (
@@ -164,10 +164,10 @@ def test_unfaithful_circuits_are_left_out_of_every_claim(mixed: Analysis):
     assert not [r for r in a.overlaps if r.module != WHOLE_MODEL]
     assert {(e.source, e.density) for e in a.composition} == {("alpha", 0.5), ("alpha", 0.35)}
     pooled = {r.density: r for r in a.window_rows if r.scope == ALL}
-    assert known(pooled[0.5].gap_complement).n == REQUESTS and pooled[0.5].circuits == 1  # alpha's requests alone
-    assert pooled[0.15].gap_complement is None and not pooled[0.15].in_window
+    assert known(pooled[0.5].gap["complement"]).n == REQUESTS and pooled[0.5].circuits == 1  # alpha's requests alone
+    assert pooled[0.15].gap["complement"] is None and not pooled[0.15].in_window
     beta = {r.density: r for r in a.window_rows if r.scope == "beta"}
-    assert all(r.drop_circuit is None and r.circuits == 0 for r in beta.values())
+    assert all(r.drop["circuit"] is None and r.circuits == 0 for r in beta.values())
 
     h = headline(a)
     bias, window, overlap, norm = findings(h, a.options.faithfulness_threshold)
@@ -226,18 +226,10 @@ def window_analysis(resists: dict[float, bool | None], actual: dict[float, float
             ALL,
             d,
             0.95 if r is not None else math.nan,
-            drop_circuit=None,
-            drop_complement=None,
-            drop_random=None,
-            drop_full=None,
-            gap_complement=window_gap(r),
-            gap_random=None,
-            success_circuit=math.nan,
-            success_complement=math.nan,
-            success_random=math.nan,
-            success_full=math.nan,
-            knowledge_circuit=math.nan,
-            knowledge_complement=math.nan,
+            drop=dict.fromkeys(VARIANTS),
+            gap={"complement": window_gap(r), "random": None},
+            success=dict.fromkeys(VARIANTS, math.nan),
+            knowledge=dict.fromkeys(MASKED_VARIANTS, math.nan),
             in_window=bool(r),
             circuits=int(r is not None),
             actual_density=actual.get(d, d) if r is not None else math.nan,

@@ -268,8 +268,8 @@ def test_missing_circuit_is_a_gap_with_a_note(analysed):
     gaps = [r for r in a.overlaps if r.density == 0.05 and "gamma" in (r.a, r.b)]
     assert len(gaps) == 2 and all(math.isnan(r.jaccard) and r.module == WHOLE_MODEL for r in gaps)
     row = next(r for r in a.window_rows if r.scope == "gamma" and r.density == 0.05)
-    assert row.drop_circuit is None and row.gap_complement is None and math.isnan(row.faithfulness)
-    assert math.isnan(row.success_circuit) and math.isnan(row.knowledge_circuit) and not row.in_window
+    assert row.drop["circuit"] is None and row.gap["complement"] is None and math.isnan(row.faithfulness)
+    assert math.isnan(row.success["circuit"]) and math.isnan(row.knowledge["circuit"]) and not row.in_window
     assert not [e for e in a.composition if e.source == "gamma" and e.density == 0.05]
     assert any("gamma" in n and "0.05 never reached" in n for n in a.notes)
     assert any(FAILED in n and "FAILED" in n for n in a.notes)
@@ -289,21 +289,21 @@ def test_window_rows_match_hand_computation(analysed):
             ]
         )
         pooled = rows[ALL, d]
-        assert pooled.gap_complement.paired and pooled.gap_complement.n == REQUESTS * len(have)
-        assert pooled.gap_complement.mean == pytest.approx(gaps.mean())
-        assert pooled.gap_complement.low < gaps.mean() < pooled.gap_complement.high
+        assert pooled.gap["complement"].paired and pooled.gap["complement"].n == REQUESTS * len(have)
+        assert pooled.gap["complement"].mean == pytest.approx(gaps.mean())
+        assert pooled.gap["complement"].low < gaps.mean() < pooled.gap["complement"].high
         assert pooled.faithfulness == pytest.approx(FAITHFULNESS[d]) and pooled.circuits == len(have)
         assert pooled.actual_density == pytest.approx(round(d * TOTAL) / TOTAL)
-        assert pooled.knowledge_circuit == 2.0 and pooled.knowledge_complement == 3.0
-        assert pooled.drop_full.mean == pytest.approx(2.0) and pooled.success_full == 1.0
+        assert pooled.knowledge["circuit"] == 2.0 and pooled.knowledge["complement"] == 3.0
+        assert pooled.drop["full"].mean == pytest.approx(2.0) and pooled.success["full"] == 1.0
         circuit = np.concatenate([[r["efficacy_score"] for r in edit_rows(x, d, "circuit")] for x in have])
-        assert pooled.success_circuit == pytest.approx(circuit.mean())
-    assert rows["alpha", 0.25].gap_random is None
-    assert rows[ALL, 0.25].gap_random.n == 2 * REQUESTS  # beta and gamma only
+        assert pooled.success["circuit"] == pytest.approx(circuit.mean())
+    assert rows["alpha", 0.25].gap["random"] is None
+    assert rows[ALL, 0.25].gap["random"].n == 2 * REQUESTS  # beta and gamma only
     unfaithful = rows[ALL, 0.05]  # the circuit resists there, but is not faithful: its edits are left out
-    assert unfaithful.gap_complement is None and unfaithful.drop_circuit is None and unfaithful.circuits == 0
+    assert unfaithful.gap["complement"] is None and unfaithful.drop["circuit"] is None and unfaithful.circuits == 0
     assert math.isnan(unfaithful.faithfulness) and not unfaithful.in_window
-    assert rows[ALL, 0.5].gap_complement.below_zero
+    assert rows[ALL, 0.5].gap["complement"].below_zero
 
 
 def test_window_is_the_planted_one(analysed):

@@ -15,7 +15,7 @@ from analysis.overlap import ALL, density_overlaps, pair_overlap
 from analysis.tables import GAP, estimate, number, write_csv
 from analysis.window import WindowRow, estimate_window, window_rows
 from circuitlib.circuits import Circuit
-from circuitlib.types import MaskedParam, density_key
+from circuitlib.types import MASKED_VARIANTS, VARIANTS, MaskedParam, density_key
 from record.reader import EditRun, Source, normalize_density
 
 # Odd sizes, so most parameters end in pad bits.
@@ -189,18 +189,10 @@ def _row(density: float, in_window: bool, scope: str = "all") -> WindowRow:
         scope,
         density,
         math.nan,
-        drop_circuit=None,
-        drop_complement=None,
-        drop_random=None,
-        drop_full=None,
-        gap_complement=None,
-        gap_random=None,
-        success_circuit=math.nan,
-        success_complement=math.nan,
-        success_random=math.nan,
-        success_full=math.nan,
-        knowledge_circuit=math.nan,
-        knowledge_complement=math.nan,
+        drop=dict.fromkeys(VARIANTS),
+        gap=dict.fromkeys(("complement", "random")),
+        success=dict.fromkeys(VARIANTS, math.nan),
+        knowledge=dict.fromkeys(MASKED_VARIANTS, math.nan),
         in_window=in_window,
     )
 
@@ -243,12 +235,12 @@ def test_window_needs_a_significant_gap_and_faithfulness():
     rows = {(r.scope, r.density): r for r in window_rows(edits, faith, labels, [0.5, 0.25], threshold=0.9, n_boot=300)}
     assert rows["d", 0.25].in_window and not rows["d", 0.5].in_window
     assert not rows["e", 0.25].in_window and math.isnan(rows["e", 0.25].faithfulness)
-    assert rows["e", 0.25].gap_complement is None and rows["e", 0.25].circuits == 0  # unknown: left out
-    gap = rows["all", 0.25].gap_complement
+    assert rows["e", 0.25].gap["complement"] is None and rows["e", 0.25].circuits == 0  # unknown: left out
+    gap = rows["all", 0.25].gap["complement"]
     assert rows["all", 0.25].faithfulness == 0.95 and gap is not None and gap.n == 30  # d's requests only
     assert rows["all", 0.25].circuits == 1
-    assert rows["all", 0.25].drop_random is None and rows["all", 0.25].drop_full is None
-    assert math.isnan(rows["all", 0.25].success_random)
+    assert rows["all", 0.25].drop["random"] is None and rows["all", 0.25].drop["full"] is None
+    assert math.isnan(rows["all", 0.25].success["random"])
     with_e = window_rows(
         edits,
         faith | {(t, 0.25): 0.91},
@@ -258,11 +250,11 @@ def test_window_needs_a_significant_gap_and_faithfulness():
         n_boot=300,
         actual={(s, 0.25): 0.2, (t, 0.25): 0.3},
     )
-    gap = with_e[0].gap_complement
+    gap = with_e[0].gap["complement"]
     assert gap is not None and gap.n == 60 and with_e[0].circuits == 2
     assert with_e[0].actual_density == pytest.approx(0.25) and with_e[0].faithfulness == pytest.approx(0.93)
     strict = window_rows(edits, faith, labels, [0.25], threshold=0.96, n_boot=300)
-    assert not any(r.in_window for r in strict) and all(r.gap_complement is None for r in strict)
+    assert not any(r.in_window for r in strict) and all(r.gap["complement"] is None for r in strict)
 
 
 def test_stratified_gap_compares_within_strata():

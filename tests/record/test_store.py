@@ -37,7 +37,7 @@ def test_search_finds_every_page_and_only_the_runs_whose_tags_match(experiment, 
 
     monkeypatch.setattr(client, "search_runs", small_pages)
     found = store.search(client, exp, {names.TAG_KIND: RunKind.EDIT})
-    assert sorted(r.info.run_name for r in found) == [f"edit{i}" for i in range(7)]
+    assert sorted(r.info.run_name or "" for r in found) == [f"edit{i}" for i in range(7)]
     assert pages == [3, 3, 3]  # three pages of at most three runs
     pages.clear()
     assert len(store.search(client, exp, {names.TAG_KIND: RunKind.EDIT}, limit=4)) == 4 and pages == [3, 1]
