@@ -15,11 +15,10 @@ from dataclasses import dataclass
 import numpy as np
 
 from analysis.bootstrap import Estimate, bootstrap_mean, stratified_gap
-from analysis.overlap import ALL as WHOLE_MODEL
-from analysis.overlap import OverlapRow
+from analysis.overlap import WHOLE_MODEL, OverlapRow
+from analysis.window import POOLED
 from record.reader import Source
 
-POOLED = "all"  # the scope of the row pooled over densities
 CROSS = "cross-dataset"
 STABILITY = "stability"
 

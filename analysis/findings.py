@@ -11,13 +11,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from analysis.baselines import CROSS, POOLED, BaselineRow, pair_kind
+from analysis.baselines import CROSS, BaselineRow, pair_kind
 from analysis.bootstrap import Estimate, finite_mean
 from analysis.composition import ALL_LAYERS, mean_representation, over_represented
-from analysis.overlap import ALL as WHOLE_MODEL
+from analysis.overlap import WHOLE_MODEL
 from analysis.pipeline import Analysis
 from analysis.tables import estimate
-from analysis.window import ALL, Window, edited_circuits
+from analysis.window import POOLED, Window, edited_circuits
 
 PAPER_WINDOW = (0.05, 0.5)
 LARGE_NORM_SHARE = 0.5  # a norm share of the circuit of this order or more matches "up to 60%"
@@ -77,7 +77,7 @@ class Headline:
 
 def headline(a: Analysis) -> Headline:
     """The summary figures of an analysis."""
-    pooled = [r for r in a.window_rows if r.scope == ALL]
+    pooled = [r for r in a.window_rows if r.scope == POOLED]
     gaps = [(r.density, gap) for r in pooled if (gap := r.gap["complement"]) is not None]
     sources = {label: s for s, label in a.labels.items()}
     whole = [

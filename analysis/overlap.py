@@ -13,7 +13,7 @@ from itertools import combinations
 
 from circuitlib.circuits import Circuit, Overlap, overlap_by_module
 
-ALL = "all"  # the module column of whole-model rows
+WHOLE_MODEL = "all"  # the module column of whole-model rows
 
 
 @dataclass(frozen=True)
@@ -55,7 +55,7 @@ def _row(density: float, a: str, b: str, module: str, o: Overlap) -> OverlapRow:
 
 def _missing(density: float, a: str, b: str) -> OverlapRow:
     """A whole-model row of NaNs for a pair where a circuit is missing: a visible gap, not a zero."""
-    return OverlapRow(density, a, b, ALL, *[math.nan] * 6)
+    return OverlapRow(density, a, b, WHOLE_MODEL, *[math.nan] * 6)
 
 
 def pair_overlap(density: float, a: str, ca: Circuit, b: str, cb: Circuit) -> list[OverlapRow]:
@@ -67,7 +67,7 @@ def pair_overlap(density: float, a: str, ca: Circuit, b: str, cb: Circuit) -> li
             for f in ("intersection", "union", "kept_a", "kept_b", "total")
         )
     )
-    return [_row(density, a, b, ALL, whole)] + [_row(density, a, b, m, o) for m, o in by_module.items()]
+    return [_row(density, a, b, WHOLE_MODEL, whole)] + [_row(density, a, b, m, o) for m, o in by_module.items()]
 
 
 def density_overlaps(density: float, circuits: Mapping[str, Circuit | None]) -> list[OverlapRow]:

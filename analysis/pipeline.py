@@ -18,7 +18,7 @@ from analysis.baselines import BaselineRow, baseline_rows
 from analysis.composition import CompositionEntry, circuit_composition
 from analysis.overlap import OverlapRow, density_overlaps
 from analysis.snapshots import Snapshot, flag_shared, snapshot
-from analysis.window import ALL, Window, WindowRow, estimate_window, missing_edits, window_rows
+from analysis.window import POOLED, Window, WindowRow, estimate_window, missing_edits, window_rows
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.errors import InputError
@@ -113,7 +113,7 @@ def analyse(sweep: Sweep, options: Options = Options()) -> Analysis:
         {s.key: s.density for s in snapshots},
     )
     notes += missing_edits(sweep.edits, [s.key for s in snapshots], labels)
-    windows = [estimate_window(rows, scope) for scope in (ALL, *labels.values())]
+    windows = [estimate_window(rows, scope) for scope in (POOLED, *labels.values())]
     sources = {label: source for source, label in labels.items()}
     baselines = baseline_rows(overlaps, sources, rng, options.n_boot, options.confidence)
     return Analysis(sweep, options, labels, snapshots, overlaps, composition, rows, windows, baselines, notes)

@@ -19,8 +19,7 @@ from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
 from analysis.bootstrap import Estimate
 from analysis.composition import ALL_LAYERS, CompositionEntry
-from analysis.overlap import ALL as WHOLE_MODEL
-from analysis.overlap import OverlapRow
+from analysis.overlap import WHOLE_MODEL, OverlapRow
 from analysis.snapshots import Snapshot, flags
 from analysis.window import CONTROLS, MASKED, Window, WindowRow
 from circuitlib.types import FULL, MODULE_TYPES

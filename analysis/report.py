@@ -16,11 +16,11 @@ import markdown
 from analysis import plots
 from analysis.composition import ALL_LAYERS
 from analysis.findings import Finding, Headline, findings, headline
-from analysis.overlap import ALL as WHOLE_MODEL
+from analysis.overlap import WHOLE_MODEL
 from analysis.pipeline import Analysis
 from analysis.snapshots import WELL_BELOW, Snapshot, flags
 from analysis.tables import GAP, Column, estimate, markdown_table, number, percent, write_csv, yes_no
-from analysis.window import ALL, CONTROLS
+from analysis.window import CONTROLS, POOLED
 from circuitlib.types import MASKED_VARIANTS, VARIANTS
 
 PLOTS = "plots"
@@ -321,7 +321,7 @@ def write_report(a: Analysis, folder: Path) -> Report:
         write_csv(t / "findings.csv", findings(h, a.options.faithfulness_threshold)),
     ]
     p = folder / PLOTS
-    pooled = [r for r in a.window_rows if r.scope == ALL]
+    pooled = [r for r in a.window_rows if r.scope == POOLED]
     labels, densities = list(a.labels.values()), a.sweep.densities
     figures = [
         plots.size_window(pooled, a.window, a.snapshots, a.options.faithfulness_threshold, p / "size_window.png"),

@@ -41,11 +41,7 @@ class Snapshot:
     shares_with: tuple[float, ...] = ()  # the discovery's other targets that got this very snapshot
     selected_among: float = math.nan  # held-out evaluations the snapshot was the most faithful of (NaN: unrecorded)
     chosen_apart: bool = False  # chosen on held-out rows of its own (discovery.select_rows), not those that score it
-
-    @property
-    def optimistic(self) -> bool:
-        """Its faithfulness is the best of several looks at the rows that report it: biased up by their noise."""
-        return not self.chosen_apart and self.selected_among > 1
+    optimistic: bool = False  # its faithfulness is the best of several looks at the rows that report it (biased up)
 
     @property
     def key(self) -> tuple[Source, float]:
@@ -105,6 +101,7 @@ def snapshot(
         below_target=well_below(density, target),
         selected_among=r.selected_among,
         chosen_apart=r.chosen_apart,
+        optimistic=r.optimistic,  # SnapshotRecord's rule, the one the sweep's trials flag by
     )
 
 

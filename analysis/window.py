@@ -1,7 +1,7 @@
 """The size window: per density, how readily each variant learns the new target, the gaps to the circuit with
 bootstrap intervals over requests, and the densities where the circuit resists significantly while staying faithful.
 
-Rows come for the pooled scope ALL (every circuit of that density together) and for each circuit source alone.
+Rows come for the pooled scope POOLED (every circuit of that density together) and for each circuit source alone.
 Only faithful circuits count: the edits of a circuit below the faithfulness threshold (or of unknown faithfulness)
 are left out of every row. Requests are keyed by (source, case_id), so the gaps pair each request's circuit edit
 with its complement (or random) edit of the same circuit wherever both exist.
@@ -22,7 +22,7 @@ from circuitlib.types import MASKED_VARIANTS
 from record.names import FULL
 from record.reader import EditRun, Source
 
-ALL = "all"  # the pooled scope
+POOLED = "all"  # the scope of rows pooled over every circuit source (and, in baselines, every density)
 MASKED = MASKED_VARIANTS  # the variants edited under a circuit's mask, declared in circuitlib.types
 CIRCUIT = MASKED[0]  # the circuit itself; the other masked variants are its controls
 CONTROLS = MASKED[1:]  # complement and random: each compared with the circuit
@@ -144,7 +144,7 @@ def window_rows(
         bootstrap_mean([r["nll_new_drop"] for r in full_rows], rng, n_boot, confidence),
         finite_mean(r["efficacy_score"] for r in full_rows),
     )
-    scopes: list[tuple[str, list[Source]]] = [(ALL, list(labels))] + [(labels[s], [s]) for s in labels]
+    scopes: list[tuple[str, list[Source]]] = [(POOLED, list(labels))] + [(labels[s], [s]) for s in labels]
     rows = []
     for scope, sources in scopes:
         for d in densities:
@@ -189,7 +189,7 @@ def edited_circuits(edits: Sequence[EditRun]) -> set[tuple[Source, float]]:
     return {(s, d) for s, d, v in cells if v == CIRCUIT and cells.get((s, d, "complement"))}
 
 
-def estimate_window(rows: Sequence[WindowRow], scope: str = ALL) -> Window:
+def estimate_window(rows: Sequence[WindowRow], scope: str = POOLED) -> Window:
     """The window of one scope: its densities with in_window rows, and whether they are contiguous."""
     tested = sorted(r.density for r in rows if r.scope == scope)
     inside = tuple(sorted(r.density for r in rows if r.scope == scope and r.in_window))

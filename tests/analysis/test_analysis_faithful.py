@@ -18,15 +18,14 @@ from zlib import crc32
 import numpy as np
 import pytest
 
-from analysis.baselines import POOLED
 from analysis.bootstrap import Estimate
 from analysis.findings import CONSISTENT, NOT_ASSESSABLE, NOT_CONSISTENT, PARTLY, Finding, findings, headline, metrics
-from analysis.overlap import ALL as WHOLE_MODEL
+from analysis.overlap import WHOLE_MODEL
 from analysis.pipeline import Analysis, Options, analyse
 from analysis.plots import size_window_figure
 from analysis.report import write_report
 from analysis.snapshots import UNKNOWN
-from analysis.window import ALL, WindowRow, estimate_window
+from analysis.window import POOLED, WindowRow, estimate_window
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.types import MASKED_VARIANTS, VARIANTS, MaskedParam, ModuleType
@@ -163,7 +162,7 @@ def test_unfaithful_circuits_are_left_out_of_every_claim(mixed: Analysis):
     assert len(whole) == 3 and all(math.isnan(r.jaccard) for r in whole)  # every pair has an excluded circuit
     assert not [r for r in a.overlaps if r.module != WHOLE_MODEL]
     assert {(e.source, e.density) for e in a.composition} == {("alpha", 0.5), ("alpha", 0.35)}
-    pooled = {r.density: r for r in a.window_rows if r.scope == ALL}
+    pooled = {r.density: r for r in a.window_rows if r.scope == POOLED}
     assert known(pooled[0.5].gap["complement"]).n == REQUESTS and pooled[0.5].circuits == 1  # alpha's requests alone
     assert pooled[0.15].gap["complement"] is None and not pooled[0.15].in_window
     beta = {r.density: r for r in a.window_rows if r.scope == "beta"}
@@ -223,7 +222,7 @@ def window_analysis(resists: dict[float, bool | None], actual: dict[float, float
     actual = actual or {}
     rows = [
         WindowRow(
-            ALL,
+            POOLED,
             d,
             0.95 if r is not None else math.nan,
             drop=dict.fromkeys(VARIANTS),
@@ -393,7 +392,7 @@ def test_shared_and_too_low_snapshots_are_flagged(flagged: Analysis, tmp_path: P
 
 
 def test_size_window_plot_uses_actual_density_and_names_flags(flagged: Analysis):
-    pooled = [r for r in flagged.window_rows if r.scope == ALL]
+    pooled = [r for r in flagged.window_rows if r.scope == POOLED]
     fig = size_window_figure(pooled, flagged.window, flagged.snapshots, 0.9)
     learn, _, faith = fig.axes[:3]
     actual = {d: np.mean([s.density for s in flagged.snapshots if s.target == d]) for d in DENSITIES}

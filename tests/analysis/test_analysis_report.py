@@ -26,11 +26,11 @@ from mlflow.tracking import MlflowClient
 from analysis import plots
 from analysis.cli import main
 from analysis.composition import ALL_LAYERS
-from analysis.overlap import ALL as WHOLE_MODEL
+from analysis.overlap import WHOLE_MODEL
 from analysis.pipeline import Analysis, Options, analyse
 from analysis.publish import log_analysis
 from analysis.report import SECTIONS, write_report
-from analysis.window import ALL
+from analysis.window import POOLED
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
 from circuitlib.editing import RequestResult
@@ -288,7 +288,7 @@ def test_window_rows_match_hand_computation(analysed):
                 for x in have
             ]
         )
-        pooled = rows[ALL, d]
+        pooled = rows[POOLED, d]
         assert pooled.gap["complement"].paired and pooled.gap["complement"].n == REQUESTS * len(have)
         assert pooled.gap["complement"].mean == pytest.approx(gaps.mean())
         assert pooled.gap["complement"].low < gaps.mean() < pooled.gap["complement"].high
@@ -299,11 +299,11 @@ def test_window_rows_match_hand_computation(analysed):
         circuit = np.concatenate([[r["efficacy_score"] for r in edit_rows(x, d, "circuit")] for x in have])
         assert pooled.success["circuit"] == pytest.approx(circuit.mean())
     assert rows["alpha", 0.25].gap["random"] is None
-    assert rows[ALL, 0.25].gap["random"].n == 2 * REQUESTS  # beta and gamma only
-    unfaithful = rows[ALL, 0.05]  # the circuit resists there, but is not faithful: its edits are left out
+    assert rows[POOLED, 0.25].gap["random"].n == 2 * REQUESTS  # beta and gamma only
+    unfaithful = rows[POOLED, 0.05]  # the circuit resists there, but is not faithful: its edits are left out
     assert unfaithful.gap["complement"] is None and unfaithful.drop["circuit"] is None and unfaithful.circuits == 0
     assert math.isnan(unfaithful.faithfulness) and not unfaithful.in_window
-    assert rows[ALL, 0.5].gap["complement"].below_zero
+    assert rows[POOLED, 0.5].gap["complement"].below_zero
 
 
 def test_window_is_the_planted_one(analysed):

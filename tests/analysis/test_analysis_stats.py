@@ -11,7 +11,7 @@ import pytest
 
 from analysis.bootstrap import Estimate, bootstrap_gap, bootstrap_mean, stratified_gap
 from analysis.composition import ALL_LAYERS, circuit_composition, over_represented
-from analysis.overlap import ALL, density_overlaps, pair_overlap
+from analysis.overlap import WHOLE_MODEL, density_overlaps, pair_overlap
 from analysis.tables import GAP, estimate, number, write_csv
 from analysis.window import WindowRow, estimate_window, window_rows
 from circuitlib.circuits import Circuit
@@ -47,7 +47,7 @@ def flat(m: dict[str, np.ndarray], names: list[str]) -> np.ndarray:
 def test_pair_overlap_matches_brute_force(seed, da, db):
     ma, mb = masks(seed, da), masks(seed + 100, db)
     rows = {r.module: r for r in pair_overlap(0.25, "a", circuit(ma), "b", circuit(mb))}
-    groups = {ALL: [p.name for p in PARAMS]} | {
+    groups = {WHOLE_MODEL: [p.name for p in PARAMS]} | {
         t: [p.name for p in PARAMS if p.module_type == t] for t in ("attention", "mlp", "norm", "other")
     }
     assert set(rows) == set(groups)
@@ -76,13 +76,13 @@ def test_pair_overlap_matches_brute_force(seed, da, db):
 def test_missing_circuit_gives_a_nan_row_per_pair():
     c = circuit(masks(0, 0.3))
     rows = density_overlaps(0.15, {"b": c, "a": c, "c": None})
-    whole = {(r.a, r.b): r for r in rows if r.module == ALL}
+    whole = {(r.a, r.b): r for r in rows if r.module == WHOLE_MODEL}
     assert list(whole) == [("a", "b"), ("a", "c"), ("b", "c")]
     assert whole["a", "b"].jaccard == 1.0
     for pair in (("a", "c"), ("b", "c")):
         r = whole[pair]
         assert all(math.isnan(getattr(r, f.name)) for f in fields(r) if f.name not in ("density", "a", "b", "module"))
-    assert not [r for r in rows if "c" in (r.a, r.b) and r.module != ALL]
+    assert not [r for r in rows if "c" in (r.a, r.b) and r.module != WHOLE_MODEL]
 
 
 def test_chance_expectation_matches_simulated_random_masks():
@@ -97,7 +97,7 @@ def test_chance_expectation_matches_simulated_random_masks():
         )
         for i in range(200)
     ]
-    for k, module in enumerate((ALL, "attention", "mlp", "norm")):
+    for k, module in enumerate((WHOLE_MODEL, "attention", "mlp", "norm")):
         rows = [d[k] for d in draws]
         assert {r.module for r in rows} == {module}
         for value, chance in (("jaccard", "expected_jaccard"), ("overlap_coefficient", "expected_overlap_coefficient")):
