@@ -114,24 +114,26 @@ def _claim_checkpoint(folder: Path, run: dict) -> None:
     A config setting the frozen run predates counts as unchanged at its default; a split setting, at the value
     that draws the rows the run was drawn from (data.SPLIT_BEFORE_RECORDED).
     """
-    params = folder / "params.json"
-    if params.is_file():
-        from circuitlib.discovery import DiscoveryConfig
+    from circuitlib.discovery import DiscoveryConfig
 
-        frozen = json.loads(params.read_text())
-        defaults = _as_json(asdict(DiscoveryConfig()))
+    def changes(frozen: dict) -> list[str]:
         before = frozen | {
-            "config": defaults | frozen.get("config", {}),
+            "config": _as_json(asdict(DiscoveryConfig())) | frozen.get("config", {}),
             "split": SPLIT_BEFORE_RECORDED | frozen.get("split", {}),
         }
         resumable = {f"config.{name}" for name in _RESUMABLE_CHANGES}
-        changed = [k for k in settings.changed(before, _as_json(run)) if k not in resumable]
-        if changed:
-            raise InputError(
-                f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
-                "differ); use another --out, or delete its checkpoint folder to start over"
-            )
-    write_json(params, run)
+        return [k for k in settings.changed(before, _as_json(run)) if k not in resumable]
+
+    settings.freeze(
+        folder / "params.json",
+        run,
+        changes,
+        lambda changed: (
+            f"--out {folder.parent}: holds the checkpoint of a different run ({', '.join(changed)} "
+            "differ); use another --out, or delete its checkpoint folder to start over"
+        ),
+        update=True,  # the record shows the budget the run resumed with
+    )
 
 
 def _as_json(payload: Any) -> Any:

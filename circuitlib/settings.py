@@ -8,11 +8,14 @@ one definition, one doc and one validation of every hyperparameter.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from circuitlib.errors import InputError
+from circuitlib.jsonio import write_json
 
 Check = Callable[[Any], str | None]  # returns what is wrong with a value, or None when it is fine
 
@@ -77,6 +80,27 @@ def changed(before: Any, after: Any, prefix: str = "") -> list[str]:
             for k in changed(before.get(key), after.get(key), f"{prefix}{key}.")
         )
     return [] if before == after else [prefix.rstrip(".")]
+
+
+def freeze(
+    path: Path,
+    settings: Any,
+    changes: Callable[[Any], list[str]],
+    refusal: Callable[[list[str]], str],
+    update: bool = False,
+) -> bool:
+    """Freeze a run's `settings` in `path` (its params.json) the first time; later, refuse in one line (`refusal` of
+    the names) when `changes(the frozen settings)` names settings that would compute something else, and with
+    `update` record the allowed changes (a larger budget). Returns whether the run was frozen before. The one freezer
+    of a discovery's checkpoint (circuitlib.cli) and of a sweep."""
+    existed = path.is_file()
+    if existed:
+        changed_now = changes(json.loads(path.read_text()))
+        if changed_now:
+            raise InputError(refusal(changed_now))
+    if update or not existed:
+        write_json(path, settings)
+    return existed
 
 
 def _number(value: Any) -> bool:

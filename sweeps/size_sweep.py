@@ -100,10 +100,9 @@ def resolve_config(args: argparse.Namespace) -> SweepConfig:
     return config
 
 
-def _frozen(path: Path) -> SweepConfig:
-    """The settings a sweep was frozen with (settings added since then at their defaults; the split's, at the value
-    that draws the rows its trials were drawn from: SweepConfig names them as SplitSpec does)."""
-    frozen = json.loads(path.read_text())
+def _frozen(path: Path, frozen: dict[str, Any]) -> SweepConfig:
+    """The settings a sweep was frozen with in `path` (settings added since then at their defaults; the split's, at
+    the value that draws the rows its trials were drawn from: SweepConfig names them as SplitSpec does)."""
     if "discovery" not in frozen:
         raise InputError(
             f"sweep {path.parent.name!r} in {path.parent} was started by an older circuitlib (flat settings in "
@@ -124,28 +123,25 @@ def _frozen(path: Path) -> SweepConfig:
         ) from None
 
 
+def freeze_params(config: SweepConfig) -> bool:
+    """Freeze the sweep's settings in its params.json the first time; a rerun under the same name that asks for other
+    results is refused (where and how the sweep runs may change). Returns whether it was frozen before."""
+    path = Path(config.work_dir) / config.name / "params.json"
+    return settings.freeze(
+        path,
+        dataclasses.asdict(config),
+        lambda frozen: settings.changed(_frozen(path, frozen).shaping(), config.shaping()),
+        lambda changed: (
+            f"sweep {config.name!r} already exists in {path.parent} with other settings "
+            f"({', '.join(changed)}); rerun it unchanged to resume, or pick a new --name"
+        ),
+    )
+
+
 def check_params(config: SweepConfig) -> bool:
-    """Whether the sweep's params.json exists; one that asks for other results is refused (where and how the sweep
-    runs may change)."""
-    path = Path(config.work_dir) / config.name / "params.json"
-    if not path.is_file():
-        return False
-    changed = settings.changed(_frozen(path).shaping(), config.shaping())
-    if changed:
-        raise InputError(
-            f"sweep {config.name!r} already exists in {path.parent} with other settings ({', '.join(changed)}); "
-            "rerun it unchanged to resume, or pick a new --name"
-        )
-    return True
-
-
-def freeze_params(config: SweepConfig) -> None:
-    """Write the sweep's params.json once; a rerun under the same name must ask for the same results."""
-    if check_params(config):
-        return
-    path = Path(config.work_dir) / config.name / "params.json"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(dataclasses.asdict(config), indent=2))
+    """Whether the sweep's params.json exists, one of other settings refused as `freeze_params` does; writes nothing
+    (so the checks that need the world can run before the sweep is frozen)."""
+    return (Path(config.work_dir) / config.name / "params.json").is_file() and freeze_params(config)
 
 
 def sweep_folder(config: SweepConfig) -> Path:
