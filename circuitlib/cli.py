@@ -153,7 +153,9 @@ def cmd_edit(args: argparse.Namespace) -> None:
     out = writable(Path(args.out), "--out")
     circuit = circuits.load(args.circuit) if args.circuit else None
     subset = requests[: args.limit] if args.limit is not None else requests
-    lm = load_model(args.model, device=args.device)
+    # the revision the circuit was found on, unless one is asked for (edit trials pass the sweep's)
+    revision = args.revision if args.revision is not None else (circuit.model_revision if circuit else None)
+    lm = load_model(args.model, device=args.device, revision=revision)
     if circuit is not None:
         circuits.check_compatible(circuit, lm.params, source=args.circuit)
     masks = variant_masks(circuit, args.variant, args.random_mask_seed)
@@ -163,6 +165,7 @@ def cmd_edit(args: argparse.Namespace) -> None:
         out,
         {
             "model": args.model,
+            "revision": revision,
             "variant": args.variant,
             "circuit": args.circuit,
             "requests": args.requests,
@@ -243,6 +246,9 @@ def build_parser(command: str | None = None) -> argparse.ArgumentParser:
     e.add_argument("--requests", required=True, help="json:PATH (CounterFact-style) or builtin:hierarchy")
     e.add_argument("--limit", type=int, default=None, help="edit only the first K requests")
     e.add_argument("--random-mask-seed", type=int, default=0, help="seed of the random variant's mask (default: 0)")
+    e.add_argument(
+        "--revision", default=None, help="hub revision of the model (default: the one the circuit was found on)"
+    )
     e.add_argument("--device", default=None)
     e.add_argument("--out", required=True, help="JSON file for per-request metrics and the summary")
     e.set_defaults(func=cmd_edit)

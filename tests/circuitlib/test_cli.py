@@ -11,6 +11,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 import pytest
+import torch
 
 from circuitlib import circuits
 from circuitlib.builtin_data import hierarchy_facts
@@ -485,3 +486,32 @@ def test_the_library_and_its_command_line_load_no_ray_and_no_mlflow() -> None:
     loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert loaded.stdout.strip() == "[]"
     assert set(delegated()) == {"sweep", "report"}  # registered by pyproject.toml, listed without being imported
+
+
+@pytest.mark.parametrize(("asked", "loaded"), [(None, "circuit-rev"), ("v2", "v2")])
+def test_edit_loads_the_circuits_revision_unless_one_is_asked_for(
+    tmp_path: Path, tiny_lm, monkeypatch, asked: str | None, loaded: str
+) -> None:
+    """An edit trial passes the sweep's --revision; by hand, the circuit's own is the default."""
+    import circuitlib.models
+
+    circuit = circuits.Circuit.from_masks(
+        tiny_lm.params,
+        {p.name: torch.ones(p.shape, dtype=torch.bool) for p in tiny_lm.params},
+        "tiny-gpt2",
+        "circuit-rev",
+    )
+    path = circuits.save(circuit, tmp_path / "c.safetensors")
+    seen: list[str | None] = []
+
+    def load_model(spec: str, device: str | None = None, revision: str | None = None):
+        seen.append(revision)
+        raise InputError("stop here")
+
+    monkeypatch.setattr(circuitlib.models, "load_model", load_model)
+    args = ["edit", "--model", "tiny-gpt2", "--variant", "circuit", "--circuit", str(path)]
+    args += ["--requests", "builtin:hierarchy", "--out", str(tmp_path / "e.json")]
+    parsed = build_parser("edit").parse_args(args + (["--revision", asked] if asked else []))
+    with pytest.raises(InputError, match="stop here"):
+        parsed.func(parsed)
+    assert seen == [loaded]
