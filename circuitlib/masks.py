@@ -48,10 +48,6 @@ class FlatLayout:
             views = _GatherGrad.apply(flat, grad_buffer, self.sizes, [p.shape for p in self.params])
         return {p.name: v for p, v in zip(self.params, views, strict=True)}
 
-    def flatten(self, tensors: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Concatenate per-parameter tensors into one flat vector."""
-        return torch.cat([tensors[p.name].reshape(-1) for p in self.params])
-
 
 class _GatherGrad(torch.autograd.Function):
     """Views of `flat` split by `sizes` in `shapes`; the backward copies their gradients into a given buffer (each as it

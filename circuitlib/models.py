@@ -199,9 +199,7 @@ def check_local_model(spec: str) -> None:
         raise InputError(f"model {spec}: the folder has no config.json (not a Hugging Face model folder)")
 
 
-def _from_pretrained(
-    spec: str, revision: str | None, dtype: torch.dtype
-) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
+def _from_pretrained(spec: str, revision: str | None) -> tuple[PreTrainedModel, PreTrainedTokenizerBase]:
     if spec == SMOLLM2:
         kwargs = {}
         source = str(smollm2_dir())
@@ -213,26 +211,20 @@ def _from_pretrained(
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
         tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, **kwargs)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
     except (OSError, ValueError) as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise InputError(f"model {spec}: could not be loaded ({first_line})") from exc
     return model, tokenizer
 
 
-def load_model(
-    spec: str,
-    device: str | torch.device | None = None,
-    dtype: torch.dtype = torch.float32,
-    revision: str | None = None,
-) -> LoadedModel:
-    """Load `spec` (tiny-gpt2, smollm2-135m, a hub id or a local directory), frozen, in eval mode, on `device`."""
+def load_model(spec: str, device: str | torch.device | None = None, revision: str | None = None) -> LoadedModel:
+    """Load `spec` (tiny-gpt2, smollm2-135m, a hub id or a local directory), frozen, in eval mode, on `device`, in
+    float32 (discovery and editing need it: `precision: bf16` casts the masked weights in the step itself)."""
     if spec == TINY_GPT2:
         model, tokenizer = tiny_gpt2()
-        # transformers' @wraps(Module.to) on PreTrainedModel.to hides the bound method from the type checker
-        model = model.to(dtype)  # pyright: ignore[reportArgumentType]
     else:
-        model, tokenizer = _from_pretrained(spec, revision, dtype)
+        model, tokenizer = _from_pretrained(spec, revision)
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     tokenizer.padding_side = "right"

@@ -373,7 +373,8 @@ def test_a_model_not_in_float32_is_refused_by_discovery_and_edits(tiny_data, req
     from circuitlib.editing import edit_requests
     from circuitlib.models import load_model
 
-    lm = load_model("tiny-gpt2", device="cpu", dtype=torch.bfloat16)
+    lm = load_model("tiny-gpt2", device="cpu")
+    lm.model.to(torch.bfloat16)  # pyright: ignore[reportArgumentType]  # a user cast the model to bfloat16
     with pytest.raises(InputError, match=r"discovery on tiny-gpt2: its weights are bfloat16.*precision='bf16'"):
         discover(lm, tiny_data, tiny_data, config(max_steps=40), progress=False)
     with pytest.raises(InputError, match="editing on tiny-gpt2: its weights are bfloat16"):

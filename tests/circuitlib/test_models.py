@@ -149,8 +149,3 @@ def test_local_directory_round_trip(tmp_path: Path, tiny_lm, helpers) -> None:
     assert not loaded.model.training and not any(p.requires_grad for p in loaded.model.parameters())
     ids = torch.tensor([tiny_lm.tokenizer("a cat")["input_ids"]])
     assert torch.equal(loaded.model(ids).logits, tiny_lm.model(ids).logits)
-
-
-def test_dtype_is_applied() -> None:
-    lm = load_model("tiny-gpt2", device="cpu", dtype=torch.bfloat16)
-    assert {p.dtype for p in lm.model.parameters()} == {torch.bfloat16}
