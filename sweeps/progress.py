@@ -3,7 +3,8 @@
 - `Progress` (a Ray Tune callback) prints `[phase] 3/8 done, 2 running, 0 failed, 1m20s elapsed, ~4m left` as trials
   start and end, and every `PROGRESS_EVERY_S` seconds while trials run, one line per running trial from what the
   trial last reported (`trial_line`): a discovery's step of its budget, density, last faithfulness, steps per second
-  and time left; an edit's requests done of its shard.
+  and time left; an edit's requests done of its shard. On a terminal the same lines are a live display (rich), kept
+  at the bottom and redrawn every `LIVE_EVERY_S` seconds; in a log, plain lines.
 - `Stop` turns the driver's first SIGINT or SIGTERM into a stop of the running Tune experiment (Tune saves its state,
   so a rerun resumes it) and its second into an exit at once.
 - `TrackingWatch` warns when an http(s) tracking server has not answered for `TrackingWatch.after` seconds.
@@ -23,11 +24,15 @@ from collections.abc import Callable, Mapping, Sequence
 from typing import Any, TextIO
 
 from ray import tune
+from rich.console import Console
+from rich.live import Live
+from rich.text import Text
 
 from circuitlib.errors import InputError
 from sweeps.outcomes import input_failure
 
-PROGRESS_EVERY_S = 30.0  # seconds between two blocks of per-trial lines while trials run
+PROGRESS_EVERY_S = 30.0  # seconds between two blocks of per-trial lines while trials run (in a log)
+LIVE_EVERY_S = 1.0  # seconds between two redraws of the live display (on a terminal)
 STALE_S = 60.0  # a trial that has reported nothing for this long says since when
 
 # What trials report to Tune for these lines (sweeps.trials): a discovery its step of the budget, current density,
@@ -143,6 +148,9 @@ class Progress(tune.Callback):
     """Prints `[phase] 3/8 done, 2 running, 0 failed, 1m20s elapsed, ~4m left` as trials start and end, and every
     `every` seconds while trials run, that line and one per running trial (`trial_line`).
 
+    With `live` (default: whether the stream is a terminal) the block is a live display at the bottom of the terminal
+    instead, redrawn every LIVE_EVERY_S seconds; the start and end lines still print above it, as a record.
+
     Ray Tune pickles its callbacks with the experiment and a restored experiment brings them back: only the phase,
     the total and `every` are kept, so a resumed sweep counts from its own start and prints to its own stdout."""
 
@@ -154,8 +162,18 @@ class Progress(tune.Callback):
         every: float = PROGRESS_EVERY_S,
         clock: Callable[[], float] = time.monotonic,
         stop: Stop | None = None,
+        live: bool | None = None,
     ):
         self.phase, self.total, self.stream, self.every, self.clock = phase, total, stream, every, clock
+        out = stream or sys.stdout
+        self.live: Live | None = None
+        if live if live is not None else out.isatty():
+            console = Console(file=out, force_terminal=True, soft_wrap=True)
+            # the driver's other output (Ray's worker lines among it) prints above the display, where it is stdout
+            mine = out is sys.stdout
+            self.live = Live(
+                console=console, auto_refresh=False, transient=True, redirect_stdout=mine, redirect_stderr=mine
+            )
         self.stop = stop if stop is not None else STOP
         self.started: dict[str, float] = {}  # trial id -> when it started (this driver's clock)
         self.keys: dict[str, str] = {}  # trial id -> its key, for the running ones
@@ -173,7 +191,24 @@ class Progress(tune.Callback):
         self.__init__(state["phase"], state["total"], every=state.get("every", PROGRESS_EVERY_S))
 
     def _print(self, text: str) -> None:
-        print(text, file=self.stream or sys.stdout, flush=True)
+        if self.live is not None:
+            self.live.console.print(Text(text))  # above the live display
+            self._redraw()
+        else:
+            print(text, file=self.stream or sys.stdout, flush=True)
+
+    def _redraw(self) -> None:
+        """Show the block in the live display (started on first use, stopped when the phase ends)."""
+        assert self.live is not None
+        if not self.live.is_started:
+            self.live.start()
+        self.live.update(Text("\n".join(self.block()) if self.started else self.summary_line()), refresh=True)
+        self.last_block = self.clock()
+
+    def close(self) -> None:
+        """End the live display, leaving its last state on the terminal."""
+        if self.live is not None and self.live.is_started:
+            self.live.stop()
 
     def summary_line(self) -> str:
         now = self.clock()
@@ -234,9 +269,15 @@ class Progress(tune.Callback):
             self.heard[trial.trial_id] = self.clock()
 
     def on_step_end(self, iteration, trials, **info):
-        if self.started and self.clock() - self.last_block >= self.every:
+        if self.live is not None:
+            if self.clock() - self.last_block >= LIVE_EVERY_S:
+                self._redraw()
+        elif self.started and self.clock() - self.last_block >= self.every:
             self.last_block = self.clock()
             self._print("\n".join(self.block()))
+
+    def on_experiment_end(self, trials, **info):
+        self.close()
 
     def _ended(self, trial) -> float | None:
         start = self.started.pop(trial.trial_id, None)
@@ -339,8 +380,10 @@ class Stop:
             self._stop_tune()
 
     def detach(self) -> None:
-        """After `Tuner.fit`: no experiment to stop."""
+        """After `Tuner.fit`: no experiment to stop, and no live display left running (a stopped phase's too)."""
         self._tune_stop = None
+        if self.progress is not None:
+            self.progress.close()
 
     def _stop_tune(self) -> None:
         if self._tune_stop is not None and hasattr(signal, "SIGUSR1"):

@@ -304,3 +304,38 @@ def test_the_resume_command_is_the_command_as_given(monkeypatch, tmp_path):
     assert resume_command("size_sweep", ["--preset", "smollm2-cpu"]) == (
         ".venv/bin/python sweeps/size_sweep.py --preset smollm2-cpu"
     )
+
+
+def test_on_a_terminal_progress_is_a_live_display_redrawn_each_second():
+    clock, out = Clock(), io.StringIO()
+    bar = Progress("discover", 2, stream=out, every=30, clock=clock, stop=Stop(), live=True)
+    trial = fake_trial("a", "discover/determiner_noun/seed0")
+    bar.on_trial_start(0, [], trial)
+    assert bar.live is not None and bar.live.is_started
+    clock.now += 10
+    bar.on_trial_result(0, [], trial, {**DISCOVERY, "training_iteration": 3, "run_id": "r"})
+    before = out.getvalue()
+    bar.on_step_end(0, [])  # redrawn at once, not after 30 s
+    drawn = out.getvalue()[len(before) :]
+    assert "discover/determiner_noun/seed0: step 120/230, density 0.742" in drawn
+    assert "\x1b[" in drawn  # a terminal's redraw (cursor moves), not a plain line
+    clock.now += 0.5
+    bar.on_step_end(0, [])
+    assert len(out.getvalue()) == len(before) + len(drawn)  # not twice within a second
+    bar.on_trial_complete(0, [], trial)
+    assert "[discover] 1/2 done, 0 running, 0 failed, 10s elapsed" in out.getvalue()
+    bar.on_experiment_end([])
+    assert not bar.live.is_started
+
+
+def test_in_a_log_progress_is_plain_lines():
+    class Log(io.StringIO):
+        def isatty(self) -> bool:
+            return False
+
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    assert Progress("edit", 1, stream=Log(), stop=Stop()).live is None
+    assert Progress("edit", 1, stream=Terminal(), stop=Stop()).live is not None
