@@ -38,7 +38,7 @@ from circuitlib.discovery import FUSE_ABOVE, DiscoveryState, StepBuffers, mask_s
 from circuitlib.editing import edit_requests, variant_masks
 from circuitlib.models import LoadedModel, load_model
 from sweeps.config import SweepConfig, load_preset
-from sweeps.context import git_commit
+from sweeps.ui import git_commit
 
 GOALS = {"mask_step_s": 0.060, "edit_request_s": 1.0, "discovery_peak_gpu_gib": 48.0}  # issue 10, items 2 and 3
 KEYS = ("gpu", "commit", "mask_step_s", "edit_request_s", "discovery_peak_gpu_gib", "edit_peak_gpu_gib", "settings")

@@ -55,7 +55,7 @@ from circuitlib.discovery import DiscoveryConfig, discover
 from circuitlib.editing import EditConfig, edit_requests, neighbor_prompts, nll, score_request
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import ClassificationData, EditRequest
-from sweeps.context import git_commit
+from sweeps.ui import git_commit
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by file, as the tests do
 from bench_core import NaiveMaskTrainer  # noqa: E402  (a sibling script, found once its folder is on the path)

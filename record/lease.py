@@ -33,7 +33,7 @@ LEASE_TAG = "circuitlib.lease"
 TTL_S = 90.0  # a crashed driver's rerun waits at most this long for its lease to expire
 TTL_ENV = "CIRCUITLIB_LEASE_TTL_S"  # overrides TTL_S, for tests
 HOST_ENV = "CIRCUITLIB_LEASE_HOST"  # overrides the host name a lease records
-SETTLE_S = 1.0  # how long a taker waits before reading its write back (a concurrent taker's write lands by then)
+SETTLE_S = 2.0  # how long a taker waits before reading its write back (a concurrent taker's write lands by then)
 
 
 def configured_ttl_s() -> float:

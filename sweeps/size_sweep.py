@@ -39,7 +39,7 @@ from circuitlib.errors import InputError
 from circuitlib.types import density_key
 from record import lease, names, store
 from record.names import RunKind
-from sweeps import context, outcomes
+from sweeps import outcomes, ui
 from sweeps.config import (
     PRESET_HELP,
     RETIRED,
@@ -524,7 +524,7 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
     cluster = connect_ray(config)
     STOP.take()  # ray.init set its own SIGTERM handler
     resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
-    context.describe_sweep(client, exp_id, parent, config)
+    ui.describe_sweep(client, exp_id, parent, config)
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(
         f"trial resources {resources} (edit trials {phase_resources(config, resources, RunKind.EDIT)}); results and "

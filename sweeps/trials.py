@@ -32,7 +32,7 @@ from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
 from record import names, store
 from record.names import RunKind
-from sweeps import context, outcomes, progress
+from sweeps import outcomes, progress, ui
 from sweeps.config import SweepConfig
 from sweeps.specs import DiscoveryTrial, EditTrial, Spec, from_tune
 
@@ -210,12 +210,12 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         names.TAG_SEED: str(trial.seed),
         names.TAG_MODEL: cfg.model,
         names.TAG_NODE: _node_id(),
-        names.NOTE_TAG: context.describe_discovery(
+        names.NOTE_TAG: ui.describe_discovery(
             trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.name, trial.seed
         ),
-        **context.inherited_tags(client, trial.sweep.parent_run_id),
+        **ui.inherited_tags(client, trial.sweep.parent_run_id),
     }
-    params = {**context.discovery_params(split, config, cfg.model), "seed": trial.seed}
+    params = {**ui.discovery_params(split, config, cfg.model), "seed": trial.seed}
     run_id, finished = store.open_trial_run(
         client, trial.sweep.experiment_id, trial.sweep.parent_run_id, trial.key, tags, params, trial.sweep.settings_hash
     )
@@ -227,7 +227,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         work = Path(tmp)
         lm = discovery_model(cfg)
         train, eval_data = split.load()
-        client.log_inputs(run_id, context.classification_inputs(trial.dataset, train, eval_data))
+        client.log_inputs(run_id, ui.classification_inputs(trial.dataset, train, eval_data))
         checkpoint_dir = _restored_checkpoint(work / "checkpoint") or work / "checkpoint"
         logged = store.last_logged_step(client, run_id, "density")
         pending: list[dict[str, float]] = []
@@ -324,10 +324,10 @@ def edit_trial(trial: EditTrial) -> None:
         names.TAG_SEED: str(ref.seed if ref else 0),
         names.TAG_MODEL: cfg.model,
         names.TAG_NODE: _node_id(),
-        names.NOTE_TAG: context.describe_edit(
+        names.NOTE_TAG: ui.describe_edit(
             trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.variant, ref
         ),
-        **context.inherited_tags(client, trial.sweep.parent_run_id),
+        **ui.inherited_tags(client, trial.sweep.parent_run_id),
     }
     if ref is not None:
         tags |= {
@@ -343,7 +343,7 @@ def edit_trial(trial: EditTrial) -> None:
         trial.key,
         tags,
         {
-            **context.edit_params(
+            **ui.edit_params(
                 ref.dataset if ref else None, ref.target if ref else None, trial.variant, ref.seed if ref else 0
             ),
             "shard": trial.shard,
@@ -361,7 +361,7 @@ def edit_trial(trial: EditTrial) -> None:
         work = Path(tmp)
         pool = data.load_requests(cfg.requests, cfg.edit_limit)
         requests = pool[trial.shard * cfg.shard_size : (trial.shard + 1) * cfg.shard_size]
-        client.log_inputs(run_id, [context.requests_input(cfg.requests, requests, trial.shard)])
+        client.log_inputs(run_id, [ui.requests_input(cfg.requests, requests, trial.shard)])
         lm = load_model(cfg.model, revision=cfg.model_revision)  # edits run on float32 weights
         circuit = None
         if ref is not None:
@@ -381,6 +381,6 @@ def edit_trial(trial: EditTrial) -> None:
                 work / "checkpoint", rows, tune.report, edit_progress(len(rows), len(requests), speed.at(len(rows)))
             )
         summary = summarize([RequestResult(**r) for r in rows])
-        store.log_metrics(client, run_id, [summary | context.edit_figures(circuit)])
-        context.log_edit_table(client, run_id, context.edit_table(rows, requests))
+        store.log_metrics(client, run_id, [summary | ui.edit_figures(circuit)])
+        ui.log_edit_table(client, run_id, ui.edit_table(rows, requests))
     tune.report({**result, **summary, "skipped": False})

@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
-import socket
-import subprocess
-import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 from mlflow.tracking import MlflowClient
+from servers import mlflow_process
 
 from record import names
 
@@ -45,59 +41,12 @@ STEP_MS = 90_000  # each page wait
 ML = "workflowType=machine_learning"  # the UI's model-training view (its default is GenAI traces)
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @pytest.fixture(scope="module")
 def mlflow_ui(tiny_sweep, tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """`mlflow ui` on the tiny sweep's store, on a free port; its base URL. Stopped by its process group's id."""
-    port = _free_port()
+    """`mlflow ui` on the tiny sweep's store, on a free port; its base URL."""
     log = tmp_path_factory.mktemp("mlflow_ui") / "mlflow_ui.log"
-    with log.open("w") as out:
-        proc = subprocess.Popen(
-            [
-                sys.executable,
-                "-m",
-                "mlflow",
-                "ui",
-                "--backend-store-uri",
-                tiny_sweep.uri,
-                "--host",
-                "127.0.0.1",
-                "--port",
-                str(port),
-                "--workers",
-                "1",
-            ],
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            env=tiny_sweep.env,
-            start_new_session=True,
-        )
-    base = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + UI_START_S
-        while True:
-            try:
-                with urllib.request.urlopen(f"{base}/health", timeout=5) as answer:
-                    if answer.status == 200:
-                        break
-            except OSError:
-                pass
-            if proc.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"mlflow ui did not answer on {base} (exit {proc.poll()}):\n{log.read_text()[-3000:]}")
-            time.sleep(2)
+    with mlflow_process("ui", ["--backend-store-uri", tiny_sweep.uri], tiny_sweep.env, log, UI_START_S) as base:
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
 
 
 @pytest.fixture

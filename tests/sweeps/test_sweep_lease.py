@@ -4,14 +4,10 @@ from __future__ import annotations
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.error
-import urllib.request
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,92 +27,39 @@ def sweep_env() -> dict[str, str]:
     return env | {"HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_for(url: str, timeout: float) -> None:
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        try:
-            with urllib.request.urlopen(url, timeout=2):
-                return
-        except urllib.error.HTTPError:  # it answered: it is up
-            return
-        except OSError:
-            time.sleep(0.5)
-    raise TimeoutError(f"{url} did not answer within {timeout}s")
-
-
-@pytest.fixture
-def server(tmp_path) -> Iterator[str]:
-    port = free_port()
-    proc = subprocess.Popen(
-        [
-            str(BIN / "mlflow"),
-            "server",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--workers",
-            "1",
-            "--backend-store-uri",
-            f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--artifacts-destination",
-            str(tmp_path / "art"),
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        env=sweep_env(),
-        start_new_session=True,
-    )
-    try:
-        wait_for(f"http://127.0.0.1:{port}/health", timeout=120)
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:  # MLflow 3's server also runs a job runner that may not stop on SIGTERM
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=30)
-
-
-def leased_run(client: MlflowClient, timeout: float) -> str:
-    """The id of sweep `dup`'s parent run once a driver holds its lease."""
+def leased_run(client: MlflowClient, log: Path, timeout: float) -> str:
+    """The id of sweep `dup`'s parent run once the driver writing `log` holds its lease and has gone past taking it
+    (it prints its run once Ray is up): a taker too slow to be sure of its write drops it and tries again later."""
     deadline = time.time() + timeout
     while time.time() < deadline:
         exp = client.get_experiment_by_name("dup")
-        if exp is not None:
+        if exp is not None and "sweep dup: MLflow run" in log.read_text():
             for run in client.search_runs([exp.experiment_id], filter_string=f"tags.`{names.TAG_KIND}` = 'sweep'"):
                 if lease.LEASE_TAG in run.data.tags:
                     return run.info.run_id
         time.sleep(0.5)
-    raise TimeoutError(f"no driver took the lease within {timeout}s")
+    raise TimeoutError(f"no driver took the lease within {timeout}s:\n{log.read_text()[-2000:]}")
 
 
-def test_a_second_driver_of_a_sweep_is_refused_whatever_its_work_dir(server, tmp_path):
-    client = MlflowClient(server)
+def test_a_second_driver_of_a_sweep_is_refused_whatever_its_work_dir(mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server)
     log = tmp_path / "a.log"
     with log.open("w") as out:
         a = subprocess.Popen(
-            [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", server],
+            [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", mlflow_server],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=sweep_env(),
             start_new_session=True,
         )
     try:
-        parent = leased_run(client, timeout=180)
+        parent = leased_run(client, log, timeout=180)
         holder = lease.holder(client, parent)
         assert holder is not None and holder.pid == a.pid
 
         began = time.time()
         b = subprocess.run(
-            [*SWEEP, "--work-dir", str(tmp_path / "b"), "--tracking-uri", server],
+            [*SWEEP, "--work-dir", str(tmp_path / "b"), "--tracking-uri", mlflow_server],
             capture_output=True,
             text=True,
             timeout=120,
@@ -159,20 +102,20 @@ def started_discoveries(client: MlflowClient, parent: str, timeout: float) -> di
     raise TimeoutError(f"no discovery trial started within {timeout}s")
 
 
-def test_a_killed_drivers_sweep_is_taken_over_after_its_lease_expires_with_nothing_duplicated(server, tmp_path):
-    client = MlflowClient(server)
+def test_a_killed_drivers_sweep_is_taken_over_after_its_lease_expires_with_nothing_duplicated(mlflow_server, tmp_path):
+    client = MlflowClient(mlflow_server)
     env = sweep_env() | {lease.TTL_ENV: "10"}
     log = tmp_path / "a.log"
     with log.open("w") as out:
         a = subprocess.Popen(
-            [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", server],
+            [*SWEEP, "--work-dir", str(tmp_path / "a"), "--tracking-uri", mlflow_server],
             stdout=out,
             stderr=subprocess.STDOUT,
             env=env | {lease.HOST_ENV: "another-machine"},  # as from another host: B cannot see that A is gone
             start_new_session=True,
         )
     try:
-        parent = leased_run(client, timeout=180)
+        parent = leased_run(client, log, timeout=180)
         held = lease.holder(client, parent)
         assert held is not None and held.pid == a.pid
         assert held.expires - held.since <= 11  # the environment's TTL, not the default's
@@ -184,7 +127,7 @@ def test_a_killed_drivers_sweep_is_taken_over_after_its_lease_expires_with_nothi
 
     held = lease.holder(client, parent)
     assert held is not None and held.pid == a.pid and held.live(), "the dead driver's lease stands until it expires"
-    b_cmd = [*SWEEP, "--work-dir", str(tmp_path / "b"), "--tracking-uri", server]
+    b_cmd = [*SWEEP, "--work-dir", str(tmp_path / "b"), "--tracking-uri", mlflow_server]
     early = subprocess.run(b_cmd, capture_output=True, text=True, timeout=120, env=env)
     assert early.returncode != 0, early.stdout + early.stderr
     errors = [line for line in early.stderr.splitlines() if "error" in line]
