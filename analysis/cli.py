@@ -3,13 +3,16 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import re
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from circuitlib import settings
 from circuitlib.errors import InputError
+from circuitlib.options import build
 
 if TYPE_CHECKING:
     from analysis.pipeline import Options
@@ -20,22 +23,21 @@ def _default_cache() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "circuitlib-analysis"
 
 
-def _check(args: argparse.Namespace) -> None:
-    """Refuse option values the analysis cannot use, before anything is read."""
-    if not 0.0 <= args.faithfulness <= 1.0:
-        raise InputError(f"--faithfulness {args.faithfulness}: must lie in [0, 1]")
-    if not 0.0 < args.confidence < 1.0:
-        raise InputError(f"--confidence {args.confidence}: must lie in (0, 1)")
-    if args.bootstrap < 100:
-        raise InputError(f"--bootstrap {args.bootstrap}: use at least 100 resamples")
+# The command line's name of each analysis option (analysis.pipeline.Options declares them).
+FLAGS = {
+    "faithfulness_threshold": "--faithfulness",
+    "n_boot": "--bootstrap",
+    "confidence": "--confidence",
+    "seed": "--seed",
+}
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    _check(args)
     from analysis.pipeline import Options
 
     cache = Path(args.cache) if args.cache else _default_cache()
-    options = Options(args.faithfulness, args.bootstrap, args.confidence, args.seed)
+    given = {name: getattr(args, name) for name in FLAGS if getattr(args, name) is not None}
+    options = build(Options, given, FLAGS.__getitem__)  # a bad value: one line naming its flag
     for line in report_sweep(args.experiment, args.sweep, args.tracking_uri, args.out, cache, options, not args.no_log):
         print(line)
 
@@ -92,16 +94,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     r.add_argument("--out", default=None, help="report folder; default: reports/<sweep name>")
     r.add_argument("--cache", default=None, help="artifact download cache; default: ~/.cache/circuitlib-analysis")
-    r.add_argument(
-        "--faithfulness",
-        type=float,
-        default=0.9,
-        help="faithfulness threshold: a circuit below it (or of unknown faithfulness) is left out of every "
-        "finding (0.9)",
-    )
-    r.add_argument("--bootstrap", type=int, default=2000, help="bootstrap resamples per interval (2000)")
-    r.add_argument("--confidence", type=float, default=0.95, help="confidence of the intervals (0.95)")
-    r.add_argument("--seed", type=int, default=0, help="seed of the bootstrap")
+    from analysis.pipeline import Options
+
+    for f in dataclasses.fields(Options):
+        r.add_argument(FLAGS[f.name], dest=f.name, metavar="X", default=None, help=f"{settings.doc(f)} ({f.default})")
     r.add_argument("--no-log", action="store_true", help="write the report without logging an analysis run")
     r.set_defaults(func=cmd_report)
     return parser

@@ -19,20 +19,36 @@ from analysis.composition import CompositionEntry, circuit_composition
 from analysis.overlap import OverlapRow, density_overlaps
 from analysis.snapshots import Snapshot, flag_shared, snapshot
 from analysis.window import POOLED, Window, WindowRow, estimate_window, missing_edits, window_rows
-from circuitlib import circuits
+from circuitlib import circuits, settings
 from circuitlib.circuits import Circuit
 from circuitlib.errors import InputError
+from circuitlib.settings import setting
 from record.reader import FINISHED, Source, Sweep
+
+
+def _closed_unit(value: object) -> str | None:
+    return None if isinstance(value, float | int) and 0 <= value <= 1 else "must lie in [0, 1]"
+
+
+def _open_unit(value: object) -> str | None:
+    return None if isinstance(value, float | int) and 0 < value < 1 else "must lie in (0, 1)"
 
 
 @dataclass(frozen=True)
 class Options:
-    """Settings of the analysis."""
+    """Settings of the analysis, each declared once with its default, doc and check (`circuitlib.settings`)."""
 
-    faithfulness_threshold: float = 0.9  # a circuit less faithful than this is left out of every finding
-    n_boot: int = 2000  # bootstrap resamples per interval
-    confidence: float = 0.95
-    seed: int = 0  # of the bootstrap's generator
+    faithfulness_threshold: float = setting(
+        0.9,
+        "faithfulness threshold: a circuit below it (or of unknown faithfulness) is left out of every finding",
+        check=_closed_unit,
+    )
+    n_boot: int = setting(2000, "bootstrap resamples per interval", check=settings.at_least(100))
+    confidence: float = setting(0.95, "confidence of the intervals", check=_open_unit)
+    seed: int = setting(0, "seed of the bootstrap", check=settings.at_least(0))
+
+    def __post_init__(self) -> None:
+        settings.validate(self)
 
 
 @dataclass
