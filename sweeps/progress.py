@@ -167,7 +167,7 @@ class Progress(tune.Callback):
         self.phase, self.total, self.stream, self.every, self.clock = phase, total, stream, every, clock
         out = stream or sys.stdout
         self.live: Live | None = None
-        if live if live is not None else out.isatty():
+        if out.isatty() if live is None else live:
             console = Console(file=out, force_terminal=True, soft_wrap=True)
             # the driver's other output (Ray's worker lines among it) prints above the display, where it is stdout
             mine = out is sys.stdout
@@ -206,7 +206,7 @@ class Progress(tune.Callback):
         self.last_block = self.clock()
 
     def close(self) -> None:
-        """End the live display, leaving its last state on the terminal."""
+        """End the live display; it clears itself, the start and end lines printed above it stay."""
         if self.live is not None and self.live.is_started:
             self.live.stop()
 
