@@ -26,14 +26,6 @@ from circuitlib.settings import setting
 from record.reader import FINISHED, Source, Sweep
 
 
-def _closed_unit(value: object) -> str | None:
-    return None if isinstance(value, float | int) and 0 <= value <= 1 else "must lie in [0, 1]"
-
-
-def _open_unit(value: object) -> str | None:
-    return None if isinstance(value, float | int) and 0 < value < 1 else "must lie in (0, 1)"
-
-
 @dataclass(frozen=True)
 class Options:
     """Settings of the analysis, each declared once with its default, doc and check (`circuitlib.settings`)."""
@@ -41,10 +33,10 @@ class Options:
     faithfulness_threshold: float = setting(
         0.9,
         "faithfulness threshold: a circuit below it (or of unknown faithfulness) is left out of every finding",
-        check=_closed_unit,
+        check=settings.probability,
     )
     n_boot: int = setting(2000, "bootstrap resamples per interval", check=settings.at_least(100))
-    confidence: float = setting(0.95, "confidence of the intervals", check=_open_unit)
+    confidence: float = setting(0.95, "confidence of the intervals", check=settings.fraction)
     seed: int = setting(0, "seed of the bootstrap", check=settings.at_least(0))
 
     def __post_init__(self) -> None:

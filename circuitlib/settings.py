@@ -137,6 +137,11 @@ def fraction(value: Any) -> str | None:
     return None if _number(value) and 0.0 < value < 1.0 else "must lie strictly between 0 and 1"
 
 
+def probability(value: Any) -> str | None:
+    """A number from 0 to 1, both included."""
+    return None if _number(value) and 0.0 <= value <= 1.0 else "must lie in [0, 1]"
+
+
 def share(value: Any) -> str | None:
     """A number above 0 and at most 1 (a share of one device)."""
     return None if _number(value) and 0.0 < value <= 1.0 else "must lie in (0, 1]"

@@ -444,7 +444,7 @@ def test_cli_report(store, tmp_path):
         (["--experiment", EXPERIMENT, "--sweep", "DISCOVERY"], "is not a sweep"),
         (["--experiment", EXPERIMENT, "--faithfulness", "1.5"], "--faithfulness '1.5': must lie in [0, 1]"),
         (["--experiment", EXPERIMENT, "--bootstrap", "50"], "--bootstrap '50': must be an integer of at least 100"),
-        (["--experiment", EXPERIMENT, "--confidence", "1"], "--confidence '1': must lie in (0, 1)"),
+        (["--experiment", EXPERIMENT, "--confidence", "1"], "--confidence '1': must lie strictly between 0 and 1"),
         (["--experiment", EXPERIMENT, "--tracking-uri", "sqlite:///no/such.db"], "no/such.db does not exist"),
     ],
 )

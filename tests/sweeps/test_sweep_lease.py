@@ -16,7 +16,6 @@ from mlflow.tracking import MlflowClient
 from record import lease, names
 
 REPO = Path(__file__).resolve().parents[2]
-BIN = Path(sys.executable).parent
 SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "tiny", "--no-report", "--name", "dup"]
 # The tiny sweep ends within a minute; held at each target for a thousand steps, its discovery outlasts a second
 # driver's start (imports and all, half a minute on a loaded two-core machine).
