@@ -1,4 +1,5 @@
-"""Trials that fail on their input: a retry cannot help them, so they end at once with one line, not a retry.
+"""Trials a retry of their Tune experiment cannot help: those that fail on their input end at once with one line, not a
+retry; those whose checkpoint Tune lost run again from the start (`lost_checkpoints`).
 
 Ray Tune (2.x) retries every error a trainable raises up to `FailureConfig.max_failures` times, whatever the error.
 So a trial that meets an error of its input (`INPUT_ERRORS`: an `InputError`, a file it may not write, a file that is
@@ -13,6 +14,8 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from typing import Any
+
+import pyarrow.fs
 
 from circuitlib.errors import InputError
 
@@ -53,3 +56,18 @@ def input_failures(results: Iterable[Any], driver: str) -> tuple[dict[str, str],
         else:
             earlier.add(key)
     return ours, earlier
+
+
+def lost_checkpoints(results: Iterable[Any]) -> set[str]:
+    """The keys of the trials of a Tune result grid that ended in an error while the checkpoint Tune holds for them
+    is gone from storage. Tune deletes a trial's older checkpoint when it registers a newer one and records that in
+    its experiment state only later, so a driver killed in between leaves a state whose checkpoint no longer exists;
+    every restore of it then fails the same way, so the trial can only start over (in a new experiment)."""
+    lost = set()
+    for result in results:
+        checkpoint = getattr(result, "checkpoint", None)
+        if result.error is None or checkpoint is None or result.config is None:
+            continue
+        if checkpoint.filesystem.get_file_info(checkpoint.path).type == pyarrow.fs.FileType.NotFound:
+            lost.add(result.config["trial"]["key"])
+    return lost

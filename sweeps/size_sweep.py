@@ -336,20 +336,30 @@ def settle_phase(
     resources: dict[str, float],
     driver: str = "",
 ) -> dict[str, str]:
-    """`run_phase`, then once more, in a new experiment, for its `stranded` trials: a trial ends either FINISHED in
-    MLflow or with an error that a rerun of the sweep resumes. Returns the trials that failed on their input in this
-    run of the sweep (`driver`), {key: line}, each printed as one line and not retried; one that failed on its input
-    in an earlier run is stranded (its restored experiment would not run it again), so it runs again here."""
+    """`run_phase`, then once more, in a new experiment, for its `stranded` trials and those whose checkpoint Tune lost
+    (`outcomes.lost_checkpoints`; they start over): a trial ends either FINISHED in MLflow or with an error that a
+    rerun of the sweep resumes. Returns the trials that failed on their input in this run of the sweep (`driver`),
+    {key: line}, each printed as one line and not retried; one that failed on its input in an earlier run is
+    stranded (its restored experiment would not run it again), so it runs again here."""
     grid = run_phase(phase, trainable, trials, run.config, resources)
     results = [grid[i] for i in range(len(grid))]
     failed, earlier = outcomes.input_failures(results, driver)
     clean = {r.config["trial"]["key"] for r in results if r.error is None and r.config is not None} - failed.keys()
-    again = stranded(trials, clean, set(unfinished(client, run, trials)))
+    left = set(unfinished(client, run, trials))
+    restarted = outcomes.lost_checkpoints(results) & left
+    again = [t for t in trials if t.key in restarted] + stranded(trials, clean, left)
     if again and STOP.requested:
         raise SweepStopped(phase)
     if again:
+        if restarted:
+            print(
+                f"sweep {run.config.name}: Ray Tune lost the checkpoint of {len(restarted)} {phase} trial(s) "
+                f"({shown(sorted(restarted), 5)}; a driver killed as it replaced one); running them again from the "
+                "start in a new experiment",
+                file=sys.stderr,
+            )
         redo = [t.key for t in again if t.key in earlier]
-        lost = [t.key for t in again if t.key not in earlier]
+        lost = [t.key for t in again if t.key not in earlier and t.key not in restarted]
         if redo:
             print(
                 f"sweep {run.config.name}: {len(redo)} {phase} trial(s) failed on their input in an earlier run "

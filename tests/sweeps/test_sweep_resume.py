@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import sqlite3
 import subprocess
@@ -34,7 +35,7 @@ SLOW = [
     "10",
 ]
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def sweep_env() -> dict[str, str]:
@@ -186,11 +187,31 @@ def discovery_in_progress(db: Path) -> bool:
         return False
 
 
-def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
-    reference = tmp_path / "reference"
-    proc = run_sweep(reference, *SLOW)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+def checkpoint_on_record(storage: Path) -> bool:
+    """Whether the discovery phase's saved Tune experiment state names a trial checkpoint (its trial data holds the
+    checkpoint's path pickled, as hex)."""
+    marker = b"checkpoint_0".hex()
+    for state in storage.glob("*-discover-*/experiment_state-*.json"):
+        with suppress(OSError):
+            if marker in state.read_text():
+                return True
+    return False
 
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory) -> Path:
+    """The uninterrupted sweep that an interrupted one must resume to."""
+    work = tmp_path_factory.mktemp("reference")
+    proc = run_sweep(work, *SLOW)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return work
+
+
+@pytest.mark.parametrize("lose_checkpoints", [False, True], ids=["checkpoints-kept", "checkpoints-lost"])
+def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path, reference, lose_checkpoints):
+    """SIGKILL of the driver and its Ray cluster mid-discovery; the rerun ends with the uninterrupted sweep's runs,
+    circuits, histories and edit summaries. With the checkpoints Tune's saved state names deleted (as a kill between
+    Tune deleting a checkpoint and saving its state leaves them), the rerun starts those trials over."""
     work = tmp_path / "interrupted"
     log = tmp_path / "interrupted.log"
     with log.open("w") as out:
@@ -206,7 +227,9 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
     try:
         while time.time() < deadline and driver.poll() is None:
             time.sleep(0.5)
-            if discovery_in_progress(work / "mlflow.db"):
+            if discovery_in_progress(work / "mlflow.db") and (
+                not lose_checkpoints or checkpoint_on_record(work / "ray")
+            ):
                 killed_mid_discovery = True
                 break
     finally:
@@ -214,9 +237,16 @@ def test_killed_sweep_resumes_to_the_uninterrupted_result(tmp_path):
             os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray cluster it started
         driver.wait()
     assert killed_mid_discovery, f"the sweep ended before it could be interrupted:\n{log.read_text()[-3000:]}"
+    if lose_checkpoints:
+        saved = list((work / "ray").glob("*-discover-*/*/checkpoint_*"))
+        assert saved
+        for path in saved:
+            shutil.rmtree(path)
 
     resumed = run_sweep(work, *SLOW)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
+    if lose_checkpoints:  # (a kill can also land in Tune's own window without it: the kept case may restart a trial)
+        assert "Ray Tune lost the checkpoint of" in resumed.stderr, resumed.stderr[-3000:]
     _, parents, children = child_runs(work)
     _, _, reference_children = child_runs(reference)
     assert len(parents) == 1
