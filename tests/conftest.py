@@ -19,6 +19,18 @@ from circuitlib.types import ClassificationData, EditRequest
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"
+TIERS = ("integration", "acceptance", "gpu", "benchmark")  # besides unit, the default (pyproject.toml's markers)
+SLOW_TIERS = ("integration", "acceptance")  # minutes each: `make test-fast` leaves them out
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test gets its tier: `unit` unless marked with another; an integration or acceptance test is also `slow`."""
+    for item in items:
+        marks = {mark.name for mark in item.iter_markers()}
+        if not marks & set(TIERS):
+            item.add_marker(pytest.mark.unit)
+        if marks & set(SLOW_TIERS):
+            item.add_marker(pytest.mark.slow)
 
 
 @pytest.fixture

@@ -12,7 +12,7 @@ from analysis.report import SECTIONS
 from circuitlib.discovery import DiscoveryConfig
 from record import names
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def test_report_on_the_tiny_sweep(tiny_sweep):

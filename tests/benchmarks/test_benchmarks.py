@@ -16,6 +16,8 @@ import torch
 
 from sweeps.config import load_preset
 
+pytestmark = pytest.mark.benchmark
+
 REPO = Path(__file__).resolve().parents[2]
 
 

@@ -15,7 +15,7 @@ from circuitlib.masks import mean_keep_probability, sample_masked_weights
 from circuitlib.models import load_model
 from sweeps.config import load_preset
 
-pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")
+pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
 CUDA = torch.device("cuda")
 

@@ -12,7 +12,7 @@ from circuitlib import data
 from circuitlib.discovery import DiscoveryConfig, discover
 from circuitlib.editing import EditConfig, edit_requests, variant_masks
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.acceptance
 
 
 def test_loads_offline_and_knows_a_cat_is_an_animal(smollm2) -> None:

@@ -14,6 +14,8 @@ from nbclient import NotebookClient
 
 from circuitlib.types import VARIANTS
 
+pytestmark = pytest.mark.integration
+
 NOTEBOOK = Path(__file__).resolve().parents[2] / "docs" / "walkthrough.ipynb"
 NUMBER = r"([-+]?(?:\d+\.\d+|nan))"
 

@@ -21,7 +21,7 @@ from servers import mlflow_process
 
 from record import names
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 CHROMIUM = Path("/usr/bin/chromium")
 # Without the background-networking flags Chromium tries to reach Google's services, and on a closed network its

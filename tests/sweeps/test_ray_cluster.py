@@ -27,7 +27,7 @@ from record import names
 
 REPO = Path(__file__).resolve().parents[2]
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 TOKEN_DIR = Path(tempfile.mkdtemp(prefix="ray-token-"))

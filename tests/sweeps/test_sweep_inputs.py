@@ -252,7 +252,7 @@ def sweep_env() -> dict[str, str]:
     return env | {"HF_HUB_OFFLINE": "1", "RAY_ENABLE_UV_RUN_RUNTIME_ENV": "0"}
 
 
-@pytest.mark.slow
+@pytest.mark.integration
 def test_a_trial_failing_on_its_input_runs_once_with_one_line_and_again_on_a_rerun(tmp_path):
     """A hub dataset offline (only parsed up front) fails its discovery trial with an InputError: Tune runs it once,
     not max_failures + 1 times, the driver names it in one line and advises no plain rerun; a rerun runs it again."""

@@ -22,7 +22,7 @@ SWEEP = [sys.executable, str(REPO / "sweeps" / "size_sweep.py"), "--preset", "ti
 LONG = ["--discovery.hold_steps", "1000", "--discovery.max_steps", "2500"]
 TTL_S = 60  # the killed driver's lease: longer than a driver takes to start, shorter than the default 90 s
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 
 def sweep_env() -> dict[str, str]:

@@ -15,7 +15,7 @@ from test_sweep_resume import SWEEP, child_runs, discovery_in_progress, run_name
 
 from record import names
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.integration
 
 # A slower discovery than the preset's (it still reaches both targets of both datasets), checkpointed and evaluated
 # every 10 steps, so the stop lands while discovery runs and after its first checkpoint.
