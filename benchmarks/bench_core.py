@@ -177,7 +177,7 @@ class NaiveMaskTrainer:
 
     def masked_step(self, inputs: dict[str, torch.Tensor], targets: torch.Tensor, epoch: int) -> float:
         """One step of straight-through Gumbel-sigmoid masks towards `targets`; returns the loss."""
-        t = self.config.temperature
+        t = self.config.method.temperature
         masks = []
         for p, w, logit in zip(self.params, self.original, self.logits, strict=True):
             u = torch.rand(logit.shape, generator=self.noise_gen, device=logit.device).clamp(1e-6, 1 - 1e-6)

@@ -87,7 +87,7 @@ def main() -> None:
         "data_limit": preset.data_limit,
         "eval_fraction": preset.eval_fraction,
         "min_eval_rows": preset.min_eval_rows,
-        "discovery": dataclasses.asdict(preset.discovery),
+        "discovery": dataclasses.asdict(preset.discovery.resolved()),  # what ran: the method filled in
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
         "machine": platform.machine(),

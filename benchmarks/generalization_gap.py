@@ -54,7 +54,7 @@ def main() -> None:
         "command": " ".join(["python", "benchmarks/generalization_gap.py", *sys.argv[1:]]),
         "dataset": args.dataset,
         "preset": args.preset,
-        "discovery": dataclasses.asdict(config),
+        "discovery": dataclasses.asdict(config.resolved()),
         "snapshots": [],
     }
 

@@ -54,10 +54,11 @@ def choices(field: dataclasses.Field) -> tuple[Any, ...] | None:
 
 
 def validate(config: Any, prefix: str = "") -> None:
-    """Run every field's check and choices; the first problem becomes one `SettingError` naming the field."""
+    """Run every field's check and choices; the first problem becomes one `SettingError` naming the field. A field
+    whose default is None (unset) may be None whatever its choices."""
     for f in dataclasses.fields(config):
         value = getattr(config, f.name)
-        allowed = choices(f)
+        allowed = None if value is None and f.default is None else choices(f)
         for check in (one_of(allowed) if allowed is not None else None, f.metadata.get("check")):
             problem = check(value) if check is not None else None
             if problem:

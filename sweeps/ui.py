@@ -87,7 +87,8 @@ def inherited_tags(client: MlflowClient, parent_id: str) -> dict[str, str]:
 
 
 def discovery_params(split: data.SplitSpec, config: DiscoveryConfig, model: str) -> dict[str, object]:
-    """Every setting a discovery ran with, as params: its rows and, under `discovery.`, its whole config."""
+    """Every setting a discovery ran with, as params: its rows and, under `discovery.`, its whole config with the
+    method's settings its schedule fills in (`DiscoveryConfig.resolved`)."""
     rows = {
         "dataset": split.dataset,
         "model": model,
@@ -97,7 +98,7 @@ def discovery_params(split: data.SplitSpec, config: DiscoveryConfig, model: str)
         "min_eval_rows": split.min_eval_rows,
         "mask_seed": config.mask_seed,
     }
-    return rows | {f"discovery.{k}": v for k, v in dataclasses.asdict(config).items()}
+    return rows | {f"discovery.{k}": v for k, v in dataclasses.asdict(config.resolved()).items()}
 
 
 def edit_params(dataset: str | None, target: float | None, variant: str, seed: int) -> dict[str, object]:

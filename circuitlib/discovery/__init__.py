@@ -6,7 +6,7 @@ masked weight, straight-through binary masks, a loss toward the full model plus 
 - `config`: DiscoveryConfig, every hyperparameter declared once;
 - `task`: the rows, the head and the full model's predictions, fixed for the run;
 - `losses`, `inits`, `schedules`: registries of the swappable parts (a new one is one function or class there and
-  one registry line);
+  one registry line); a schedule also names the method (`Method`) its runs default to;
 - `state`: the run's mutable state and its checkpoint; `step`: one mask step; `evaluation`: held-out figures and the
   SnapshotRecord a circuit carries; `loop`: `discover`, which ties them together.
 """
@@ -16,7 +16,7 @@ from circuitlib.discovery.evaluation import SnapshotRecord, evaluate, wilson_int
 from circuitlib.discovery.inits import INITS
 from circuitlib.discovery.loop import DiscoveryResult, discover
 from circuitlib.discovery.losses import LOSSES
-from circuitlib.discovery.schedules import SCHEDULES, Schedule, penalty_weight
+from circuitlib.discovery.schedules import SCHEDULES, Method, Schedule, penalty_weight
 from circuitlib.discovery.state import DiscoveryState, Hold
 from circuitlib.discovery.step import FUSE_ABOVE, StepBuffers, mask_step, masked_features
 from circuitlib.discovery.task import Task, out_of_fold_logits, prepare_task, selection_rows
@@ -31,6 +31,7 @@ __all__ = [
     "DiscoveryResult",
     "DiscoveryState",
     "Hold",
+    "Method",
     "Schedule",
     "SnapshotRecord",
     "StepBuffers",

@@ -2,18 +2,25 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import dataclasses
+from dataclasses import dataclass, replace
+from typing import TypeVar
 
 import torch
 
 from circuitlib import settings
 from circuitlib.discovery.inits import INITS
 from circuitlib.discovery.losses import LOSSES
-from circuitlib.discovery.schedules import SCHEDULES
+from circuitlib.discovery.schedules import SCHEDULES, Method
 from circuitlib.settings import SettingError, setting
 from circuitlib.types import PAPER_DENSITIES
 
 PRECISIONS = ("fp32", "bf16")
+T = TypeVar("T")
+
+
+def _either(value: T | None, default: T) -> T:
+    return default if value is None else value
 
 
 def _folds(value: object) -> str | None:
@@ -23,7 +30,9 @@ def _folds(value: object) -> str | None:
 
 @dataclass
 class DiscoveryConfig:
-    """Every hyperparameter of discovery; the defaults are the paper's (docs/design.md §3)."""
+    """Every hyperparameter of discovery; the defaults are the paper's (docs/design.md §3). The settings of the
+    method (init, noise, temperature, loss, hold_steps) default to unset: `resolved()` takes them from the schedule,
+    so the paper's schedule brings the paper's procedure and the controlled one the window's."""
 
     densities: tuple[float, ...] = setting(
         PAPER_DENSITIES,
@@ -36,8 +45,10 @@ class DiscoveryConfig:
     weight_decay: float = setting(0.01, "AdamW weight decay of the mask logits", check=settings.non_negative)
     init_mean: float = setting(2.7, "mean of the initial mask logits", check=settings.finite)
     init_std: float = setting(0.01, "standard deviation of the initial mask logits", check=settings.non_negative)
-    temperature: float = setting(
-        0.01, "Gumbel-sigmoid temperature of the straight-through gradient", check=settings.positive
+    temperature: float | None = setting(
+        None,
+        "Gumbel-sigmoid temperature of the straight-through gradient; unset: the schedule's (paper 0.01, controlled 1)",
+        check=settings.optional(settings.positive),
     )
     lambda_init: float = setting(10.0, "sparsity weight lambda at the first epoch", check=settings.non_negative)
     lambda_step: float = setting(1.0, "added to lambda each epoch", check=settings.non_negative)
@@ -73,10 +84,11 @@ class DiscoveryConfig:
         "controlled: density ramps to each target and is held there (no lambda)",
         choices=tuple(SCHEDULES),
     )
-    init: str = setting(
-        "uniform",
+    init: str | None = setting(
+        None,
         "uniform: logits from N(init_mean, init_std) (the paper's); importance: "
-        "init_mean +- init_spread by each weight's task importance",
+        "init_mean +- init_spread by each weight's task importance; unset: the schedule's (paper: uniform, "
+        "controlled: importance)",
         choices=tuple(INITS),
     )
     init_spread: float = setting(5.0, "importance init: half the range of the initial logits", check=settings.positive)
@@ -86,25 +98,31 @@ class DiscoveryConfig:
         "full model's own errors (0: the head's in-sample predictions, the paper's)",
         check=_folds,
     )
-    loss: str = setting(
-        "ce",
+    loss: str | None = setting(
+        None,
         "ce: cross-entropy against the full model's predicted labels (the paper's); kl: "
         "KL(full || masked) over the classes; mse: squared error to the full model's head logits "
         "(scaled by their variance), which keeps its margins and its errors; features: squared error "
         "to the full model's last-token features (each dimension scaled by its spread), so the circuit "
         "keeps the representation the head reads, not only its verdicts on the training rows; "
-        "features+mse, features+ce: features plus that decision loss",
+        "features+mse, features+ce: features plus that decision loss; unset: the schedule's (paper: ce, "
+        "controlled: features)",
         choices=tuple(LOSSES),
     )
-    noise: bool = setting(True, "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself")
+    noise: bool | None = setting(
+        None,
+        "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself; unset: the "
+        "schedule's (paper: true, controlled: false)",
+    )
     ramp_steps: int = setting(
         100, "controlled: steps over which density moves from one target to the next", check=settings.at_least(1)
     )
-    hold_steps: int = setting(
-        0,
+    hold_steps: int | None = setting(
+        None,
         "steps after a target is reached in which a more faithful mask at or below it "
-        "replaces its snapshot (0: the first mask below it, the paper's)",
-        check=settings.at_least(0),
+        "replaces its snapshot (0: the first mask below it, the paper's); unset: the schedule's (paper 0, "
+        "controlled 120)",
+        check=settings.optional(settings.at_least(0)),
     )
     patience: int = setting(
         0, "evaluations without a more faithful mask that end a hold early (0: never)", check=settings.at_least(0)
@@ -128,6 +146,18 @@ class DiscoveryConfig:
                 self.ramp_steps,
                 f"longer than the whole budget (max_steps {self.max_steps}): the first target could never be reached",
             )
+
+    @property
+    def method(self) -> Method:
+        """The method's settings: each as set here, or where unset (None) its schedule's (`Schedule.method`)."""
+        default = SCHEDULES[self.schedule].method
+        return Method(
+            **{f.name: _either(getattr(self, f.name), getattr(default, f.name)) for f in dataclasses.fields(Method)}
+        )
+
+    def resolved(self) -> DiscoveryConfig:
+        """This config with the method's settings filled in (`method`): what a circuit's provenance records."""
+        return replace(self, **dataclasses.asdict(self.method))
 
     @property
     def weights_dtype(self) -> torch.dtype | None:

@@ -49,6 +49,7 @@ def discover(
     `on_checkpoint` each saved checkpoint folder (for a scheduler to persist it).
     """
     require_float32(lm, "discovery")
+    config = config.resolved()
     schedule = SCHEDULES[config.schedule]
     task = prepare_task(lm, train, eval_data, config)
     state = DiscoveryState(lm, config, len(train))
@@ -56,7 +57,7 @@ def discover(
     if ckpt is not None and (ckpt / "state.pt").is_file():
         state.load(ckpt)
     else:
-        INITS[config.init](lm, task, state, config)
+        INITS[config.method.init](lm, task, state, config)
         schedule.start(state.logits)
     provenance = {"dataset": train.name, "mask_seed": config.mask_seed, "config": asdict(config)}
 
@@ -108,7 +109,7 @@ def discover(
         reached = [t for t in remaining if density <= t]
         for target in reached:
             remaining.remove(target)
-            state.holds.append(Hold(target, state.step + config.hold_steps))
+            state.holds.append(Hold(target, state.step + config.method.hold_steps))
         row = None
         if reached or state.step % config.eval_every == 0:
             row = record(loss.item())

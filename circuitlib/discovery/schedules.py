@@ -4,10 +4,15 @@
   snapshot is taken where it first passes each target (Ge, Rudzicz and Zhu 2024).
 - `controlled`: no penalty; after every step one common shift of the logits sets the density to a plan that ramps
   linearly from one target to the next and holds each reached target (docs/design.md §3.2).
+
+Each schedule also names the method it goes with (`method`): the settings a DiscoveryConfig leaves unset take
+these values, so `schedule: paper` alone is the paper's whole procedure and `schedule: controlled` alone the one
+measured for the size window (benchmarks/results/README.md).
 """
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
 import torch
@@ -19,8 +24,23 @@ if TYPE_CHECKING:  # config.py reads SCHEDULES for its choices
     from circuitlib.discovery.state import DiscoveryState
 
 
+@dataclass(frozen=True)
+class Method:
+    """The settings of a discovery method that a schedule goes with (`DiscoveryConfig.method`)."""
+
+    init: str
+    noise: bool
+    temperature: float
+    loss: str
+    hold_steps: int
+
+
 class Schedule(Protocol):
-    """What a schedule decides: the penalty weight, the starting logits, and the density after each step."""
+    """What a schedule decides: the penalty weight, the starting logits, and the density after each step; and the
+    method it goes with, the values of the settings a config leaves unset."""
+
+    @property
+    def method(self) -> Method: ...
 
     def penalty(self, config: DiscoveryConfig, epoch: int) -> float:
         """The sparsity weight lambda at `epoch` (0: no penalty, and its pass over the logits is skipped)."""
@@ -44,6 +64,10 @@ class Schedule(Protocol):
 class Paper:
     """The paper's schedule: lambda = lambda_init + lambda_step * epoch, capped at lambda_max."""
 
+    # The paper's procedure: a uniform start, Gumbel-sampled masks at temperature 0.01, cross-entropy against the
+    # full model's labels, and the first mask below each target as its circuit.
+    method = Method(init="uniform", noise=True, temperature=0.01, loss="ce", hold_steps=0)
+
     def penalty(self, config: DiscoveryConfig, epoch: int) -> float:
         return min(config.lambda_init + config.lambda_step * epoch, config.lambda_max)
 
@@ -61,6 +85,10 @@ class Paper:
 
 class Controlled:
     """Density ramps linearly over `ramp_steps` from where the last hold ended to the next target, then holds it."""
+
+    # What the size-window measurements chose (benchmarks/results/README.md): the importance order as the start,
+    # the deterministic mask, the full model's features as the target, and a hold that keeps its most faithful mask.
+    method = Method(init="importance", noise=False, temperature=1.0, loss="features", hold_steps=120)
 
     def penalty(self, config: DiscoveryConfig, epoch: int) -> float:
         return 0.0

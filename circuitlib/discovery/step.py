@@ -93,14 +93,14 @@ def mask_step(
         buffers.weights,
         buffers.noise,
         state.noise_gen,
-        config.temperature,
+        config.method.temperature,
         fused,
         lam,
         out=buffers.masked,
-        noise=config.noise,
+        noise=config.method.noise,
     )
     forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
-    task_loss = LOSSES[config.loss](task, forward(masked, inputs), index.to(lm.device))
+    task_loss = LOSSES[config.method.loss](task, forward(masked, inputs), index.to(lm.device))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
     task_loss.backward()
     state.optimizer.step()

@@ -13,7 +13,7 @@ import torch
 import circuitlib.discovery as discovery
 from circuitlib import options, settings
 from circuitlib.classifier import cached_features, last_token_features, tokenize, train_head
-from circuitlib.discovery import DiscoveryConfig, discover, evaluate, evaluation, prepare_task
+from circuitlib.discovery import DiscoveryConfig, Method, discover, evaluate, evaluation, prepare_task
 from circuitlib.editing import masked_weights
 from circuitlib.errors import InputError
 from circuitlib.masks import FlatLayout, flat_weights, hard_masks, init_logits, shift_to_density
@@ -60,8 +60,22 @@ def run(tiny_lm, tiny_data):
 def test_config_defaults_are_the_papers() -> None:
     c = DiscoveryConfig()
     assert c.densities == PAPER_DENSITIES
-    assert (c.lr, c.batch_size, c.init_mean, c.init_std, c.temperature) == (0.01, 128, 2.7, 0.01, 0.01)
+    assert (c.lr, c.batch_size, c.init_mean, c.init_std, c.method.temperature) == (0.01, 128, 2.7, 0.01, 0.01)
     assert (c.lambda_init, c.lambda_step, c.lambda_max, c.head_epochs) == (10.0, 1.0, 1000.0, 400)
+    assert c.method == Method(init="uniform", noise=True, temperature=0.01, loss="ce", hold_steps=0)
+
+
+def test_the_schedule_brings_its_method_and_a_setting_given_wins() -> None:
+    """One setting picks the whole procedure: what a config leaves unset comes from its schedule's method."""
+    controlled = DiscoveryConfig(schedule="controlled")
+    assert controlled.method == Method(init="importance", noise=False, temperature=1.0, loss="features", hold_steps=120)
+    assert (controlled.init, controlled.loss) == (None, None)  # unset in the config (and in a sweep's settings)
+    resolved = DiscoveryConfig(schedule="controlled", loss="kl", hold_steps=0).resolved()
+    assert (resolved.init, resolved.noise, resolved.temperature) == ("importance", False, 1.0)
+    assert (resolved.loss, resolved.hold_steps) == ("kl", 0)  # given, so kept
+    assert resolved.resolved() == resolved
+    with pytest.raises(InputError, match="init"):
+        DiscoveryConfig(init="zeros")
     assert options.build(DiscoveryConfig, {"densities": [0.5, 0.3]}).densities == (0.5, 0.3)  # a YAML list
 
 
