@@ -214,6 +214,7 @@ def connect_ray(config: SweepConfig) -> Mapping[str, float]:
     }
     if not (sys.stdout.isatty() and sys.stderr.isatty()):
         os.environ.setdefault("RAY_COLOR_PREFIX", "0")  # a log gets the trials' lines without colour codes
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # nor a bar per file the report downloads
     local = "RAY_ADDRESS" not in os.environ  # a submitted job has RAY_ADDRESS; otherwise start a private local cluster
     ray.init(
         address="local" if local else None,

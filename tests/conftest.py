@@ -142,6 +142,7 @@ class TinySweep:
     report: Path  # the report folder
     env: dict[str, str]  # the environment both ran in
     output: str = ""  # what the sweep printed
+    errors: str = ""  # what it printed on stderr
 
 
 @pytest.fixture(scope="session")
@@ -162,4 +163,4 @@ def tiny_sweep(tmp_path_factory: pytest.TempPathFactory) -> TinySweep:
     assert sweep.returncode == 0, sweep.stderr[-3000:]
     uri = f"sqlite:///{work / 'mlflow.db'}"
     out = work / "tiny" / "report"  # the sweep ends by writing its report there
-    return TinySweep(work, uri, out, env, sweep.stdout)
+    return TinySweep(work, uri, out, env, sweep.stdout, sweep.stderr)

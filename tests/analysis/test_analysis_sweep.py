@@ -19,6 +19,7 @@ def test_report_on_the_tiny_sweep(tiny_sweep):
     out, uri = tiny_sweep.report, tiny_sweep.uri
     printed = tiny_sweep.output.splitlines()
     assert f"report: {out / 'report.md'} and report.html" in printed  # the sweep ended by running its analysis
+    assert "Downloading artifacts" not in tiny_sweep.errors  # no progress bar per circuit the report reads
     verdicts = [line for line in printed if line.startswith("  claim ")]
     assert [line.split(",")[0] for line in verdicts] == [f"  claim {i}" for i in (1, 2, 3, 4)]
     text = (out / "report.md").read_text()
