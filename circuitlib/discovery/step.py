@@ -82,6 +82,7 @@ def mask_step(
 
     `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
     """
+    method = config.method  # derived from the schedule: read once a step
     index = state.next_batch(config.batch_size)
     inputs = task.train.batch(index.tolist(), lm.device, width)
     lam = penalty_weight(config, state.epoch)
@@ -93,14 +94,14 @@ def mask_step(
         buffers.weights,
         buffers.noise,
         state.noise_gen,
-        config.method.temperature,
+        method.temperature,
         fused,
         lam,
         out=buffers.masked,
-        noise=config.method.noise,
+        noise=method.noise,
     )
     forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
-    task_loss = LOSSES[config.method.loss](task, forward(masked, inputs), index.to(lm.device))
+    task_loss = LOSSES[method.loss](task, forward(masked, inputs), index.to(lm.device))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
     task_loss.backward()
     state.optimizer.step()
