@@ -105,12 +105,12 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")  # no bar per downloaded file
-    from mlflow.exceptions import MlflowException
+    from record.store import StoreError  # MLflow loads with the command that needs it
 
     args = build_parser().parse_args(argv)
     try:
         args.func(args)
-    except (InputError, MlflowException) as exc:
+    except (InputError, StoreError) as exc:
         message = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(f"analysis: error: {message}", file=sys.stderr)
         return 2

@@ -5,8 +5,6 @@ from __future__ import annotations
 
 from dataclasses import asdict
 
-from mlflow.tracking import MlflowClient
-
 from analysis.findings import findings, metrics
 from analysis.pipeline import Options
 from analysis.report import Report
@@ -17,7 +15,7 @@ from record.reader import Sweep
 
 def log_analysis(sweep: Sweep, report: Report, options: Options) -> str:
     """Create a new `analysis` child run of the sweep holding the report; returns its run id."""
-    client = MlflowClient(sweep.tracking_uri)
+    client = store.client_for(sweep.tracking_uri)
     tags = {
         names.PARENT_TAG: sweep.run_id,
         names.TAG_KIND: RunKind.ANALYSIS,
@@ -26,14 +24,14 @@ def log_analysis(sweep: Sweep, report: Report, options: Options) -> str:
     }
     if sweep.model:
         tags[names.TAG_MODEL] = sweep.model
-    run_id = client.create_run(sweep.experiment_id, run_name=RunKind.ANALYSIS, tags=tags).info.run_id
+    run_id = store.create_run(client, sweep.experiment_id, RunKind.ANALYSIS, tags)
     with store.outcome(client, run_id):
         store.log_metrics(client, run_id, [metrics(report.headline)])
         store.log_params(client, run_id, asdict(options))
         store.log_file(client, run_id, report.markdown)
         store.log_file(client, run_id, report.html)
         for folder in {p.parent for p in (*report.plots, *report.tables)}:
-            client.log_artifacts(run_id, str(folder), folder.name)
+            store.log_folder(client, run_id, folder, folder.name)
     log_to_sweep(client, sweep, report, options, run_id)
     return run_id
 
@@ -56,9 +54,11 @@ def sweep_note(sweep: Sweep, report: Report, options: Options, analysis_run_id: 
     )
 
 
-def log_to_sweep(client: MlflowClient, sweep: Sweep, report: Report, options: Options, analysis_run_id: str) -> None:
+def log_to_sweep(
+    client: store.MlflowClient, sweep: Sweep, report: Report, options: Options, analysis_run_id: str
+) -> None:
     """Give the sweep's run the headline metrics, the self-contained report and the findings as its description
     (a later analysis replaces them)."""
     store.log_metrics(client, sweep.run_id, [metrics(report.headline)])
     store.log_file(client, sweep.run_id, report.html)
-    client.set_tag(sweep.run_id, names.NOTE_TAG, sweep_note(sweep, report, options, analysis_run_id))
+    store.set_tags(client, sweep.run_id, {names.NOTE_TAG: sweep_note(sweep, report, options, analysis_run_id)})

@@ -72,7 +72,7 @@ def main() -> None:
         DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes), lambda key: f"--discovery.{key}"
     )
     if args.min_eval_rows is not None:
-        preset.min_eval_rows = args.min_eval_rows
+        preset.split = dataclasses.replace(preset.split, min_eval_rows=args.min_eval_rows)
     specs = args.datasets.split(",") if args.datasets else shared_datasets()
     stamp = datetime.date.today().isoformat()
     stem = args.name or f"faithful_{args.preset}_{stamp}"
@@ -84,9 +84,7 @@ def main() -> None:
         "model": preset.model,
         "date": stamp,
         "command": " ".join(["python", "benchmarks/bench_faithful.py", *sys.argv[1:]]),
-        "data_limit": preset.data_limit,
-        "eval_fraction": preset.eval_fraction,
-        "min_eval_rows": preset.min_eval_rows,
+        "split": dataclasses.asdict(preset.split),
         "discovery": dataclasses.asdict(preset.discovery.resolved()),  # what ran: the method filled in
         "torch_threads": torch.get_num_threads(),
         "cpu_count": os.cpu_count(),
@@ -97,9 +95,7 @@ def main() -> None:
     for spec in specs:
         name = data.dataset_name(spec)
         seed = seeds.sweep_seeds(name, 0)
-        train, held_out = data.SplitSpec(
-            spec, preset.data_limit, preset.eval_fraction, seed.split_seed, preset.min_eval_rows
-        ).load()  # the rows a sweep's trial uses
+        train, held_out = preset.split_spec(spec, 0).load()  # the rows a sweep's trial uses
         config = dataclasses.replace(preset.discovery, mask_seed=seed.mask_seed)
         start = time.perf_counter()
         curve = report.setdefault("history", {}).setdefault(name, [])

@@ -42,9 +42,7 @@ def main() -> None:
         DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes), lambda key: f"--discovery.{key}"
     )
     seed = seeds.sweep_seeds(data.dataset_name(args.dataset), 0)
-    train, held_out = data.SplitSpec(
-        args.dataset, preset.data_limit, preset.eval_fraction, seed.split_seed, preset.min_eval_rows
-    ).load()
+    train, held_out = preset.split_spec(args.dataset, 0).load()
     config = dataclasses.replace(discovery, mask_seed=seed.mask_seed)
     lm = load_model(preset.model)
     task = prepare_task(lm, train, held_out, config)

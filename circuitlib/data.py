@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import random
@@ -13,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 import pandas as pd
 
-from circuitlib import builtin_data
+from circuitlib import builtin_data, settings
 from circuitlib.errors import InputError
 from circuitlib.settings import setting
 from circuitlib.types import ClassificationData, EditRequest
@@ -263,19 +264,38 @@ def split(
 
 
 @dataclass(frozen=True)
-class SplitSpec:
-    """Which rows a discovery trains and evaluates on; a circuit records it so its rows can be drawn again.
+class Split:
+    """How a dataset's rows are drawn and held out: declared once, the `split` section of a sweep and the settings of
+    every discovery's `SplitSpec`."""
 
-    `load` checks the values (through `load_classification` and `split`).
-    """
+    limit: int | None = setting(
+        None,
+        "use a label-balanced subsample of this many rows (none: every row)",
+        check=settings.optional(settings.at_least(2)),
+    )
+    eval_fraction: float = setting(0.2, "share of the rows held out for evaluation", check=settings.fraction)
+    min_eval_rows: int = setting(
+        100,
+        "hold out at least this many rows where the data allows (at most half of each label)",
+        check=settings.at_least(0),
+    )
+
+    def __post_init__(self) -> None:
+        settings.validate(self)
+
+
+@dataclass(frozen=True, kw_only=True)
+class SplitSpec(Split):
+    """Which rows a discovery trains and evaluates on: a dataset, the `Split` settings and the seed that draws them. A
+    circuit records it so its rows can be drawn again."""
 
     dataset: str = setting(doc="csv:PATH, blimp:CONFIG, persona:NAME, builtin:NAME or an alias")
-    limit: int | None = setting(None, "use a label-balanced subsample of this many rows (none: every row)")
-    eval_fraction: float = setting(0.2, "share of the rows held out for evaluation")
-    split_seed: int = setting(0, "seed of the subsample and of the train/eval split")
-    min_eval_rows: int = setting(
-        100, "hold out at least this many rows where the data allows (at most half of each label)"
-    )
+    split_seed: int = setting(0, "seed of the subsample and of the train/eval split", check=settings.at_least(0))
+
+    @classmethod
+    def of(cls, dataset: str, split: Split, split_seed: int) -> SplitSpec:
+        """The spec that draws `dataset`'s rows with `split`'s settings under `split_seed`."""
+        return cls(dataset=dataset, split_seed=split_seed, **dataclasses.asdict(split))
 
     def load(self) -> tuple[ClassificationData, ClassificationData]:
         """The (train, eval) rows."""

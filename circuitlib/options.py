@@ -92,10 +92,10 @@ def parse(tp: Any, text: str) -> Any:
 
 def _coerce(tp: Any, value: Any) -> Any:
     """A preset's or an option's value as the field's type: text parsed, ints as floats, lists as the field's kind."""
-    inner, _ = _unwrap_optional(tp)
+    inner, optional = _unwrap_optional(tp)
     if value is None:
         return None
-    if isinstance(value, str) and inner is not str:
+    if isinstance(value, str) and (inner is not str or optional):  # an optional's `none` is unset, as documented
         return parse(tp, value)
     origin = typing.get_origin(inner)
     if origin in (list, tuple) and isinstance(value, (list, tuple)):
@@ -211,6 +211,29 @@ def as_args(config: Any, prefix: str = "") -> list[str]:
         else:
             out += [flag(prefix + f.name), format_value(value)]
     return out
+
+
+def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
+    """Every field of `config` under its dotted name (`discovery.lr`), nested configs expanded: a config as flat
+    key-value pairs (MLflow params). `unflatten` reads it back."""
+    out: dict[str, Any] = {}
+    for f in _init_fields(type(config)):
+        value = getattr(config, f.name)
+        out |= flatten(value, f"{prefix}{f.name}.") if dataclasses.is_dataclass(value) else {prefix + f.name: value}
+    return out
+
+
+def unflatten(cls: type[T], flat: Mapping[str, Any], name: Callable[[str], str] = str) -> T:
+    """The `cls` that `flatten` gave `flat` (values as they were, or as text: MLflow params), checked as `build`
+    checks a preset."""
+    nested: dict[str, Any] = {}
+    for key, value in flat.items():
+        *outer, last = key.split(".")
+        node = nested
+        for part in outer:
+            node = node.setdefault(part, {})
+        node[last] = value
+    return build(cls, nested, name)
 
 
 def merged(base: Mapping[str, Any], changes: Mapping[str, Any]) -> dict[str, Any]:

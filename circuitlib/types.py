@@ -20,6 +20,12 @@ def density_key(density: float) -> str:
     return f"{float(density):g}"
 
 
+def density_of(key: float | str) -> float:
+    """The target density a key spells (`density_key`'s inverse), or a float as its key rounds it: a target read
+    from a tag, an artifact name or a circuit's metadata compares equal to the same target from a config."""
+    return float(density_key(float(key)))
+
+
 @dataclass(frozen=True)
 class MaskedParam:
     """One maskable parameter of a model: its name, shape, module type and layer index."""

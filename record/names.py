@@ -69,6 +69,14 @@ GIT_COMMIT_TAG = "mlflow.source.git.commit"  # the commit the sweep ran from, on
 EDIT_DENSITY = "circuit_density"
 EDIT_FAITHFULNESS = "circuit_faithfulness"
 
+# An experiment's description in the UI, set where it has none (a user's own is kept).
+EXPERIMENT_NOTE = (
+    "Circuit discovery and knowledge edits (Ge, Rudzicz and Zhu 2024, *What Do the Circuits Mean? A Knowledge Edit "
+    "View*). One parent run per sweep; its children are the discovery runs (`discover/...`), the edit runs "
+    "(`edit/...`) and the `analysis` runs holding the report. Plot an edit metric (`nll_new_drop`, `efficacy_score`) "
+    f"against `{EDIT_DENSITY}`, grouped by the `variant` param, for the size window."
+)
+
 WELL_BELOW = 0.8  # a snapshot whose actual density is under WELL_BELOW x its target falls well below the target
 SNAPSHOT_METRICS = (
     "density",

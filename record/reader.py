@@ -20,7 +20,7 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from circuitlib.errors import InputError
-from circuitlib.types import density_key
+from circuitlib.types import density_of
 from record import names, store
 from record.names import RunKind
 
@@ -96,12 +96,6 @@ class Sweep:
         return f"{source.dataset}/seed{source.seed}" if multi_seed else source.dataset
 
 
-def normalize_density(value: float | str) -> float:
-    """A target density as the float its key spells (circuitlib.types.density_key, as tags and artifact names
-    write it), so tags, artifact names and metadata compare equal."""
-    return float(density_key(float(value)))
-
-
 def find_sweep_run(client: MlflowClient, experiment: str, run_id: str | None) -> tuple[str, Run]:
     """The experiment id and the sweep's parent run: `run_id`, or the latest run tagged kind=sweep."""
     exp = client.get_experiment_by_name(experiment)
@@ -170,8 +164,8 @@ def _read_discovery(client: MlflowClient, run: Run, cache: Path, notes: list[str
     for artifact in _artifacts(client, run_id, names.CIRCUITS_DIR):
         stem = Path(artifact).name.removesuffix(".safetensors")
         if artifact.endswith(".safetensors") and stem.startswith("d"):
-            circuits[normalize_density(stem[1:])] = _cached(client, run, artifact, cache)
-    unreached = [normalize_density(t) for t in tags.get(names.TAG_UNREACHED, "").split(",") if t.strip()]
+            circuits[density_of(stem[1:])] = _cached(client, run, artifact, cache)
+    unreached = [density_of(t) for t in tags.get(names.TAG_UNREACHED, "").split(",") if t.strip()]
     history = {key: sorted((m.step, m.value) for m in client.get_metric_history(run_id, key)) for key in CURVES}
     note = _status_note(run, f"{len(circuits)} circuit(s) kept")
     if note:
@@ -207,7 +201,7 @@ def _read_edit(client: MlflowClient, run: Run, cache: Path, notes: list[str]) ->
     if variant == names.FULL:
         return EditRun(run_id, name, run.info.status, variant, None, None, rows)
     assert source is not None and target is not None  # a masked variant's tags were checked above
-    return EditRun(run_id, name, run.info.status, variant, source, normalize_density(target), rows)
+    return EditRun(run_id, name, run.info.status, variant, source, density_of(target), rows)
 
 
 def _check_store(uri: str) -> None:

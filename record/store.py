@@ -12,6 +12,7 @@ from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 
+import pandas as pd
 from mlflow.entities import Metric, Param, Run, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
@@ -22,12 +23,19 @@ from record import names
 from record.lease import SETTLE_S
 from record.names import RunKind
 
+StoreError = MlflowException  # what a tracking store raises: a caller names it without importing MLflow
 _MAX_PARAM = 6000  # MLflow's limit on a param value's length
 _BATCH = 1000  # metrics per log_batch call (MLflow's limit)
 
 
 def client_for(tracking_uri: str) -> MlflowClient:
     return MlflowClient(tracking_uri=tracking_uri)
+
+
+def find_experiment(client: MlflowClient, name: str) -> str | None:
+    """The id of experiment `name`, or None where it does not exist (nothing is created)."""
+    found = client.get_experiment_by_name(name)
+    return None if found is None else found.experiment_id
 
 
 def experiment_id(client: MlflowClient, name: str, artifact_root: str | None = None) -> str:
@@ -201,12 +209,45 @@ def outcome(client: MlflowClient, run_id: str) -> Iterator[None]:
     client.set_terminated(run_id, "FINISHED")
 
 
+def terminate(client: MlflowClient, run_id: str, status: str) -> None:
+    """End a run as FINISHED, FAILED or KILLED."""
+    client.set_terminated(run_id, status)
+
+
 def fail_running(client: MlflowClient, runs: Iterable) -> list[str]:
     """Mark FAILED those of `runs` still RUNNING (their trial died with its worker); their names."""
     stale = [r for r in runs if r.info.status == "RUNNING"]
     for r in stale:
         client.set_terminated(r.info.run_id, "FAILED")
     return [r.info.run_name for r in stale]
+
+
+def create_run(client: MlflowClient, exp_id: str, name: str, tags: Mapping[str, str]) -> str:
+    """A new run (never reused: an `analysis` run is one per report); its id."""
+    return client.create_run(exp_id, run_name=name, tags=dict(tags)).info.run_id
+
+
+def run_metrics(client: MlflowClient, run_id: str) -> dict[str, float]:
+    """The latest value of each of the run's metrics."""
+    return dict(client.get_run(run_id).data.metrics)
+
+
+def inherited_tags(client: MlflowClient, parent_id: str) -> dict[str, str]:
+    """The tags a trial's run copies from its sweep's run: the git commit, where the sweep recorded one."""
+    tags = client.get_run(parent_id).data.tags
+    return {k: tags[k] for k in (names.GIT_COMMIT_TAG,) if k in tags}
+
+
+def describe_sweep(client: MlflowClient, exp_id: str, parent_id: str, tags: Mapping[str, str], note: str) -> None:
+    """Tag the sweep's run, give it `note` as its description where it has none, and give its experiment the
+    record's description and kind where it has none (a user's own are kept)."""
+    current = client.get_run(parent_id).data.tags.get(names.NOTE_TAG)
+    set_tags(client, parent_id, {**tags, **({} if current else {names.NOTE_TAG: note})})
+    experiment = client.get_experiment(exp_id)
+    if not experiment.tags.get(names.EXPERIMENT_KIND_TAG):  # the UI then opens on runs, not on GenAI traces
+        client.set_experiment_tag(exp_id, names.EXPERIMENT_KIND_TAG, names.EXPERIMENT_KIND)
+    if not experiment.tags.get(names.NOTE_TAG):
+        client.set_experiment_tag(exp_id, names.NOTE_TAG, names.EXPERIMENT_NOTE)
 
 
 def log_params(client: MlflowClient, run_id: str, params: Mapping[str, object]) -> None:
@@ -243,6 +284,18 @@ def log_json(client: MlflowClient, run_id: str, payload: object, artifact_file: 
 
 def log_file(client: MlflowClient, run_id: str, path: Path, artifact_dir: str | None = None) -> None:
     client.log_artifact(run_id, str(path), artifact_dir)
+
+
+def log_folder(client: MlflowClient, run_id: str, folder: Path, artifact_dir: str) -> None:
+    """Log every file under `folder` as the run's artifacts under `artifact_dir`."""
+    client.log_artifacts(run_id, str(folder), artifact_dir)
+
+
+def log_table_once(client: MlflowClient, run_id: str, table: pd.DataFrame, artifact_file: str) -> None:
+    """Log `table` as an MLflow table (JSON, NaN as null) where the run has none of that name: MLflow appends to an
+    existing one, and a retried trial's table is already whole."""
+    if artifact_file not in {f.path for f in client.list_artifacts(run_id)}:
+        client.log_table(run_id, table, artifact_file)
 
 
 def set_tags(client: MlflowClient, run_id: str, tags: Mapping[str, str]) -> None:

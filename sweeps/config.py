@@ -32,6 +32,14 @@ PRESETS_DIR = Path(__file__).resolve().parent / "presets"
 # Settings an older circuitlib had, with what replaced them: a preset or a frozen params.json that still sets one is
 # refused with this line rather than as an unknown setting.
 RETIRED = {
+    **{
+        old: f"moved: split.{new} in a preset, {options.flag('split.' + new)} on the command line"
+        for old, new in (
+            ("data_limit", "limit"),
+            ("eval_fraction", "eval_fraction"),
+            ("min_eval_rows", "min_eval_rows"),
+        )
+    },
     "dtype": "retired: the model's weights load in float32, and discovery.precision is the one precision switch "
     "(fp32, or bf16: bfloat16 autocast over float32 weights, the path tests/circuitlib/test_gpu.py and "
     "benchmarks/gpu_check.sh measure); edits always run on float32 weights",
@@ -84,16 +92,8 @@ class SweepConfig:
         factory=lambda: [0],
         check=settings.non_empty(settings.at_least(0)),
     )
-    data_limit: int | None = setting(
-        None,
-        "rows per dataset, a label-balanced subsample (none: every row)",
-        check=settings.optional(settings.at_least(2)),
-    )
-    eval_fraction: float = setting(0.2, "share of each dataset held out for evaluation", check=settings.fraction)
-    min_eval_rows: int = setting(
-        100,
-        "hold out at least this many rows where the data allows (at most half of each label)",
-        check=settings.at_least(0),
+    split: data.Split = setting(
+        doc="how each dataset's rows are drawn and held out (its split seed comes from seeds)", factory=data.Split
     )
     discovery: DiscoveryConfig = setting(
         doc="circuit discovery; its mask_seed comes from seeds", factory=DiscoveryConfig
@@ -158,7 +158,7 @@ class SweepConfig:
     def split_spec(self, dataset: str, seed: int) -> data.SplitSpec:
         """The rows a discovery of `dataset` (a spec) under sweep seed `seed` trains and evaluates on."""
         split_seed = sweep_seeds(data.dataset_name(dataset), seed).split_seed
-        return data.SplitSpec(dataset, self.data_limit, self.eval_fraction, split_seed, self.min_eval_rows)
+        return data.SplitSpec.of(dataset, self.split, split_seed)
 
     def validate(self) -> None:
         """Reject inputs that cannot be found or combined, before any trial starts (each value is checked on

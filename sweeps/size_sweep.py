@@ -86,7 +86,7 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
         "logging it to its MLflow run and printing each claim's verdict)",
     )
     for key in RETIRED:  # read only to be refused with what replaced it
-        parser.add_argument(f"--{key}", help=argparse.SUPPRESS)
+        parser.add_argument(options.flag(key), dest=key, help=argparse.SUPPRESS)
     add_override_arguments(parser)
     return parser.parse_args(argv)
 
@@ -94,15 +94,15 @@ def parse_args(argv: list[str] | None, prog: str = PROG) -> argparse.Namespace:
 def resolve_config(args: argparse.Namespace) -> SweepConfig:
     """Preset, then command-line overrides, then derived defaults; validated."""
     given = {key: value for key in RETIRED if (value := getattr(args, key, None)) is not None}
-    refuse_retired(given, lambda key: f"--{key}", "use --discovery.precision")
+    refuse_retired(given, options.flag, "see --help")
     config = apply_overrides(load_preset(args.preset), args).resolved()
     config.validate()
     return config
 
 
 def _frozen(path: Path, frozen: dict[str, Any]) -> SweepConfig:
-    """The settings a sweep was frozen with in `path` (settings added since then at their defaults; the split's, at
-    the value that draws the rows its trials were drawn from: SweepConfig names them as SplitSpec does)."""
+    """The settings a sweep was frozen with in `path` (settings added since then at their defaults; split settings, at
+    the value that draws the rows its trials were drawn from: data.SPLIT_BEFORE_RECORDED)."""
     if "discovery" not in frozen:
         raise InputError(
             f"sweep {path.parent.name!r} in {path.parent} was started by an older circuitlib (flat settings in "
@@ -115,7 +115,7 @@ def _frozen(path: Path, frozen: dict[str, Any]) -> SweepConfig:
         "finish it with the circuitlib that started it, or start it anew under another --name",
     )
     try:
-        return options.build(SweepConfig, data.SPLIT_BEFORE_RECORDED | frozen)
+        return options.build(SweepConfig, {**frozen, "split": data.SPLIT_BEFORE_RECORDED | frozen.get("split", {})})
     except InputError as exc:
         raise InputError(
             f"{path}: not the settings of this circuitlib ({exc}); resume it with the circuitlib that "
@@ -192,9 +192,9 @@ def preflight(config: SweepConfig) -> None:
     store.probe(config.tracking_uri)
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # a new SQLite store's notices
     client = store.client_for(config.tracking_uri)
-    experiment = client.get_experiment_by_name(config.experiment)
-    if experiment is not None:
-        store.sweep_run(client, experiment.experiment_id, config.name, config.settings_hash())
+    exp_id = store.find_experiment(client, config.experiment)
+    if exp_id is not None:
+        store.sweep_run(client, exp_id, config.name, config.settings_hash())
 
 
 def connect_ray(config: SweepConfig) -> Mapping[str, float]:
@@ -482,10 +482,10 @@ def stopped(
         for logged in store.child_runs(client, run.experiment_id, run.parent_run_id, kind, run.settings_hash):
             key = logged.data.tags.get(names.TAG_TRIAL, "")
             if logged.info.status == "RUNNING":  # its trial was cut short: Tune has stopped its actor by now
-                client.set_terminated(logged.info.run_id, "KILLED")
+                store.terminate(client, logged.info.run_id, "KILLED")
                 cut.add(key)
             status.setdefault(key, logged.info.status)  # newest first: the newest run of a trial wins
-    client.set_terminated(run.parent_run_id, "KILLED")
+    store.terminate(client, run.parent_run_id, "KILLED")
     rows = []
     for phase, trials in phases:
         keys = list(dict.fromkeys(t.key for t in trials))
@@ -519,7 +519,7 @@ def _run_sweep(config: SweepConfig, resume: str, report: bool) -> int:
     embedded = config.tracking_uri.startswith("sqlite:")
     artifact_root = (Path(config.work_dir) / "mlartifacts").as_uri() if embedded else None  # servers proxy their own
     exp_id = store.experiment_id(client, config.experiment, artifact_root)
-    parent = store.open_sweep_run(client, exp_id, config.name, dataclasses.asdict(config), config.settings_hash())
+    parent = store.open_sweep_run(client, exp_id, config.name, options.flatten(config), config.settings_hash())
     # One driver per sweep, whatever its work dir or machine: the lease on the parent run, held in MLflow until the
     # sweep ends (the work dir's flock covers one work dir only), taken before Ray starts so a second driver is
     # refused at once.
@@ -535,7 +535,7 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
     cluster = connect_ray(config)
     STOP.take()  # ray.init set its own SIGTERM handler
     resources = trial_resources(config, cluster, can_grow="RAY_ADDRESS" in os.environ)
-    ui.describe_sweep(client, exp_id, parent, config)
+    store.describe_sweep(client, exp_id, parent, *ui.sweep_description(config))
     print(f"sweep {config.name}: MLflow run {parent} in experiment {config.experiment!r} at {config.tracking_uri}")
     print(
         f"trial resources {resources} (edit trials {phase_resources(config, resources, RunKind.EDIT)}); results and "
@@ -566,7 +566,7 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
         except SweepStopped:
             return stopped(client, run, [(RunKind.DISCOVER, discoveries), (RunKind.EDIT, edits)], [], resume)
     failed = list(dict.fromkeys(unfinished(client, run, [*discoveries, *edits])))  # each trial once
-    client.set_terminated(parent, "FAILED" if failed else "FINISHED")
+    store.terminate(client, parent, "FAILED" if failed else "FINISHED")
     print(f"sweep {config.name}: {summary(circuits, discoveries, edits, failed)}")
     on_input = [key for key in failed if key in inputs]
     if on_input:
@@ -594,8 +594,6 @@ def _drive(config: SweepConfig, resume: str, report: bool, client, exp_id: str, 
 def report_sweep(config: SweepConfig, parent: str) -> None:
     """End with the sweep's analysis (analysis.cli.report_sweep): its report under the sweep's folder, logged to its
     MLflow run, and each claim's verdict printed; a report that cannot be made is one line, and the sweep stands."""
-    from mlflow.exceptions import MlflowException
-
     from analysis.cli import report_sweep as analyse_sweep  # the analysis reads what the sweep logged
 
     assert config.experiment is not None, "a sweep runs on its resolved config"
@@ -604,7 +602,7 @@ def report_sweep(config: SweepConfig, parent: str) -> None:
         lines = analyse_sweep(
             config.experiment, parent, config.tracking_uri, folder / "report", folder / "analysis-cache"
         )
-    except (InputError, MlflowException) as exc:
+    except (InputError, store.StoreError) as exc:
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         print(
             f"sweep {config.name}: no report ({reason}); make it with: circuitlib report --experiment "

@@ -16,21 +16,19 @@ import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Sequence
-from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import ray
-from mlflow.tracking import MlflowClient
 from ray import tune
 
-from circuitlib import circuits, data, provenance
+from circuitlib import circuits, data, options, provenance
 from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, SnapshotRecord, discover
 from circuitlib.editing import RequestResult, edit_requests, results_as_rows, summarize, variant_masks
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.models import LoadedModel, load_model
 from circuitlib.types import density_key
-from record import names, store
+from record import inputs, names, store
 from record.names import RunKind
 from sweeps import outcomes, progress, ui
 from sweeps.config import SweepConfig
@@ -95,7 +93,7 @@ class _QuietOnExit:
             self.hook(unraisable)
 
 
-def _client(cfg: SweepConfig) -> MlflowClient:
+def _client(cfg: SweepConfig) -> store.MlflowClient:
     assert cfg.tracking_uri is not None, "trials get the sweep's resolved config"
     return store.client_for(cfg.tracking_uri)
 
@@ -213,7 +211,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         names.NOTE_TAG: ui.describe_discovery(
             trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.name, trial.seed
         ),
-        **ui.inherited_tags(client, trial.sweep.parent_run_id),
+        **store.inherited_tags(client, trial.sweep.parent_run_id),
     }
     params = {**ui.discovery_params(split, config, cfg.model), "seed": trial.seed}
     run_id, finished = store.open_trial_run(
@@ -227,7 +225,7 @@ def discovery_trial(trial: DiscoveryTrial) -> None:
         work = Path(tmp)
         lm = discovery_model(cfg)
         train, eval_data = split.load()
-        client.log_inputs(run_id, ui.classification_inputs(trial.dataset, train, eval_data))
+        inputs.log_classification(client, run_id, trial.dataset, train, eval_data)
         checkpoint_dir = _restored_checkpoint(work / "checkpoint") or work / "checkpoint"
         logged = store.last_logged_step(client, run_id, "density")
         pending: list[dict[str, float]] = []
@@ -327,7 +325,7 @@ def edit_trial(trial: EditTrial) -> None:
         names.NOTE_TAG: ui.describe_edit(
             trial.sweep.experiment_id, trial.sweep.parent_run_id, cfg.name, trial.variant, ref
         ),
-        **ui.inherited_tags(client, trial.sweep.parent_run_id),
+        **store.inherited_tags(client, trial.sweep.parent_run_id),
     }
     if ref is not None:
         tags |= {
@@ -348,20 +346,20 @@ def edit_trial(trial: EditTrial) -> None:
             ),
             "shard": trial.shard,
             "random_mask_seed": trial.random_mask_seed,
-            "edit_config": asdict(cfg.edit),
+            **options.flatten(cfg.edit, "edit."),
         },
         trial.sweep.settings_hash,
     )
     result = {"run_id": run_id, "variant": trial.variant, "shard": trial.shard}
     if finished:
-        tune.report({**result, **client.get_run(run_id).data.metrics, "skipped": True})
+        tune.report({**result, **store.run_metrics(client, run_id), "skipped": True})
         return
 
     with store.outcome(client, run_id), tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         pool = data.load_requests(cfg.requests, cfg.edit_limit)
         requests = pool[trial.shard * cfg.shard_size : (trial.shard + 1) * cfg.shard_size]
-        client.log_inputs(run_id, [ui.requests_input(cfg.requests, requests, trial.shard)])
+        inputs.log_requests(client, run_id, cfg.requests, requests, trial.shard)
         lm = load_model(cfg.model, revision=cfg.model_revision)  # edits run on float32 weights
         circuit = None
         if ref is not None:
@@ -382,5 +380,5 @@ def edit_trial(trial: EditTrial) -> None:
             )
         summary = summarize([RequestResult(**r) for r in rows])
         store.log_metrics(client, run_id, [summary | ui.edit_figures(circuit)])
-        ui.log_edit_table(client, run_id, ui.edit_table(rows, requests))
+        store.log_table_once(client, run_id, ui.edit_table(rows, requests), names.EDITS_ARTIFACT)
     tune.report({**result, **summary, "skipped": False})

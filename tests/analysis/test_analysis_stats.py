@@ -15,8 +15,8 @@ from analysis.overlap import WHOLE_MODEL, density_overlaps, pair_overlap
 from analysis.tables import GAP, estimate, number, write_csv
 from analysis.window import WindowRow, estimate_window, window_rows
 from circuitlib.circuits import Circuit
-from circuitlib.types import MASKED_VARIANTS, VARIANTS, MaskedParam, density_key
-from record.reader import EditRun, Source, normalize_density
+from circuitlib.types import MASKED_VARIANTS, VARIANTS, MaskedParam, density_key, density_of
+from record.reader import EditRun, Source
 
 # Odd sizes, so most parameters end in pad bits.
 PARAMS = [
@@ -292,8 +292,8 @@ def test_tables_show_gaps_not_zeros(tmp_path):
 
 
 def test_densities_are_keyed_as_density_key_spells_them():
-    assert normalize_density("0.05") == normalize_density(0.05) == 0.05
-    assert normalize_density(0.1 + 0.2) == normalize_density("0.3") == 0.3
-    assert normalize_density("1e-07") != normalize_density("2e-07")  # small targets keep apart
+    assert density_of("0.05") == density_of(0.05) == 0.05
+    assert density_of(0.1 + 0.2) == density_of("0.3") == 0.3
+    assert density_of("1e-07") != density_of("2e-07")  # small targets keep apart
     for d in (0.5, 0.35, 0.25, 0.15, 0.05, 1 / 3):
-        assert density_key(normalize_density(density_key(d))) == density_key(d)
+        assert density_key(density_of(density_key(d))) == density_key(d)

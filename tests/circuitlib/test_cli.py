@@ -103,7 +103,8 @@ def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
         assert info["provenance"]["model_dtype"] == "float32"
     text = ok(cli("info", str(files[0]), cwd=tmp_path)).stdout
     assert "density" in text and "masked weights  25,408" in text
-    assert "recompute       circuitlib discover --model tiny-gpt2 --dataset builtin:hierarchy" in text
+    recompute = next(line for line in text.splitlines() if line.startswith("recompute"))
+    assert "circuitlib discover --model tiny-gpt2 " in recompute and " --dataset builtin:hierarchy " in recompute
 
     report = tmp_path / "edits" / "complement.json"
     result = ok(
@@ -357,7 +358,7 @@ def test_a_checkpoint_resumes_after_a_budget_or_compile_change_only(tmp_path: Pa
     folder = tmp_path / "checkpoint"
 
     def run(split: dict | None = None, **config) -> dict:
-        spec = SplitSpec("builtin:hierarchy", **(split or {}))
+        spec = SplitSpec(dataset="builtin:hierarchy", **(split or {}))
         return {
             "model": "tiny-gpt2",
             "revision": None,

@@ -69,3 +69,16 @@ def test_outcome_marks_the_run_by_how_its_block_ended(experiment, error, status:
         with pytest.raises(error), store.outcome(client, run_id):
             raise error()
     assert client.get_run(run_id).info.status == status
+
+
+def test_a_sweep_runs_params_read_back_as_its_config(experiment) -> None:
+    """The sweep's run holds its config as dotted params (`options.flatten`), which read back into the same config."""
+    from circuitlib import options
+    from sweeps.config import SweepConfig, load_preset
+
+    client, exp = experiment
+    config = load_preset("smollm2-window")
+    run_id = store.open_sweep_run(client, exp, config.name, options.flatten(config), config.settings_hash(), 0.0)
+    params = client.get_run(run_id).data.params
+    assert params["split.min_eval_rows"] == "400" and params["discovery.densities"].startswith("[0.7, 0.5")
+    assert options.unflatten(SweepConfig, params) == config

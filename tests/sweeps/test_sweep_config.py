@@ -13,7 +13,9 @@ from typing import Any
 import pytest
 import torch
 
+from circuitlib import options
 from circuitlib.circuits import Circuit
+from circuitlib.data import Split
 from circuitlib.discovery import DiscoveryConfig, Method
 from circuitlib.editing import EditConfig
 from circuitlib.errors import InputError
@@ -67,7 +69,7 @@ def test_the_window_preset_runs_the_papers_densities_with_an_edge_each_side():
     assert set(PAPER_DENSITIES) < set(densities)
     assert max(densities) > max(PAPER_DENSITIES) and min(densities) < min(PAPER_DENSITIES)  # both edges observable
     assert len(window.datasets) == 6 and len(window.seeds) == 2 and window.variants and window.include_full
-    assert window.discovery.select_rows > 0 and window.min_eval_rows >= 300 + window.discovery.select_rows
+    assert window.discovery.select_rows > 0 and window.split.min_eval_rows >= 300 + window.discovery.select_rows
     assert window.discovery.schedule == "controlled" and window.discovery.checkpoint_every >= 100
     paper = load_preset("paper")
     assert paper.model == "gpt2-xl" and paper.discovery.densities == (0.5, 0.35, 0.25, 0.15, 0.05)
@@ -99,11 +101,11 @@ def test_the_demo_and_the_paper_preset_discover_with_the_controlled_schedule():
     demo, paper = load_preset("smollm2-cpu"), load_preset("paper")
     discovery = demo.discovery
     assert (discovery.schedule, discovery.init, discovery.loss) == ("controlled", "importance", "features")
-    assert demo.discovery.method.hold_steps > 0 and demo.min_eval_rows >= 100
+    assert demo.discovery.method.hold_steps > 0 and demo.split.min_eval_rows >= 100
     method = paper.discovery.method
     assert paper.discovery.schedule == "controlled" and (method.init, method.loss) == ("importance", "features")
     assert method.hold_steps > 0 and not method.noise
-    assert paper.discovery.select_rows > 0 and paper.min_eval_rows >= 300 + paper.discovery.select_rows
+    assert paper.discovery.select_rows > 0 and paper.split.min_eval_rows >= 300 + paper.discovery.select_rows
 
 
 def test_the_papers_own_procedure_is_one_setting_away():
@@ -166,6 +168,22 @@ def test_every_library_setting_is_a_sweep_option():
         assert hasattr(args, f"discovery.{f.name}")
     for f in dataclasses.fields(EditConfig):
         assert hasattr(args, f"edit.{f.name}")
+    for f in dataclasses.fields(Split):
+        assert hasattr(args, f"split.{f.name}")
+
+
+@pytest.mark.parametrize("preset", preset_names())
+def test_a_config_flattens_to_dotted_params_and_reads_back_from_them(preset, tmp_path):
+    """The one flat form of a config (MLflow params): dotted keys, one per setting, and its inverse, from the values
+    or from the text MLflow stores them as."""
+    config = load_preset(preset)
+    flat = options.flatten(config)
+    assert flat["split.min_eval_rows"] == config.split.min_eval_rows and flat["discovery.lr"] == config.discovery.lr
+    assert not any(dataclasses.is_dataclass(v) for v in flat.values())
+    assert options.unflatten(SweepConfig, flat) == config
+    assert options.unflatten(SweepConfig, store.flat_params(flat)) == config
+    with pytest.raises(InputError, match=r"split\.limitt: no such setting"):
+        options.unflatten(SweepConfig, {**flat, "split.limitt": 3})
 
 
 @pytest.mark.parametrize(
@@ -184,6 +202,9 @@ def test_every_library_setting_is_a_sweep_option():
         (["--gpus-per-edit-trial", "0"], "gpus_per_edit_trial '0': must lie in (0, 1]"),
         (["--gpus-per-edit-trial", "1.5"], "gpus_per_edit_trial '1.5': must lie in (0, 1]"),
         (["--dtype", "auto"], "--dtype: retired: .* discovery.precision is the one precision switch"),
+        (["--data-limit", "50"], "--data-limit: moved: split.limit in a preset, --split.limit on the command line"),
+        (["--split.eval-fraction", "1.5"], "split.eval_fraction '1.5': must"),
+        (["--split.limit", "1"], "split.limit '1': must be an integer of at least 2"),
         (["--name", "it's"], 'name "it\'s": must be letters, digits, _ . - only'),
         (["--name", "../escape"], "name '../escape': must be letters"),
         (["--name", "/tmp/x"], "name '/tmp/x': must be letters"),
@@ -217,6 +238,25 @@ def test_a_retired_setting_in_a_preset_or_a_frozen_sweep_is_refused_with_what_re
     path.write_text(json.dumps(dataclasses.asdict(config) | {"dtype": "auto"}))
     with pytest.raises(InputError, match=r"started with dtype auto: retired: .*another --name"):
         freeze_params(config)
+
+
+def test_split_settings_outside_the_split_section_are_refused_with_where_they_moved(tmp_path, monkeypatch):
+    """data_limit, eval_fraction and min_eval_rows moved into `split` (one declaration: circuitlib.data.Split); a
+    preset, a flag or a sweep frozen by an older circuitlib that still sets them gets one line saying where."""
+    (tmp_path / "old.yaml").write_text("model: tiny-gpt2\nmin_eval_rows: 50\n")
+    monkeypatch.setattr(sweep_config, "PRESETS_DIR", tmp_path)
+    with pytest.raises(InputError, match=r"preset old: min_eval_rows: moved: split.min_eval_rows in a preset"):
+        load_preset("old")
+    monkeypatch.undo()
+    config = SweepConfig(name="s", work_dir=str(tmp_path)).resolved()
+    frozen = dataclasses.asdict(config)
+    path = tmp_path / "s" / "params.json"
+    path.parent.mkdir()
+    path.write_text(json.dumps({k: v for k, v in frozen.items() if k != "split"} | {"data_limit": None}))
+    with pytest.raises(InputError, match=r"started with data_limit None: moved: split.limit .*another --name"):
+        freeze_params(config)
+    path.write_text(json.dumps(frozen))
+    assert freeze_params(config)  # the same settings, frozen in sections, resume
 
 
 def test_the_paper_preset_runs_discovery_in_bf16_autocast_over_float32_weights():
@@ -454,11 +494,11 @@ def test_a_setting_added_since_the_sweep_was_frozen_resumes_at_its_default(tmp_p
 
 def test_a_sweep_frozen_before_min_eval_rows_drew_its_splits_without_a_minimum(tmp_path):
     """min_eval_rows's default changes the split, so a params.json without it reads 0, not the default."""
-    config = SweepConfig(name="s", work_dir=str(tmp_path), min_eval_rows=0).resolved()
+    config = SweepConfig(name="s", work_dir=str(tmp_path), split=Split(min_eval_rows=0)).resolved()
     freeze_params(config)
     path = tmp_path / "s" / "params.json"
     frozen = json.loads(path.read_text())
-    del frozen["min_eval_rows"]
+    del frozen["split"]["min_eval_rows"]
     path.write_text(json.dumps(frozen))
     freeze_params(config)  # resumes with the splits its finished trials drew
     with pytest.raises(InputError, match="min_eval_rows"):

@@ -107,7 +107,7 @@ def test_a_dataset_that_cannot_be_split_is_refused_before_ray_naming_it(driver, 
 
 
 def test_the_up_front_split_is_each_seeds_own_and_skips_the_hub(tmp_path):
-    """The check splits with every sweep seed's split seed, as the trials will (a data_limit subsample depends on it);
+    """The check splits with every sweep seed's split seed, as the trials will (a split.limit subsample depends on it);
     hub data is only parsed, never downloaded before Ray starts."""
     csv = tmp_path / "small.csv"
     csv.write_text("text,label\n" + "".join(f"row {i},{i % 2}\n" for i in range(8)))
@@ -116,7 +116,7 @@ def test_the_up_front_split_is_each_seeds_own_and_skips_the_hub(tmp_path):
     config.validate()
     assert config.split_spec(f"csv:{csv}", 3).split_seed == 3
     with pytest.raises(InputError, match=r"label 0 has 1 rows.*under sweep seed 0\)"):
-        dataclasses.replace(config, data_limit=2).validate()
+        dataclasses.replace(config, split=dataclasses.replace(config.split, limit=2)).validate()
 
 
 def test_a_seed_given_twice_is_refused():
