@@ -327,8 +327,13 @@ def _check_same_params(a: Circuit, b: Circuit) -> None:
 
 
 def check_compatible(c: Circuit, params: list[MaskedParam], source: str = "circuit") -> None:
-    """Raise InputError unless circuit `c` masks exactly `params` (the masked weights of a loaded model)."""
-    if [(p.name, tuple(p.shape)) for p in c.params] == [(p.name, tuple(p.shape)) for p in params]:
+    """Raise InputError unless circuit `c` masks exactly `params` (the masked weights of a loaded model), or those of
+    them outside the norms (a circuit found with `mask_norms` false)."""
+    shapes = [(p.name, tuple(p.shape)) for p in c.params]
+    if shapes in (
+        [(p.name, tuple(p.shape)) for p in params],
+        [(p.name, tuple(p.shape)) for p in params if p.module_type != "norm"],
+    ):
         return
     ours = {p.name: tuple(p.shape) for p in c.params}
     theirs = {p.name: tuple(p.shape) for p in params}

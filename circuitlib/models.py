@@ -8,7 +8,7 @@ import os
 import re
 import shutil
 import tempfile
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -103,6 +103,11 @@ def masked_params(model: torch.nn.Module) -> list[MaskedParam]:
     if not params:
         raise InputError(f"model {type(model).__name__}: no transformer-block parameters found to mask")
     return params
+
+
+def without_norms(lm: LoadedModel) -> LoadedModel:
+    """`lm` with only its attention and MLP weights maskable (the norms' weights stay whole)."""
+    return replace(lm, params=[p for p in lm.params if p.module_type != "norm"])
 
 
 def tiny_tokenizer() -> PreTrainedTokenizerFast:

@@ -127,6 +127,11 @@ class DiscoveryConfig:
     patience: int = setting(
         0, "evaluations without a more faithful mask that end a hold early (0: never)", check=settings.at_least(0)
     )
+    mask_norms: bool = setting(
+        True,
+        "mask the norms' weights too (the paper's); false: only the attention and MLP weights, as DiscoGP and Edge "
+        "Pruning mask, so every norm stays whole in the circuit, its complement and its random twin",
+    )
     select_rows: int = setting(
         0,
         "held-out rows that choose each hold's snapshot; its reported figures come from the "

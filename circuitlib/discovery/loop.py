@@ -17,7 +17,7 @@ from circuitlib.discovery.state import DiscoveryState, Hold
 from circuitlib.discovery.step import FUSE_ABOVE, StepBuffers, mask_step, masked_features
 from circuitlib.discovery.task import prepare_task
 from circuitlib.masks import count_kept, density_sample, hard_masks
-from circuitlib.models import LoadedModel, require_float32
+from circuitlib.models import LoadedModel, require_float32, without_norms
 from circuitlib.types import ClassificationData
 
 
@@ -50,6 +50,8 @@ def discover(
     """
     require_float32(lm, "discovery")
     config = config.resolved()
+    if not config.mask_norms:
+        lm = without_norms(lm)
     schedule = SCHEDULES[config.schedule]
     task = prepare_task(lm, train, eval_data, config)
     state = DiscoveryState(lm, config, len(train))

@@ -404,3 +404,35 @@ def test_compiled_discovery_finds_the_eager_circuits(run) -> None:
     for a, b in zip(eager.circuits, compiled.circuits, strict=True):
         agree = np.mean(np.unpackbits(a.bits) == np.unpackbits(b.bits))
         assert agree > 0.99, (a.target_density, agree)
+
+
+def test_mask_norms_false_masks_only_attention_and_mlp_weights(run, tiny_lm) -> None:
+    """With `mask_norms` false a circuit holds the attention and MLP weights only: every norm stays whole in the
+    circuit, its complement and its random twin, and the circuit still fits the model it was found on."""
+    from circuitlib import circuits
+    from circuitlib.editing import variant_masks
+
+    linear = run(mask_norms=False)
+    full = run()
+    assert linear.circuits and {p.module_type for p in linear.circuits[0].params} == {"attention", "mlp"}
+    assert "norm" in {p.module_type for p in full.circuits[0].params}
+    norms = {p.name for p in tiny_lm.params if p.module_type == "norm"}
+    for circuit in linear.circuits:
+        assert circuit.total == sum(p.numel for p in tiny_lm.params if p.module_type != "norm")
+        circuits.check_compatible(circuit, tiny_lm.params)
+        for variant in ("circuit", "complement", "random"):
+            masks = variant_masks(circuit, variant, seed=0)
+            assert masks is not None and not norms & masks.keys()
+    assert linear.circuits[0].provenance["config"]["mask_norms"] is False  # so `discover_args` recomputes it
+
+
+def test_a_circuit_missing_weights_other_than_the_norms_does_not_fit(tiny_lm) -> None:
+    from circuitlib import circuits
+
+    def circuit_of(params: list) -> circuits.Circuit:
+        return circuits.Circuit.from_masks(params, {p.name: torch.ones(p.shape, dtype=torch.bool) for p in params}, "m")
+
+    circuits.check_compatible(circuit_of(tiny_lm.params), tiny_lm.params)
+    without_mlp = [p for p in tiny_lm.params if p.module_type != "mlp"]
+    with pytest.raises(InputError, match=r"circuit lacks .*mlp"):
+        circuits.check_compatible(circuit_of(without_mlp), tiny_lm.params)
