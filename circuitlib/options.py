@@ -203,14 +203,7 @@ def given(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, An
 
 def as_args(config: Any, prefix: str = "") -> list[str]:
     """The options that set every field of `config` to its value (what `add_options` and `given` read back)."""
-    out: list[str] = []
-    for f in _init_fields(type(config)):
-        value = getattr(config, f.name)
-        if dataclasses.is_dataclass(value):
-            out += as_args(value, f"{prefix}{f.name}.")
-        else:
-            out += [flag(prefix + f.name), format_value(value)]
-    return out
+    return [text for key, value in flatten(config, prefix).items() for text in (flag(key), format_value(value))]
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:
