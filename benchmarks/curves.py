@@ -1,6 +1,9 @@
 """Draw discovery curves from bench_faithful JSON files: held-out faithfulness and density against step.
 
-    python benchmarks/curves.py RESULT.json [RESULT.json ...] --out curves.png [--labels a,b] [--table]
+    python benchmarks/curves.py RESULT [RESULT ...] --out curves.png [--labels a,b] [--table]
+
+A RESULT is a bench_faithful JSON file or the `--out` folder of `circuitlib discover` (its history.json, or, for a
+run still going or cut short, the history its last checkpoint holds).
 
 One line per (file, dataset): faithfulness on the reporting rows (solid, with its 95% interval shaded) in the top
 panel, the deterministic mask's density (log scale) in the bottom one; dotted grey lines mark 0.9 and the targets.
@@ -13,12 +16,32 @@ from __future__ import annotations
 
 import argparse
 import json
+from dataclasses import asdict
 from pathlib import Path
 
 import matplotlib
+import torch
+
+from circuitlib import options
+from circuitlib.data import dataset_name
+from circuitlib.discovery import DiscoveryConfig
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
+
+
+def load_report(path: Path) -> dict:
+    """A bench_faithful report, or one in its shape from a `circuitlib discover` folder: its settings and history."""
+    if not path.is_dir():
+        return json.loads(path.read_text())
+    if (path / "history.json").is_file():
+        run = json.loads((path / "history.json").read_text())
+        history = run["history"]
+    else:  # still running or cut: the settings frozen beside the checkpoint and the history it holds
+        run = json.loads((path / "checkpoint" / "params.json").read_text())
+        history = torch.load(path / "checkpoint" / "state.pt", weights_only=True, map_location="cpu")["history"]
+    config = options.build(DiscoveryConfig, run["config"], lambda key: f"{path} config.{key}").resolved()
+    return {"discovery": asdict(config), "history": {dataset_name(run["split"]["dataset"]): history}}
 
 
 def snapshots(report: dict, rows: list[dict]) -> list[tuple[float, dict]]:
@@ -56,7 +79,7 @@ def table(reports: list[tuple[str, dict]]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("results", nargs="+", help="bench_faithful JSON files")
+    parser.add_argument("results", nargs="+", help="bench_faithful JSON files or `circuitlib discover` folders")
     parser.add_argument("--out", required=True, help="PNG to write")
     parser.add_argument("--labels", default=None, help="comma-separated label per file (default: file stem)")
     parser.add_argument("--table", action="store_true", help="print the chosen snapshots as a markdown table")
@@ -64,8 +87,8 @@ def main() -> None:
     labels = args.labels.split(",") if args.labels else [Path(p).stem for p in args.results]
     fig, (faith, dens) = plt.subplots(2, 1, figsize=(9, 7), sharex=True, height_ratios=(3, 2))
     targets: set[float] = set()
-    for path, label in zip(args.results, labels, strict=True):
-        report = json.loads(Path(path).read_text())
+    reports = [load_report(Path(p)) for p in args.results]
+    for report, label in zip(reports, labels, strict=True):
         targets |= set(report["discovery"]["densities"])
         for dataset, rows in report["history"].items():
             steps = [r["step"] for r in rows]
@@ -90,11 +113,7 @@ def main() -> None:
     fig.tight_layout()
     fig.savefig(args.out, dpi=110)
     if args.table:
-        print(
-            table(
-                [(label, json.loads(Path(path).read_text())) for path, label in zip(args.results, labels, strict=True)]
-            )
-        )
+        print(table(list(zip(labels, reports, strict=True))))
 
 
 if __name__ == "__main__":

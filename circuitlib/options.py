@@ -201,9 +201,12 @@ def given(args: argparse.Namespace, cls: type, prefix: str = "") -> dict[str, An
     return out
 
 
-def as_args(config: Any, prefix: str = "") -> list[str]:
-    """The options that set every field of `config` to its value (what `add_options` and `given` read back)."""
-    return [text for key, value in flatten(config, prefix).items() for text in (flag(key), format_value(value))]
+def as_args(config: Any, prefix: str = "", first: tuple[str, ...] = ()) -> list[str]:
+    """The options that set every field of `config` to its value (what `add_options` and `given` read back); the
+    fields named in `first` lead, in that order, so a command line reads as a person would write it."""
+    pairs = flatten(config, prefix)
+    pairs = {key: pairs[key] for key in first} | pairs
+    return [text for key, value in pairs.items() for text in (flag(key), format_value(value))]
 
 
 def flatten(config: Any, prefix: str = "") -> dict[str, Any]:

@@ -45,4 +45,5 @@ def discover_args(circuit: Circuit) -> list[str]:
     split = options.build(SplitSpec, {**SPLIT_BEFORE_RECORDED, **found["split"]}, lambda key: f"provenance split.{key}")
     config = options.build(DiscoveryConfig, found["config"], lambda key: f"provenance config.{key}")
     revision = ["--revision", circuit.model_revision] if circuit.model_revision else []
-    return ["--model", circuit.model_id, *revision, *options.as_args(split), *options.as_args(config)]
+    rows = options.as_args(split, first=("dataset", "split_seed"))  # which rows, then how they are split
+    return ["--model", circuit.model_id, *revision, *rows, *options.as_args(config)]

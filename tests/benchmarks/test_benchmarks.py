@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from circuitlib import circuits
 from sweeps.config import load_preset
 
 pytestmark = pytest.mark.benchmark
@@ -134,3 +135,34 @@ def test_the_generalization_gap_measures_each_snapshot_as_discovery_evaluated_it
     for s in report["snapshots"]:
         assert s["held_out_agreement"] == pytest.approx(s["reported_faithfulness"])
         assert 0 <= s["train_agreement"] <= 1 and s["train_feature_mse"] > 0 and s["held_out_feature_mse"] > 0
+
+
+def test_curves_read_a_discover_folder_and_choose_the_snapshots_discover_kept(tmp_path: Path) -> None:
+    """A `circuitlib discover` folder is a curves input, finished (history.json) or not (its checkpoint's history),
+    and the table's chosen rows are the circuits the run saved."""
+    curves = _load_module("curves")
+    out = tmp_path / "run"
+    args = ["--model", "tiny-gpt2", "--dataset", "builtin:hierarchy", "--limit", "40", "--out", str(out)]
+    args += ["--densities", "0.6,0.3", "--schedule", "controlled", "--ramp-steps", "40", "--hold-steps", "20"]
+    args += ["--max-steps", "200", "--batch-size", "8", "--head-epochs", "10", "--lr", "0.2", "--eval-every", "5"]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1", PYTHONPATH=str(REPO))
+    done = subprocess.run(
+        [sys.executable, "-m", "circuitlib", "discover", *args], capture_output=True, text=True, env=env, timeout=300
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+
+    finished = curves.load_report(out)
+    (out / "history.json").unlink()  # as a run still going or cut short leaves it
+    checkpointed = curves.load_report(out)
+
+    def without_loss(report: dict) -> list[dict]:  # the first row's loss is NaN, which history.json writes as null
+        return [{k: v for k, v in row.items() if k != "loss"} for row in report["history"]["hierarchy"]]
+
+    assert list(finished["history"]) == ["hierarchy"] and without_loss(checkpointed) == without_loss(finished)
+    assert finished["discovery"]["hold_steps"] == 20 and finished["discovery"]["loss"] == "features"  # resolved
+
+    chosen = curves.snapshots(finished, finished["history"]["hierarchy"])
+    saved = {c.target_density: c for c in map(circuits.load, out.glob("circuit_d*.safetensors"))}
+    assert [t for t, _ in chosen] == [0.6, 0.3] == sorted(saved, reverse=True)
+    for target, row in chosen:
+        assert row["step"] == saved[target].provenance["step"] and row["density"] == saved[target].density

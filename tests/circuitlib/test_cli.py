@@ -104,7 +104,7 @@ def test_discover_info_edit_end_to_end_on_builtin_data(tmp_path: Path) -> None:
     text = ok(cli("info", str(files[0]), cwd=tmp_path)).stdout
     assert "density" in text and "masked weights  25,408" in text
     recompute = next(line for line in text.splitlines() if line.startswith("recompute"))
-    assert "circuitlib discover --model tiny-gpt2 " in recompute and " --dataset builtin:hierarchy " in recompute
+    assert "circuitlib discover --model tiny-gpt2 --dataset builtin:hierarchy --split-seed 1 --limit 40 " in recompute
 
     report = tmp_path / "edits" / "complement.json"
     result = ok(
