@@ -114,6 +114,12 @@ class DiscoveryConfig:
         "train on Gumbel-sampled masks (the paper's); false: on the deterministic mask itself; unset: the "
         "schedule's (paper: true, controlled: false)",
     )
+    samples: int = setting(
+        1,
+        "Gumbel mask samples per step, each through the same batch; the step follows their mean loss (a less noisy "
+        "gradient at that many forward and backward passes; only with noise: the deterministic mask is one sample)",
+        check=settings.at_least(1),
+    )
     ramp_steps: int = setting(
         100, "controlled: steps over which density moves from one target to the next", check=settings.at_least(1)
     )
@@ -150,6 +156,12 @@ class DiscoveryConfig:
                 "ramp_steps",
                 self.ramp_steps,
                 f"longer than the whole budget (max_steps {self.max_steps}): the first target could never be reached",
+            )
+        if self.samples > 1 and not self.method.noise:
+            raise SettingError(
+                "samples",
+                self.samples,
+                "needs noise: without it every sample is the same deterministic mask (set noise true, or samples 1)",
             )
 
     @property

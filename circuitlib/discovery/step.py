@@ -80,7 +80,9 @@ def mask_step(
 ) -> torch.Tensor:
     """One AdamW step of the mask logits on the next training batch; returns the (detached) loss.
 
-    `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
+    With `config.samples` > 1, that many Gumbel masks each run the batch and the step follows the mean of their
+    losses (the gradients add up in the logits' `.grad`; each sample's backward runs before the next sample reuses
+    the buffers). `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
     """
     method = config.method  # derived from the schedule: read once a step
     index = state.next_batch(config.batch_size)
@@ -89,21 +91,24 @@ def mask_step(
     # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value (a pass
     # over every logit, skipped where there is no penalty).
     penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
-    masked = sample_masked_weights(
-        state.logits,
-        buffers.weights,
-        buffers.noise,
-        state.noise_gen,
-        method.temperature,
-        fused,
-        lam,
-        out=buffers.masked,
-        noise=method.noise,
-    )
     forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
-    task_loss = LOSSES[method.loss](task, forward(masked, inputs), index.to(lm.device))
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
-    task_loss.backward()
+    task_loss = torch.zeros((), device=lm.device)
+    for _ in range(config.samples):
+        masked = sample_masked_weights(
+            state.logits,
+            buffers.weights,
+            buffers.noise,
+            state.noise_gen,
+            method.temperature,
+            fused,
+            lam / config.samples,
+            out=buffers.masked,
+            noise=method.noise,
+        )
+        sample_loss = LOSSES[method.loss](task, forward(masked, inputs), index.to(lm.device)) / config.samples
+        sample_loss.backward()
+        task_loss += sample_loss.detach()
     state.optimizer.step()
     state.step += 1
-    return task_loss.detach() + penalty
+    return task_loss + penalty

@@ -93,6 +93,43 @@ def test_config_refuses_a_ramp_longer_than_the_budget() -> None:
     assert DiscoveryConfig(schedule="paper", ramp_steps=300, max_steps=200).ramp_steps == 300  # the paper's ignores it
 
 
+def test_config_refuses_fewer_than_one_sample_and_several_without_noise() -> None:
+    with pytest.raises(InputError, match="samples 0: must be an integer of at least 1"):
+        DiscoveryConfig(samples=0)
+    with pytest.raises(InputError, match="samples 4: needs noise"):
+        DiscoveryConfig(schedule="controlled", samples=4)  # the controlled schedule trains without noise
+    assert DiscoveryConfig(schedule="controlled", noise=True, samples=4).samples == 4
+
+
+def test_several_samples_step_on_the_mean_of_their_gradients(tiny_lm, tiny_data) -> None:
+    """A step with two Gumbel samples follows the mean of the gradients (and losses) of two one-sample steps taken
+    from the same logits on the same batch with the next two draws of the noise."""
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, config())
+    two = config(samples=2)
+    state = discovery.DiscoveryState(tiny_lm, two, len(tiny_data))
+    loss = discovery.mask_step(
+        tiny_lm, task, state, two, discovery.StepBuffers.for_run(tiny_lm, state.layout, two), False
+    )
+    assert state.logits.grad is not None
+    together = state.logits.grad.clone()
+
+    one = config()
+    state = discovery.DiscoveryState(tiny_lm, one, len(tiny_data))
+    start = state.logits.detach().clone()
+    buffers = discovery.StepBuffers.for_run(tiny_lm, state.layout, one)
+    grads, losses = [], []
+    for _ in range(2):
+        with torch.no_grad():
+            state.logits.copy_(start)
+        state.position = 0  # the same batch again; the noise generator goes on to its next draw
+        losses.append(discovery.mask_step(tiny_lm, task, state, one, buffers, fused=False))
+        assert state.logits.grad is not None
+        grads.append(state.logits.grad.clone())
+    assert not torch.equal(grads[0], grads[1])  # two different samples
+    torch.testing.assert_close(together, (grads[0] + grads[1]) / 2)
+    torch.testing.assert_close(loss, (losses[0] + losses[1]) / 2)
+
+
 def test_each_registry_name_is_a_choice_of_its_setting() -> None:
     fields = {f.name: f for f in dataclasses.fields(DiscoveryConfig)}
     for name, registry in (("schedule", discovery.SCHEDULES), ("init", discovery.INITS), ("loss", discovery.LOSSES)):
