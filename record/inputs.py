@@ -9,6 +9,7 @@ import pandas as pd
 from mlflow.data.code_dataset_source import CodeDatasetSource
 from mlflow.data.pandas_dataset import from_pandas
 from mlflow.entities import DatasetInput, InputTag
+from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
 from circuitlib.types import ClassificationData, EditRequest
@@ -23,6 +24,16 @@ def _input(frame: pd.DataFrame, name: str, spec: str, context: str, targets: str
     return DatasetInput(dataset._to_mlflow_entity(), tags=[InputTag(DATA_CONTEXT, context)])
 
 
+def _log_inputs(client: MlflowClient, run_id: str, inputs: list[DatasetInput]) -> None:
+    """`client.log_inputs`, tried once more if it fails: MLflow's SQL store looks a dataset up and then inserts it, so
+    two trials logging one dataset at once (the same shard of requests) collide on its unique key, and the second
+    try finds the dataset the other trial wrote and links it."""
+    try:
+        client.log_inputs(run_id, inputs)
+    except MlflowException:
+        client.log_inputs(run_id, inputs)
+
+
 def log_classification(
     client: MlflowClient, run_id: str, spec: str, train: ClassificationData, held_out: ClassificationData
 ) -> None:
@@ -31,7 +42,7 @@ def log_classification(
         _input(pd.DataFrame({"text": d.texts, "label": d.labels}), f"{train.name}/{context}", spec, context, "label")
         for d, context in ((train, "train"), (held_out, "eval"))
     ]
-    client.log_inputs(run_id, inputs)
+    _log_inputs(client, run_id, inputs)
 
 
 def log_requests(client: MlflowClient, run_id: str, spec: str, requests: Sequence[EditRequest], shard: int) -> None:
@@ -49,4 +60,4 @@ def log_requests(client: MlflowClient, run_id: str, spec: str, requests: Sequenc
         ],
         columns=list(REQUEST_COLUMNS),
     )
-    client.log_inputs(run_id, [_input(frame, f"{spec}/shard{shard}", spec, "edit")])
+    _log_inputs(client, run_id, [_input(frame, f"{spec}/shard{shard}", spec, "edit")])
