@@ -93,7 +93,7 @@ def mask_step(
     penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
     forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
-    task_loss = torch.zeros((), device=lm.device)
+    task_loss, rows = torch.zeros((), device=lm.device), index.to(lm.device)
     for _ in range(config.samples):
         masked = sample_masked_weights(
             state.logits,
@@ -106,7 +106,7 @@ def mask_step(
             out=buffers.masked,
             noise=method.noise,
         )
-        sample_loss = LOSSES[method.loss](task, forward(masked, inputs), index.to(lm.device)) / config.samples
+        sample_loss = LOSSES[method.loss](task, forward(masked, inputs), rows) / config.samples
         sample_loss.backward()
         task_loss += sample_loss.detach()
     state.optimizer.step()
