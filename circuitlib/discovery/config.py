@@ -120,6 +120,13 @@ class DiscoveryConfig:
         "gradient at that many forward and backward passes; only with noise: the deterministic mask is one sample)",
         check=settings.at_least(1),
     )
+    completeness: float = setting(
+        0.0,
+        "weight of a completeness term (DiscoGP's): each step also runs the batch through the complement of the mask "
+        "and pushes the head's verdict on it toward 50/50, so the task leaves the complement (one more forward and "
+        "backward pass a step; 0: off, the paper's)",
+        check=settings.non_negative,
+    )
     ramp_steps: int = setting(
         100, "controlled: steps over which density moves from one target to the next", check=settings.at_least(1)
     )

@@ -52,6 +52,13 @@ def features_and(decision: Loss) -> Loss:
     return loss
 
 
+def uninformed(task: Task, features: torch.Tensor) -> torch.Tensor:
+    """Cross-entropy of the head's logits against the uniform distribution over the classes: smallest (log of the
+    number of classes) where the head cannot tell the classes apart. DiscoGP's completeness target for a circuit's
+    complement, which should no longer do the task."""
+    return -task.head(features).log_softmax(dim=1).mean()
+
+
 LOSSES: dict[str, Loss] = {
     "ce": cross_entropy,
     "kl": kl,

@@ -9,7 +9,7 @@ import torch
 
 from circuitlib.classifier import last_token_features
 from circuitlib.discovery.config import DiscoveryConfig
-from circuitlib.discovery.losses import LOSSES
+from circuitlib.discovery.losses import LOSSES, uninformed
 from circuitlib.discovery.schedules import penalty_weight
 from circuitlib.discovery.state import DiscoveryState
 from circuitlib.discovery.task import Task
@@ -68,6 +68,36 @@ class StepBuffers:
         return cls(weights, torch.empty(layout.total, device=lm.device), torch.empty_like(weights), grad)
 
 
+def complement_step(
+    task: Task,
+    state: DiscoveryState,
+    config: DiscoveryConfig,
+    buffers: StepBuffers,
+    fused: bool,
+    forward: MaskedFeatures,
+    inputs: dict[str, torch.Tensor],
+) -> torch.Tensor:
+    """The completeness term's backward into the logits' gradient; returns its (detached) value.
+
+    The complement keeps a weight where the mask drops it: 1 - 1[l + g > 0] = 1[-l - g > 0], the same straight-through
+    sample taken on the negated logits (whose gradient autograd negates back). Its noise is a fresh draw.
+    """
+    method = config.method
+    complement = sample_masked_weights(
+        -state.logits,
+        buffers.weights,
+        buffers.noise,
+        state.noise_gen,
+        method.temperature,
+        fused,
+        out=buffers.masked,
+        noise=method.noise,
+    )
+    loss = config.completeness * uninformed(task, forward(complement, inputs))
+    loss.backward()
+    return loss.detach()
+
+
 def mask_step(
     lm: LoadedModel,
     task: Task,
@@ -82,7 +112,8 @@ def mask_step(
 
     With `config.samples` > 1, that many Gumbel masks each run the batch and the step follows the mean of their
     losses (the gradients add up in the logits' `.grad`; each sample's backward runs before the next sample reuses
-    the buffers). `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
+    the buffers). With `config.completeness`, the complement of the mask runs the batch too (`complement_step`).
+    `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
     """
     method = config.method  # derived from the schedule: read once a step
     index = state.next_batch(config.batch_size)
@@ -109,6 +140,8 @@ def mask_step(
         sample_loss = LOSSES[method.loss](task, forward(masked, inputs), rows) / config.samples
         sample_loss.backward()
         task_loss += sample_loss.detach()
+    if config.completeness:
+        task_loss += complement_step(task, state, config, buffers, fused, forward, inputs)
     state.optimizer.step()
     state.step += 1
     return task_loss + penalty

@@ -101,6 +101,11 @@ def test_config_refuses_fewer_than_one_sample_and_several_without_noise() -> Non
     assert DiscoveryConfig(schedule="controlled", noise=True, samples=4).samples == 4
 
 
+def test_config_refuses_a_negative_completeness_weight() -> None:
+    with pytest.raises(InputError, match="completeness -0.5: must be"):
+        DiscoveryConfig(completeness=-0.5)
+
+
 def test_several_samples_step_on_the_mean_of_their_gradients(tiny_lm, tiny_data) -> None:
     """A step with two Gumbel samples follows the mean of the gradients (and losses) of two one-sample steps taken
     from the same logits on the same batch with the next two draws of the noise."""
@@ -128,6 +133,34 @@ def test_several_samples_step_on_the_mean_of_their_gradients(tiny_lm, tiny_data)
     assert not torch.equal(grads[0], grads[1])  # two different samples
     torch.testing.assert_close(together, (grads[0] + grads[1]) / 2)
     torch.testing.assert_close(loss, (losses[0] + losses[1]) / 2)
+
+
+def test_the_completeness_term_adds_the_complements_straight_through_gradient(tiny_lm, tiny_data) -> None:
+    """With `completeness` c, a step's gradient is the one without it plus c times the gradient, through the
+    complement's straight-through mask, of the head's cross-entropy to 50/50 on the complement's features."""
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, config())
+    grads, losses = {}, {}
+    for weight in (0.0, 0.5):
+        cfg = config(schedule="controlled", completeness=weight)  # deterministic mask, temperature 1
+        state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+        buffers = discovery.StepBuffers.for_run(tiny_lm, state.layout, cfg)
+        start, index = state.logits.detach().clone(), state.order[: cfg.batch_size].clone()
+        losses[weight] = discovery.mask_step(tiny_lm, task, state, cfg, buffers, fused=False)
+        assert state.logits.grad is not None
+        grads[weight] = state.logits.grad.clone()
+
+    weights = flat_weights(tiny_lm.model, state.layout)
+    complement = (weights * (start <= 0)).requires_grad_()
+    inputs = task.train.batch(index.tolist(), tiny_lm.device)
+    features = discovery.masked_features(tiny_lm, state.layout)(complement, inputs)
+    uninformed = -task.head(features).log_softmax(dim=1).mean()
+    uninformed.backward()
+    assert complement.grad is not None
+    s = torch.sigmoid(start)
+    expected = -0.5 * complement.grad * weights * s * (1 - s)  # d(1 - mask)/dlogit = -s(1 - s)
+    assert expected.abs().max() > 0
+    torch.testing.assert_close(grads[0.5] - grads[0.0], expected)
+    torch.testing.assert_close(losses[0.5] - losses[0.0], 0.5 * uninformed.detach())
 
 
 def test_each_registry_name_is_a_choice_of_its_setting() -> None:

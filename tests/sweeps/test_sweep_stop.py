@@ -11,7 +11,15 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from test_sweep_resume import SWEEP, child_runs, discovery_in_progress, run_name, run_sweep, sweep_env
+from test_sweep_resume import (
+    SWEEP,
+    checkpoint_on_record,
+    child_runs,
+    discovery_in_progress,
+    run_name,
+    run_sweep,
+    sweep_env,
+)
 
 from record import names
 
@@ -44,10 +52,12 @@ def start(work: Path, log: Path) -> subprocess.Popen:
 
 
 def wait_for_discovery(driver: subprocess.Popen, work: Path, log: Path, timeout: float = 300) -> None:
-    """Until both discovery trials run (the driver says so) and one has logged a density (so it has checkpointed)."""
+    """Until both discovery trials run (the driver says so), one has logged a density, and Tune's saved state names a
+    trial checkpoint (on a loaded machine the first checkpoint can land well after the first density)."""
     deadline = time.time() + timeout
     while time.time() < deadline and driver.poll() is None:
-        if "[discover] 0/2 done, 2 running" in log.read_text() and discovery_in_progress(work / "mlflow.db"):
+        running = "[discover] 0/2 done, 2 running" in log.read_text() and discovery_in_progress(work / "mlflow.db")
+        if running and checkpoint_on_record(work / "ray"):
             return
         time.sleep(0.2)
     raise AssertionError(f"discovery never ran while the sweep did:\n{log.read_text()[-3000:]}")
