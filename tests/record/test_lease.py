@@ -61,12 +61,12 @@ def test_a_live_lease_is_refused_in_one_line_naming_its_holder(parent):
 
 def test_an_expired_lease_is_taken_over_and_its_late_release_keeps_the_new_one(parent):
     client, run_id = parent
-    old = lease.acquire(client, run_id, ttl_s=0.6, settle_s=0)
+    old = lease.acquire(client, run_id, ttl_s=2, settle_s=0)  # a TTL a loaded machine's SQLite calls stay well inside
     old._stop.set()  # its driver hangs: no more heartbeats
     old._thread.join()
     with pytest.raises(InputError):
-        lease.acquire(client, run_id, ttl_s=0.6, settle_s=0)
-    time.sleep(0.8)
+        lease.acquire(client, run_id, ttl_s=2, settle_s=0)
+    time.sleep(max(0.0, old.owner.expires - time.time()) + 0.2)
     new = lease.acquire(client, run_id, ttl_s=30, settle_s=0)
     try:
         assert token(client, run_id) == new.owner.token
@@ -79,13 +79,13 @@ def test_an_expired_lease_is_taken_over_and_its_late_release_keeps_the_new_one(p
 
 def test_the_heartbeat_renews_the_expiry(parent):
     client, run_id = parent
-    with lease.acquire(client, run_id, ttl_s=0.9, settle_s=0):
+    with lease.acquire(client, run_id, ttl_s=3, settle_s=0):  # a heartbeat each second, two seconds of slack
         first = held(client, run_id).expires
-        time.sleep(2.0)  # beyond the TTL: only renewals keep it live
+        time.sleep(4.0)  # beyond the TTL: only renewals keep it live
         now = lease.holder(client, run_id)
         assert now is not None and now.live() and now.expires > first
         with pytest.raises(InputError):
-            lease.acquire(client, run_id, ttl_s=0.9, settle_s=0)
+            lease.acquire(client, run_id, ttl_s=3, settle_s=0)
     assert lease.holder(client, run_id) is None
 
 
