@@ -11,7 +11,7 @@ import torch
 from circuitlib import settings
 from circuitlib.discovery.inits import INITS
 from circuitlib.discovery.losses import LOSSES
-from circuitlib.discovery.schedules import SCHEDULES, Method
+from circuitlib.discovery.schedules import SCHEDULES, Controlled, Method
 from circuitlib.settings import SettingError, setting
 from circuitlib.types import PAPER_DENSITIES
 
@@ -81,7 +81,8 @@ class DiscoveryConfig:
     schedule: str = setting(
         "paper",
         "paper: lambda grows each epoch and density falls where it falls (the paper's); "
-        "controlled: density ramps to each target and is held there (no lambda)",
+        "controlled: density ramps to each target and is held there (no lambda); geometric: as controlled, ramping "
+        "at one pace in log-density",
         choices=tuple(SCHEDULES),
     )
     init: str | None = setting(
@@ -128,7 +129,10 @@ class DiscoveryConfig:
         check=settings.non_negative,
     )
     ramp_steps: int = setting(
-        100, "controlled: steps over which density moves from one target to the next", check=settings.at_least(1)
+        100,
+        "controlled: steps over which density moves from one target to the next; geometric: steps per halving of the "
+        "density",
+        check=settings.at_least(1),
     )
     hold_steps: int | None = setting(
         None,
@@ -158,11 +162,14 @@ class DiscoveryConfig:
             tuple(float(d) for d in self.densities) if isinstance(self.densities, (list, tuple)) else self.densities
         )
         settings.validate(self)
-        if self.schedule == "controlled" and self.ramp_steps > self.max_steps:
+        schedule = SCHEDULES[self.schedule]
+        first = schedule.length(1.0, self.densities[0], self.ramp_steps) if isinstance(schedule, Controlled) else 0
+        if first > self.max_steps:
             raise SettingError(
                 "ramp_steps",
                 self.ramp_steps,
-                f"longer than the whole budget (max_steps {self.max_steps}): the first target could never be reached",
+                f"makes the first ramp {first:.0f} steps, longer than the whole budget (max_steps {self.max_steps}): "
+                "the first target could never be reached",
             )
         if self.samples > 1 and not self.method.noise:
             raise SettingError(

@@ -4,6 +4,9 @@
   snapshot is taken where it first passes each target (Ge, Rudzicz and Zhu 2024).
 - `controlled`: no penalty; after every step one common shift of the logits sets the density to a plan that ramps
   linearly from one target to the next and holds each reached target (docs/design.md §3.2).
+- `geometric`: as `controlled`, but the density falls at one pace in log-density, `ramp_steps` steps per halving, so
+  a ramp's length follows the ratio of its densities, not their difference (0.25 to 0.05 takes 2.3 times the steps
+  of 1.0 to 0.5, where a linear ramp gives both the same).
 
 Each schedule also names the method it goes with (`method`): the settings a DiscoveryConfig leaves unset take
 these values, so `schedule: paper` alone is the paper's whole procedure and `schedule: controlled` alone the one
@@ -12,6 +15,7 @@ measured for the size window (benchmarks/results/README.md).
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -102,8 +106,15 @@ class Controlled:
         if not remaining:
             return state.ramp_start[1]
         start_step, start_density = state.ramp_start
-        progress = min(1.0, (state.step - start_step) / config.ramp_steps)
-        return start_density + (remaining[0] - start_density) * progress
+        return self.along(start_density, remaining[0], state.step - start_step, config.ramp_steps)
+
+    def length(self, start: float, target: float, ramp_steps: int) -> float:
+        """Steps of the ramp from density `start` to `target`: `ramp_steps`, whatever the two densities."""
+        return ramp_steps
+
+    def along(self, start: float, target: float, steps: int, ramp_steps: int) -> float:
+        """The planned density `steps` into the ramp from `start` to `target`: linear in density."""
+        return start + (target - start) * min(1.0, steps / self.length(start, target, ramp_steps))
 
     def steer(
         self, state: DiscoveryState, config: DiscoveryConfig, remaining: list[float], sample: torch.Tensor | None
@@ -113,7 +124,22 @@ class Controlled:
         shift_to_density(state.logits, aim - density_margin(aim, sample), sample)
 
 
-SCHEDULES: dict[str, Schedule] = {"paper": Paper(), "controlled": Controlled()}
+class Geometric(Controlled):
+    """Density falls geometrically, `ramp_steps` steps per halving, from where the last hold ended to the next
+    target, then holds it. A linear ramp to 0.05 spends most of its steps above 0.15, and faithfulness dips below
+    that (benchmarks/results/README.md); this one spends a ramp's steps in proportion to log(start / target)."""
+
+    def length(self, start: float, target: float, ramp_steps: int) -> float:
+        """Steps of the ramp from density `start` to `target`: `ramp_steps` per halving."""
+        return ramp_steps * math.log2(start / target) if start > target else 0.0
+
+    def along(self, start: float, target: float, steps: int, ramp_steps: int) -> float:
+        """The planned density `steps` into the ramp from `start` to `target`: linear in log-density."""
+        length = self.length(start, target, ramp_steps)
+        return target if steps >= length else start * (target / start) ** (steps / length)
+
+
+SCHEDULES: dict[str, Schedule] = {"paper": Paper(), "controlled": Controlled(), "geometric": Geometric()}
 
 
 def penalty_weight(config: DiscoveryConfig, epoch: int) -> float:

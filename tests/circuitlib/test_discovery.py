@@ -88,8 +88,16 @@ def test_config_refuses_densities_that_do_not_decrease(densities, named: str) ->
 
 
 def test_config_refuses_a_ramp_longer_than_the_budget() -> None:
-    with pytest.raises(InputError, match="ramp_steps 300: longer than the whole budget \\(max_steps 200\\)"):
+    with pytest.raises(
+        InputError, match="ramp_steps 300: makes the first ramp 300 steps, longer than the whole budget"
+    ):
         DiscoveryConfig(schedule="controlled", ramp_steps=300, max_steps=200)
+    with pytest.raises(
+        InputError,
+        match="ramp_steps 100: makes the first ramp 332 steps, longer than the whole budget \\(max_steps 300\\)",
+    ):
+        DiscoveryConfig(schedule="geometric", densities=(0.1, 0.05), ramp_steps=100, max_steps=300)  # log2(10) halvings
+    assert DiscoveryConfig(schedule="geometric", densities=(0.5, 0.05), ramp_steps=100, max_steps=100).ramp_steps
     assert DiscoveryConfig(schedule="paper", ramp_steps=300, max_steps=200).ramp_steps == 300  # the paper's ignores it
 
 

@@ -82,6 +82,27 @@ def test_controlled_schedule_tracks_its_plan_and_has_no_cliff(tiny_lm, tiny_data
         assert target is not None and target - 2 / total <= circuit.density <= target
 
 
+def test_geometric_schedule_ramps_at_one_pace_in_log_density(tiny_lm, tiny_data) -> None:
+    """Each ramp takes `ramp_steps` per halving of the density (so 0.5 -> 0.2 takes log2(2.5) of them, where the
+    linear ramp takes `ramp_steps` for any gap), and its plan halves the log-density gap at the ramp's midpoint."""
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(schedule="geometric"), progress=False)
+    assert [c.target_density for c in result.circuits] == list(TARGETS)
+    total = FlatLayout(tuple(tiny_lm.params)).total
+    rows = result.history[1:]
+    for row in rows:
+        assert abs(row["density"] - row["planned_density"]) <= 2 / total, row
+    start, before = 0, 1.0  # a ramp starts where the last hold ended, from the density it left
+    for target in TARGETS:
+        ramp = [r for r in rows if r["step"] > start and r["planned_density"] > target]
+        length = RAMP * np.log2(before / target)
+        assert len(ramp) == int(np.ceil(length)) - 1, (target, len(ramp), length)  # every step but the last is above
+        for r in ramp:
+            expected = before * (target / before) ** ((r["step"] - start) / length)
+            assert r["planned_density"] == pytest.approx(expected)
+        start = next(r["step"] for r in rows if r["density"] <= target) + HOLD
+        before = next(r["density"] for r in rows if r["step"] == start)
+
+
 def test_controlled_schedule_holds_each_target_and_keeps_its_most_faithful_mask(tiny_lm, tiny_data) -> None:
     result = discover(tiny_lm, tiny_data, tiny_data, controlled(), progress=False)
     candidates = windows(result, HOLD)
