@@ -68,6 +68,12 @@ def _faithfulness(s: Snapshot) -> str:
     return number(s.faithfulness) + interval
 
 
+def _complement(s: Snapshot) -> str:
+    """The complement's accuracy, with its floor (the empty complement's) where the discovery recorded it."""
+    floor = number(s.complement_floor)
+    return number(s.complement_accuracy) + ("" if floor == GAP else f" ({floor})")
+
+
 def _flag(s: Snapshot) -> str:
     """A snapshot's honesty flags, short."""
     marks = [f"below {WELL_BELOW:g} × target"] if s.below_target else []
@@ -261,13 +267,18 @@ def _discovery(a: Analysis) -> str:
         ("kept weights", lambda s: f"{s.kept:,}"),
         ("step", lambda s: number(s.step, 6)),
         ("faithfulness", _faithfulness),
-        ("complement acc.", lambda s: number(s.complement_accuracy)),
+        ("complement acc. (floor)", _complement),
         ("KL(full ‖ circuit)", lambda s: number(s.kl)),
         ("used", lambda s: "yes" if not s.excluded else f"no: {s.excluded}"),
         ("flags", _flag),
     ]
     table = markdown_table(columns, a.snapshots)
-    return f"![discovery curves]({PLOTS}/discovery.png)\n\n### Circuit snapshots\n\n{table}"
+    floor = (
+        "The floor is the complement's accuracy at its discovery's first step, when the circuit kept every weight and "
+        "the complement none of the masked ones: what the weights never masked (the embeddings, the final norm) "
+        "predict alone. A complement at its floor has kept nothing of the task.\n"
+    )
+    return f"![discovery curves]({PLOTS}/discovery.png)\n\n### Circuit snapshots\n\n{table}\n{floor}"
 
 
 def _markdown(a: Analysis, h: Headline, tables: Sequence[Path]) -> str:

@@ -42,6 +42,7 @@ class Snapshot:
     selected_among: float = math.nan  # held-out evaluations the snapshot was the most faithful of (NaN: unrecorded)
     chosen_apart: bool = False  # chosen on held-out rows of its own (discovery.select_rows), not those that score it
     optimistic: bool = False  # its faithfulness is the best of several looks at the rows that report it (biased up)
+    complement_floor: float = math.nan  # the complement's accuracy with no masked weight (NaN: unrecorded)
 
     @property
     def key(self) -> tuple[Source, float]:
@@ -64,6 +65,15 @@ def exclusion(faithfulness: float, threshold: float) -> str:
 def _at_step(history: Sequence[tuple[int, float]], step: float) -> float:
     """The value logged at `step`, NaN where none was."""
     return next((v for s, v in history if s == step), math.nan)
+
+
+def complement_floor(history: Mapping[str, Sequence[tuple[int, float]]]) -> float:
+    """The complement's accuracy at step 0 where the circuit then kept every weight, so the complement kept none of
+    the masked ones: what the parts never masked (embeddings, and norms under mask_norms false) predict alone. A
+    complement accuracy near it is no trace of the task left behind (NaN where the history does not say)."""
+    if _at_step(history.get("density", []), 0) != 1.0:
+        return math.nan
+    return _at_step(history.get("complement_accuracy", []), 0)
 
 
 def snapshot(
@@ -102,6 +112,7 @@ def snapshot(
         selected_among=r.selected_among,
         chosen_apart=r.chosen_apart,
         optimistic=r.optimistic,  # SnapshotRecord's rule, the one the sweep's trials flag by
+        complement_floor=complement_floor(history),
     )
 
 

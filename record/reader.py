@@ -24,7 +24,7 @@ from circuitlib.types import density_of
 from record import names, store
 from record.names import RunKind
 
-CURVES = ("density", "faithfulness")  # discovery metrics drawn against step
+CURVES = ("density", "faithfulness", "complement_accuracy")  # discovery metrics read against step
 FINISHED = "FINISHED"  # MLflow's status of a run that ended well
 ENDED = (FINISHED, "FAILED", "KILLED")  # statuses after which a run's artifacts no longer change
 

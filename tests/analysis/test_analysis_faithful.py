@@ -102,11 +102,12 @@ def build(
     actual: dict[Key, float] | None = None,
     steps: dict[Key, int] | None = None,
     recorded: dict[Key, dict[str, object]] | None = None,
+    histories: dict[str, dict[str, list[tuple[int, float]]]] | None = None,
 ) -> Sweep:
     """A finished sweep: one discovery per dataset and seed with a circuit per density, each edited (circuit and
     complement), and the full model's edits. `actual` and `steps` override a circuit's actual density and step,
-    `recorded` adds to its provenance."""
-    actual, steps, recorded = actual or {}, steps or {}, recorded or {}
+    `recorded` adds to its provenance; `histories` gives a dataset's discovery its logged curves."""
+    actual, steps, recorded, histories = actual or {}, steps or {}, recorded or {}, histories or {}
     discoveries, edits = [], []
     for ds in datasets:
         for seed in seeds:
@@ -128,7 +129,15 @@ def build(
                 files[d] = circuits.save(c, folder / f"{ds}_{seed}_d{d:g}.safetensors")
                 edits += edit_runs(Source(ds, seed), d)
             discoveries.append(
-                Discovery(f"run-{ds}-{seed}", f"discover-{ds}-{seed}", "FINISHED", Source(ds, seed), files, [], {})
+                Discovery(
+                    f"run-{ds}-{seed}",
+                    f"discover-{ds}-{seed}",
+                    "FINISHED",
+                    Source(ds, seed),
+                    files,
+                    [],
+                    histories.get(ds, {}),
+                )
             )
     full = [{"case_id": i, "nll_new_drop": 2.0, "efficacy_score": 1.0} for i in range(REQUESTS)]
     edits.append(EditRun("full", "full", "FINISHED", "full", None, None, full))
@@ -429,3 +438,26 @@ def test_faithfulness_chosen_on_the_rows_that_report_it_is_called_optimistic(tmp
     with (tmp_path / "report" / "tables" / "snapshots.csv").open() as f:
         rows = {(r["dataset"], r["target"]): r for r in csv.DictReader(f)}
     assert (rows["beta", "0.5"]["selected_among"], rows["beta", "0.5"]["chosen_apart"]) == ("7.0", "True")
+
+
+def test_the_complement_floor_is_the_empty_complements_accuracy_and_the_report_shows_it(tmp_path: Path):
+    """A complement's accuracy is read against its floor: the complement's at step 0, when the circuit kept every
+    weight. Where step 0 kept fewer, or was not logged, the floor is unknown and the report shows none."""
+    curves = {"density": [(0, 1.0), (10, 0.5)], "complement_accuracy": [(0, 0.59), (10, 0.62)]}
+    sweep = build(
+        tmp_path,
+        recorded={("alpha", 0, 0.5): {"complement_accuracy": 0.62}, ("beta", 0, 0.5): {"complement_accuracy": 0.55}},
+        histories={"alpha": curves, "beta": curves | {"density": [(0, 0.9), (10, 0.5)]}},
+    )
+    a = analyse(sweep, Options(n_boot=100))
+    floors = {(s.dataset, s.target): s.complement_floor for s in a.snapshots}
+    assert all(f == 0.59 for (ds, _), f in floors.items() if ds == "alpha")
+    assert all(math.isnan(f) for (ds, _), f in floors.items() if ds == "beta")
+    text = write_report(a, tmp_path / "report").markdown.read_text()
+    table = text.split("### Circuit snapshots")[1]
+    assert table.count("| 0.62 (0.59) |") == 1  # alpha at 0.5: its accuracy and the floor it is read against
+    assert table.count("| 0.55 |") == 1  # beta at 0.5: no floor known
+    with (tmp_path / "report" / "tables" / "snapshots.csv").open() as f:
+        assert {r["dataset"]: r["complement_floor"] for r in csv.DictReader(f) if r["target"] == "0.5"}[
+            "alpha"
+        ] == "0.59"
