@@ -369,8 +369,9 @@ def settle_phase(
             )
         if lost:
             print(
-                f"sweep {run.config.name}: Ray Tune ended {len(lost)} {phase} trial(s) without an error or a "
-                f"finished run ({', '.join(lost[:5])}); running them again in a new experiment",
+                f"sweep {run.config.name}: {len(lost)} {phase} trial(s) not finished yet ({', '.join(lost[:5])}) are "
+                "ones Ray Tune's experiment counts as ended, as it may after a stop; running them again in a new "
+                "experiment",
                 file=sys.stderr,
             )
         retried = run_phase(phase, trainable, again, run.config, resources, restore=False)
