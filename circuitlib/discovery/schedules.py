@@ -126,8 +126,8 @@ class Controlled:
 
 class Geometric(Controlled):
     """Density falls geometrically, `ramp_steps` steps per halving, from where the last hold ended to the next
-    target, then holds it. A linear ramp to 0.05 spends most of its steps above 0.15, and faithfulness dips below
-    that (benchmarks/results/README.md); this one spends a ramp's steps in proportion to log(start / target)."""
+    target, then holds it. A linear ramp from 0.25 to 0.05 spends half its steps above 0.15, though faithfulness dips
+    below that (benchmarks/results/README.md); this one spends a ramp's steps in proportion to log(start / target)."""
 
     def length(self, start: float, target: float, ramp_steps: int) -> float:
         """Steps of the ramp from density `start` to `target`: `ramp_steps` per halving."""
