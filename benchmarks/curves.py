@@ -37,6 +37,8 @@ def load_report(path: Path) -> dict:
     if (path / "history.json").is_file():
         run = json.loads((path / "history.json").read_text())
         history = run["history"]
+    elif not (path / "checkpoint" / "state.pt").is_file():
+        raise SystemExit(f"{path}: no history.json and no checkpoint yet (one is written every checkpoint_every steps)")
     else:  # still running or cut: the settings frozen beside the checkpoint and the history it holds
         run = json.loads((path / "checkpoint" / "params.json").read_text())
         history = torch.load(path / "checkpoint" / "state.pt", weights_only=True, map_location="cpu")["history"]

@@ -166,3 +166,7 @@ def test_curves_read_a_discover_folder_and_choose_the_snapshots_discover_kept(tm
     assert [t for t, _ in chosen] == [0.6, 0.3] and set(saved) == {0.6, 0.3}
     for target, row in chosen:
         assert row["step"] == saved[target].provenance["step"] and row["density"] == saved[target].density
+
+    (out / "checkpoint" / "state.pt").unlink()  # as a run that has not written its first checkpoint yet
+    with pytest.raises(SystemExit, match="run: no history.json and no checkpoint yet"):
+        curves.load_report(out)
