@@ -8,7 +8,8 @@ masked weight, straight-through binary masks, a loss toward the full model plus 
 - `losses`, `inits`, `schedules`: registries of the swappable parts (a new one is one function or class there and
   one registry line); a schedule also names the method (`Method`) its runs default to;
 - `state`: the run's mutable state and its checkpoint; `step`: one mask step; `evaluation`: held-out figures and the
-  SnapshotRecord a circuit carries; `loop`: `discover`, which ties them together.
+  SnapshotRecord a circuit carries; `backoff`: the guard that sends a collapsed mask back to the evaluation before
+  its fall; `loop`: `discover`, which ties them together.
 """
 
 from circuitlib.discovery.config import PRECISIONS, DiscoveryConfig

@@ -144,6 +144,13 @@ class DiscoveryConfig:
     patience: int = setting(
         0, "evaluations without a more faithful mask that end a hold early (0: never)", check=settings.at_least(0)
     )
+    backoff: float = setting(
+        0.0,
+        "controlled and geometric: a fall in faithfulness of more than this between two evaluations (on the "
+        "select_rows where set) counts as a collapse; the logits and optimizer go back to the evaluation before it "
+        "and each ramp from then on takes twice the steps (0: off)",
+        check=settings.probability,
+    )
     mask_norms: bool = setting(
         True,
         "mask the norms' weights too (the paper's); false: only the attention and MLP weights, as DiscoGP and Edge "
@@ -170,6 +177,19 @@ class DiscoveryConfig:
                 self.ramp_steps,
                 f"makes the first ramp {first:.0f} steps, longer than the whole budget (max_steps {self.max_steps}): "
                 "the first target could never be reached",
+            )
+        if self.backoff and not isinstance(schedule, Controlled):
+            raise SettingError(
+                "backoff",
+                self.backoff,
+                f"needs a schedule that plans the density (controlled or geometric), not {self.schedule}",
+            )
+        if self.backoff and self.checkpoint_every % self.eval_every:
+            raise SettingError(
+                "checkpoint_every",
+                self.checkpoint_every,
+                f"must be a multiple of eval_every ({self.eval_every}) with backoff, so that every checkpoint holds a "
+                "mask the guard has checked and a resumed run goes back to the same one",
             )
         if self.samples > 1 and not self.method.noise:
             raise SettingError(

@@ -9,6 +9,7 @@ from pathlib import Path
 from tqdm.auto import tqdm
 
 from circuitlib.circuits import Circuit
+from circuitlib.discovery import backoff
 from circuitlib.discovery.config import DiscoveryConfig
 from circuitlib.discovery.evaluation import evaluate
 from circuitlib.discovery.inits import INITS
@@ -76,6 +77,8 @@ def discover(
         planned = schedule.planned(state, config, remaining)
         if planned is not None:
             row["planned_density"] = planned
+        if config.backoff:  # the row that shows a collapse counts it
+            row["backoffs"] = state.backoffs + backoff.collapsed(state.kept, row, config.backoff)
         state.history.append(row)
         if on_eval is not None:
             on_eval(row)
@@ -84,12 +87,27 @@ def discover(
     done = {c.target_density for c in state.circuits} | {h.target for h in state.holds}
     remaining = [t for t in config.densities if t not in done]
     if state.step == 0 and not state.history:
-        record()
+        row = record()
+        if config.backoff:
+            state.kept = backoff.keep(state.logits, state.optimizer, backoff.score(row))
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     sample = density_sample(state.layout.total, lm.device)
+
+    def back_off(reached: list[float]) -> None:
+        """Go back to the last evaluation kept and slow the ramp from there; a target the fall reached is open again."""
+        assert state.kept is not None
+        for hold in [h for h in state.holds if h.target in reached]:
+            state.holds.remove(hold)
+            state.candidates.pop(hold.target, None)
+        remaining.extend(reached)
+        remaining.sort(reverse=True)
+        backoff.restore(state.logits, state.optimizer, state.kept)
+        state.backoffs += 1
+        state.slowdown *= 2
+        state.ramp_start = (state.step, count_kept(state.logits)[0] / state.layout.total)
 
     def snapshot(hold: Hold) -> None:
         circuit = state.candidates.pop(hold.target)
@@ -116,6 +134,11 @@ def discover(
         if reached or state.step % config.eval_every == 0:
             row = record(loss.item())
             bar.set_postfix(density=f"{density:.3f}", faithful=f"{row['faithfulness']:.2f}")
+            if config.backoff and row["backoffs"] > state.backoffs:
+                back_off(reached)
+                row = None  # a collapsed mask is no snapshot's candidate
+            elif config.backoff:
+                state.kept = backoff.keep(state.logits, state.optimizer, backoff.score(row))
         for hold in list(state.holds):
             if row is not None and row["density"] <= hold.target:
                 hold.looks += 1

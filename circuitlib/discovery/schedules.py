@@ -106,7 +106,8 @@ class Controlled:
         if not remaining:
             return state.ramp_start[1]
         start_step, start_density = state.ramp_start
-        return self.along(start_density, remaining[0], state.step - start_step, config.ramp_steps)
+        ramp_steps = config.ramp_steps * state.slowdown  # each back-off from a collapse doubles it (backoff.py)
+        return self.along(start_density, remaining[0], state.step - start_step, ramp_steps)
 
     def length(self, start: float, target: float, ramp_steps: int) -> float:
         """Steps of the ramp from density `start` to `target`: `ramp_steps`, whatever the two densities."""

@@ -10,6 +10,7 @@ import torch
 
 from circuitlib import circuits
 from circuitlib.circuits import Circuit
+from circuitlib.discovery.backoff import Kept, keep
 from circuitlib.discovery.config import DiscoveryConfig
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.masks import FlatLayout, init_logits
@@ -49,6 +50,9 @@ class DiscoveryState:
         self.holds: list[Hold] = []
         self.candidates: dict[float, Circuit] = {}
         self.ramp_start = (0, 1.0)  # controlled schedule: (step, density) where the current ramp began
+        self.slowdown = 1  # controlled schedule: the ramps' steps are ramp_steps times this (backoff.py)
+        self.backoffs = 0  # collapses backed off so far
+        self.kept: Kept | None = None  # with backoff: what a collapse goes back to (a checkpoint holds it)
 
     def next_batch(self, batch_size: int) -> torch.Tensor:
         """Indices of the next training batch; a new epoch reshuffles."""
@@ -81,6 +85,9 @@ class DiscoveryState:
             "n_circuits": len(self.circuits),
             "windows": [asdict(h) for h in self.holds],  # the key older checkpoints have
             "ramp_start": list(self.ramp_start),
+            "slowdown": self.slowdown,
+            "backoffs": self.backoffs,
+            "kept_score": self.kept.score if self.kept is not None else None,
         }
         tmp = directory / "state.pt.tmp"
         torch.save(state, tmp)
@@ -117,3 +124,7 @@ class DiscoveryState:
         self.holds = holds
         self.candidates = candidates
         self.ramp_start = (int(state["ramp_start"][0]), float(state["ramp_start"][1]))
+        self.slowdown, self.backoffs = state.get("slowdown", 1), state.get("backoffs", 0)
+        # With backoff every checkpoint is taken at an evaluation the guard kept (config.py), so it is what was kept.
+        score = state.get("kept_score")
+        self.kept = keep(self.logits, self.optimizer, score) if score is not None else None

@@ -1,9 +1,12 @@
 """Discovery schedules on the tiny GPT-2: the controlled schedule tracks its density plan without a cliff, holds
-each target and keeps its most faithful mask; the paper's schedule keeps its first-below snapshot by default."""
+each target and keeps its most faithful mask; the paper's schedule keeps its first-below snapshot by default; and
+`backoff` sends a collapsed mask back to the evaluation before its fall (the tiny model never collapses, so these
+tests make its evaluation report one)."""
 
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -12,7 +15,7 @@ import pytest
 import torch
 
 from circuitlib.classifier import tokenize
-from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, discover
+from circuitlib.discovery import DiscoveryConfig, DiscoveryResult, backoff, discover, loop
 from circuitlib.errors import InputError
 from circuitlib.importance import importance_offsets, input_norms
 from circuitlib.masks import FlatLayout, density_sample, shift_to_density
@@ -262,3 +265,113 @@ def test_out_of_fold_targets_carry_generalisation_not_memorised_labels() -> None
     out_of_fold = out_of_fold_logits(features, labels, config).argmax(dim=1)
     assert (in_sample == labels).float().mean() == 1.0  # memorised
     assert (out_of_fold == labels).float().mean() < 0.75  # random labels cannot be predicted from other rows
+
+
+Falls = Callable[[float, int], bool]
+
+
+def collapsing(monkeypatch: pytest.MonkeyPatch, falls: Falls) -> None:
+    """Make every evaluation for which `falls(density, call)` holds read as a collapse (faithfulness 0)."""
+    real = loop.evaluate
+    calls = [0]
+
+    def evaluate(lm, task, masks, batch_size):
+        row = real(lm, task, masks, batch_size)
+        density = sum(int(m.sum()) for m in masks.values()) / sum(m.numel() for m in masks.values())
+        call, calls[0] = calls[0], calls[0] + 1
+        return {**row, "faithfulness": 0.0} if falls(density, call) else row
+
+    monkeypatch.setattr(loop, "evaluate", evaluate)
+
+
+def test_restore_puts_back_the_kept_logits_and_optimizer_so_the_next_step_is_the_same() -> None:
+    logits = torch.randn(50, requires_grad=True)
+    optimizer = torch.optim.AdamW([logits], lr=0.1, fused=True)
+
+    def step(k: int) -> None:
+        for _ in range(k):
+            optimizer.zero_grad()
+            (logits.sin() * torch.arange(50.0)).sum().backward()
+            optimizer.step()
+
+    step(3)
+    kept = backoff.keep(logits, optimizer, 0.9)
+    step(1)
+    after_one = logits.detach().clone()
+    step(4)
+    for _ in range(2):  # the kept copy survives a restore, for a later fall
+        backoff.restore(logits, optimizer, kept)
+        assert torch.equal(logits.detach(), kept.logits)
+        step(1)
+        assert torch.equal(logits.detach(), after_one), "the moments came back too, so the step is the same"
+
+
+@pytest.mark.parametrize("fall", [7, RAMP])  # mid ramp; the evaluation that reaches the first target
+def test_a_collapse_goes_back_to_the_last_evaluation_and_doubles_the_ramp(
+    tiny_lm, tiny_data, monkeypatch: pytest.MonkeyPatch, fall: int
+) -> None:
+    collapsing(monkeypatch, lambda density, call: call == fall)  # every step is evaluated: call n is step n
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(backoff=0.5), progress=False)
+    rows = {int(r["step"]): r for r in result.history}
+    assert [rows[s]["backoffs"] for s in (fall - 1, fall, fall + 1)] == [0, 1, 1]
+    kept = rows[fall - 1]["density"]  # the ramp restarts from the mask of the evaluation before the fall
+    assert rows[fall + 1]["planned_density"] == pytest.approx(kept + (TARGETS[0] - kept) / (2 * RAMP))
+    assert rows[fall + 1]["density"] >= rows[fall]["density"]
+    assert [c.target_density for c in result.circuits] == list(TARGETS), "a target the fall reached opens again"
+    assert all(c.provenance["step"] != fall for c in result.circuits), "the collapsed mask is no snapshot"
+    reach = min(s for s, r in rows.items() if s > fall and r["density"] <= TARGETS[0])
+    assert reach > fall + RAMP, "the rest of the ramp took twice the steps"
+
+
+def test_without_backoff_a_collapse_is_only_recorded(tiny_lm, tiny_data, monkeypatch: pytest.MonkeyPatch) -> None:
+    collapsing(monkeypatch, lambda density, call: call == 7)
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(), progress=False)
+    assert result.history[7]["faithfulness"] == 0.0 and "backoffs" not in result.history[7]
+    assert result.history[8]["planned_density"] < result.history[7]["planned_density"], "the ramp went on"
+
+
+def test_a_density_that_always_collapses_is_left_unreached(tiny_lm, tiny_data, monkeypatch: pytest.MonkeyPatch):
+    """Every pass through the band falls and is backed off at half the pace before: the budget ends first."""
+    collapsing(monkeypatch, lambda density, call: 0.85 < density < 0.9)
+    result = discover(tiny_lm, tiny_data, tiny_data, controlled(backoff=0.5, max_steps=60), progress=False)
+    assert result.circuits == [] and result.unreached == list(TARGETS)
+    assert result.history[-1]["backoffs"] >= 2
+    assert min(r["density"] for r in result.history if r["faithfulness"] > 0) > 0.85
+
+
+@pytest.mark.parametrize("interrupt_at", [5, 22, 40])  # from a checkpoint before the first fall, and after
+def test_a_resumed_run_backs_off_as_an_uninterrupted_one(
+    tiny_lm, tiny_data, tmp_path: Path, helpers, monkeypatch: pytest.MonkeyPatch, interrupt_at: int
+) -> None:
+    collapsing(monkeypatch, lambda density, call: 0.85 < density < 0.9)
+    config = controlled(backoff=0.5, max_steps=60)
+    whole = discover(tiny_lm, tiny_data, tiny_data, config, checkpoint_dir=tmp_path / "whole", progress=False)
+
+    class Preempted(Exception):
+        pass
+
+    def preempt(row: dict[str, float]) -> None:
+        if row["step"] >= interrupt_at:
+            raise Preempted  # the last checkpoint (every 4 steps) is all that is left
+
+    with pytest.raises(Preempted):
+        discover(
+            tiny_lm, tiny_data, tiny_data, config, checkpoint_dir=tmp_path / "cut", on_eval=preempt, progress=False
+        )
+    resumed = discover(tiny_lm, tiny_data, tiny_data, config, checkpoint_dir=tmp_path / "cut", progress=False)
+    assert whole.history[-1]["backoffs"] >= 2
+    assert helpers.same_rows(resumed.history, whole.history)
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (dict(backoff=1.5), "backoff 1.5: must lie in [0, 1]"),
+        (dict(backoff=0.2, schedule="paper"), "backoff 0.2: needs a schedule that plans the density"),
+        (dict(backoff=0.2, eval_every=3), "checkpoint_every 4: must be a multiple of eval_every (3) with backoff"),
+    ],
+)
+def test_bad_backoff_settings_are_refused_in_one_line(overrides: dict, message: str) -> None:
+    with pytest.raises(InputError) as caught:
+        controlled(**overrides)
+    assert str(caught.value).startswith(message) and "\n" not in str(caught.value)
