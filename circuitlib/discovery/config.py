@@ -148,7 +148,7 @@ class DiscoveryConfig:
         0.0,
         "controlled and geometric: a fall in faithfulness of more than this between two evaluations (on the "
         "select_rows where set) counts as a collapse; the logits and optimizer go back to the evaluation before it "
-        "and each ramp from then on takes twice the steps (0: off)",
+        "and each fall doubles the steps of the ramps after it (0: off)",
         check=settings.probability,
     )
     mask_norms: bool = setting(
