@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -64,7 +64,9 @@ def discover(
         schedule.start(state.logits)
     provenance = {"dataset": train.name, "mask_seed": config.mask_seed, "config": asdict(config)}
 
-    def record(loss: float = float("nan")) -> dict[str, float]:
+    def record(loss: float = float("nan"), reached: Sequence[float] = ()) -> dict[str, float] | None:
+        """Evaluate the mask and log the row. With `backoff`, keep this mask to go back to, or, where it fell, go back
+        to the one kept (None: a fallen mask is no snapshot's candidate)."""
         kept, total = count_kept(state.logits)
         row = {
             "step": state.step,
@@ -77,31 +79,34 @@ def discover(
         planned = schedule.planned(state, config, remaining)
         if planned is not None:
             row["planned_density"] = planned
+        fell = bool(config.backoff) and backoff.collapsed(state.kept, row, config.backoff)
         if config.backoff:  # the row that shows a collapse counts it
-            row["backoffs"] = state.backoffs + backoff.collapsed(state.kept, row, config.backoff)
+            row["backoffs"] = state.backoffs + fell
         state.history.append(row)
         if on_eval is not None:
             on_eval(row)
+        if fell:
+            back_off(reached)
+            return None
+        if config.backoff:
+            state.kept = backoff.keep(state.logits, state.optimizer, backoff.score(row))
         return row
 
     done = {c.target_density for c in state.circuits} | {h.target for h in state.holds}
     remaining = [t for t in config.densities if t not in done]
     if state.step == 0 and not state.history:
-        row = record()
-        if config.backoff:
-            state.kept = backoff.keep(state.logits, state.optimizer, backoff.score(row))
+        record()
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
     forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     sample = density_sample(state.layout.total, lm.device)
 
-    def back_off(reached: list[float]) -> None:
+    def back_off(reached: Sequence[float]) -> None:
         """Go back to the last evaluation kept and slow the ramp from there; a target the fall reached is open again."""
         assert state.kept is not None
-        for hold in [h for h in state.holds if h.target in reached]:
+        for hold in [h for h in state.holds if h.target in reached]:  # opened at this step: no candidate yet
             state.holds.remove(hold)
-            state.candidates.pop(hold.target, None)
         remaining.extend(reached)
         remaining.sort(reverse=True)
         backoff.restore(state.logits, state.optimizer, state.kept)
@@ -132,13 +137,8 @@ def discover(
             state.holds.append(Hold(target, state.step + config.method.hold_steps))
         row = None
         if reached or state.step % config.eval_every == 0:
-            row = record(loss.item())
-            bar.set_postfix(density=f"{density:.3f}", faithful=f"{row['faithfulness']:.2f}")
-            if config.backoff and row["backoffs"] > state.backoffs:
-                back_off(reached)
-                row = None  # a collapsed mask is no snapshot's candidate
-            elif config.backoff:
-                state.kept = backoff.keep(state.logits, state.optimizer, backoff.score(row))
+            row = record(loss.item(), reached)
+            bar.set_postfix(density=f"{density:.3f}", faithful=f"{state.history[-1]['faithfulness']:.2f}")
         for hold in list(state.holds):
             if row is not None and row["density"] <= hold.target:
                 hold.looks += 1
