@@ -10,6 +10,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 import torch
@@ -170,3 +171,45 @@ def test_curves_read_a_discover_folder_and_choose_the_snapshots_discover_kept(tm
     (out / "checkpoint" / "state.pt").unlink()  # as a run that has not written its first checkpoint yet
     with pytest.raises(SystemExit, match="run: no history.json and no checkpoint yet"):
         curves.load_report(out)
+
+
+def test_head_margins_predict_what_feature_noise_does_to_the_heads_decisions() -> None:
+    """The curve mean(Φ(margin / s)) is what independent noise of s spreads per dimension does to a head's decisions
+    (checked by drawing the noise), it falls as s grows, and the noise found for 0.9 keeps exactly 0.9."""
+    head_margins = _load_module("head_margins")
+    generator = torch.Generator().manual_seed(0)
+    features = torch.randn(300, 24, generator=generator) * torch.linspace(0.5, 3.0, 24)
+    head = torch.nn.Linear(24, 2)
+    torch.nn.init.normal_(head.weight, generator=generator)
+    with torch.no_grad():
+        logits = head(features)
+    scale = features.std(dim=0)
+    task = SimpleNamespace(head=head, feature_scale=scale, eval_full_logits=logits)
+    margin = head_margins.margins(task)
+    for noise in (0.1, 0.5, 2.0):
+        noisy = features + noise * scale * torch.randn(200, *features.shape, generator=generator)
+        with torch.no_grad():
+            kept = (head(noisy).argmax(dim=-1) == logits.argmax(dim=-1)).float().mean().item()
+        assert head_margins.faithfulness_under_noise(margin, noise) == pytest.approx(kept, abs=0.005)
+    curve = [head_margins.faithfulness_under_noise(margin, s) for s in (0.1, 0.5, 2.0)]
+    assert curve == sorted(curve, reverse=True) and curve[0] < 1
+    assert head_margins.faithfulness_under_noise(margin, head_margins.noise_for(margin)) == pytest.approx(0.9, abs=1e-6)
+
+
+def test_head_margins_measure_every_dataset_of_a_preset_with_the_rows_a_sweep_uses(tmp_path: Path) -> None:
+    out = tmp_path / "margins.json"
+    script = REPO / "benchmarks" / "head_margins.py"
+    args = ["--preset", "tiny", "--datasets", "builtin:hierarchy,builtin:determiner_noun", "--out", str(out)]
+    env = dict(os.environ, HF_HUB_OFFLINE="1", OMP_NUM_THREADS="1")
+    done = subprocess.run([sys.executable, str(script), *args], capture_output=True, text=True, env=env, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert [r["dataset"] for r in report["rows"]] == ["hierarchy", "determiner_noun"]
+    preset = load_preset("tiny")
+    for row in report["rows"]:
+        _, held_out = preset.split_spec(f"builtin:{row['dataset']}", 0).load()
+        assert row["eval_rows"] == len(held_out.labels)
+        quantiles = list(row["margin_quantiles"].values())
+        assert quantiles == sorted(quantiles) and quantiles[0] >= 0
+        assert row["feature_mse_for_0.9"] == pytest.approx(row["noise_for_0.9"] ** 2)
+    assert "| hierarchy |" in done.stdout
