@@ -24,7 +24,7 @@ from pathlib import Path
 
 import torch
 
-from circuitlib import data, options, seeds
+from circuitlib import data, options
 from circuitlib.discovery import DiscoveryConfig, discover
 from circuitlib.jsonio import write_json
 from circuitlib.models import load_model
@@ -94,9 +94,8 @@ def main() -> None:
     lm = load_model(preset.model)
     for spec in specs:
         name = data.dataset_name(spec)
-        seed = seeds.sweep_seeds(name, 0)
-        train, held_out = preset.split_spec(spec, 0).load()  # the rows a sweep's trial uses
-        config = dataclasses.replace(preset.discovery, mask_seed=seed.mask_seed)
+        split, config = preset.trial_inputs(spec, 0)  # the rows and config of a sweep's seed-0 trial
+        train, held_out = split.load()
         start = time.perf_counter()
         curve = report.setdefault("history", {}).setdefault(name, [])
 

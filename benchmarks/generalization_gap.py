@@ -18,7 +18,7 @@ from pathlib import Path
 
 import torch
 
-from circuitlib import data, options, seeds
+from circuitlib import options
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import cached_features, tokenize
 from circuitlib.discovery import DiscoveryConfig, discover, prepare_task
@@ -38,12 +38,11 @@ def main() -> None:
     args = parser.parse_args()
     preset = load_preset(args.preset)
     changes = options.given(args, DiscoveryConfig, "discovery.")
-    discovery = options.build(
+    preset.discovery = options.build(
         DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes), lambda key: f"--discovery.{key}"
     )
-    seed = seeds.sweep_seeds(data.dataset_name(args.dataset), 0)
-    train, held_out = preset.split_spec(args.dataset, 0).load()
-    config = dataclasses.replace(discovery, mask_seed=seed.mask_seed)
+    split, config = preset.trial_inputs(args.dataset, 0)  # the rows and config of a sweep's seed-0 trial
+    train, held_out = split.load()
     lm = load_model(preset.model)
     task = prepare_task(lm, train, held_out, config)
     rows = {"train": tokenize(lm.tokenizer, train.texts[: args.train_rows], config.max_length), "held_out": task.eval}

@@ -15,13 +15,12 @@ rather than predicting a circuit's figure. Writes FILE.json and prints a markdow
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import sys
 from pathlib import Path
 
 import torch
 
-from circuitlib import data, seeds
+from circuitlib import data
 from circuitlib.discovery import Task, prepare_task
 from circuitlib.jsonio import write_json
 from circuitlib.models import load_model
@@ -101,9 +100,9 @@ def main() -> None:
     }
     for spec in specs:
         name = data.dataset_name(spec)
-        train, held_out = preset.split_spec(spec, 0).load()  # the rows a sweep's trial uses
-        config = dataclasses.replace(preset.discovery, mask_seed=seeds.sweep_seeds(name, 0).mask_seed).resolved()
-        report["rows"].append(measure(prepare_task(lm, train, held_out, config), name))
+        split, config = preset.trial_inputs(spec, 0)  # the rows and config of a sweep's seed-0 trial
+        train, held_out = split.load()
+        report["rows"].append(measure(prepare_task(lm, train, held_out, config.resolved()), name))
         write_json(Path(args.out), report)
     print(table(report["rows"]))
 

@@ -160,6 +160,12 @@ class SweepConfig:
         split_seed = sweep_seeds(data.dataset_name(dataset), seed).split_seed
         return data.SplitSpec.of(dataset, self.split, split_seed)
 
+    def trial_inputs(self, dataset: str, seed: int) -> tuple[data.SplitSpec, DiscoveryConfig]:
+        """The rows and the config a discovery trial of `dataset` (a spec) under sweep seed `seed` runs on: the
+        sweep's discovery settings with this dataset's mask seed (circuitlib.seeds)."""
+        mask_seed = sweep_seeds(data.dataset_name(dataset), seed).mask_seed
+        return self.split_spec(dataset, seed), dataclasses.replace(self.discovery, mask_seed=mask_seed)
+
     def validate(self) -> None:
         """Reject inputs that cannot be found or combined, before any trial starts (each value is checked on
         construction, by its own field's setting). Every dataset that is not on the hub is loaded and split as each

@@ -6,7 +6,6 @@ checkpoints through Ray Tune so a preempted trial continues where it stopped, an
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import logging
 import math
@@ -42,9 +41,7 @@ PROGRESS_REPORT_S = 10.0  # a discovery reports its progress (sweeps.progress) a
 
 def discovery_inputs(trial: DiscoveryTrial) -> tuple[data.SplitSpec, DiscoveryConfig]:
     """The rows and the config a discovery trial runs on: the sweep's settings with this dataset's seeds."""
-    cfg = trial.sweep.config
-    config = dataclasses.replace(cfg.discovery, mask_seed=trial.seeds.mask_seed)
-    return cfg.split_spec(trial.dataset, trial.seed), config
+    return trial.sweep.config.trial_inputs(trial.dataset, trial.seed)
 
 
 def discovery_model(cfg: SweepConfig) -> LoadedModel:

@@ -64,6 +64,18 @@ def discover(
         schedule.start(state.logits)
     provenance = {"dataset": train.name, "mask_seed": config.mask_seed, "config": asdict(config)}
 
+    def back_off(reached: Sequence[float]) -> None:
+        """Go back to the last evaluation kept and slow the ramp from there; a target the fall reached is open again."""
+        assert state.kept is not None
+        for hold in [h for h in state.holds if h.target in reached]:  # opened at this step: no candidate yet
+            state.holds.remove(hold)
+        remaining.extend(reached)
+        remaining.sort(reverse=True)
+        backoff.restore(state.logits, state.optimizer, state.kept)
+        state.backoffs += 1
+        state.slowdown *= 2
+        state.ramp_start = (state.step, count_kept(state.logits)[0] / state.layout.total)
+
     def record(loss: float = float("nan"), reached: Sequence[float] = ()) -> dict[str, float] | None:
         """Evaluate the mask and log the row. With `backoff`, keep this mask to go back to, or, where it fell, go back
         to the one kept (None: a fallen mask is no snapshot's candidate)."""
@@ -101,18 +113,6 @@ def discover(
     forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     sample = density_sample(state.layout.total, lm.device)
-
-    def back_off(reached: Sequence[float]) -> None:
-        """Go back to the last evaluation kept and slow the ramp from there; a target the fall reached is open again."""
-        assert state.kept is not None
-        for hold in [h for h in state.holds if h.target in reached]:  # opened at this step: no candidate yet
-            state.holds.remove(hold)
-        remaining.extend(reached)
-        remaining.sort(reverse=True)
-        backoff.restore(state.logits, state.optimizer, state.kept)
-        state.backoffs += 1
-        state.slowdown *= 2
-        state.ramp_start = (state.step, count_kept(state.logits)[0] / state.layout.total)
 
     def snapshot(hold: Hold) -> None:
         circuit = state.candidates.pop(hold.target)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -35,6 +36,14 @@ def test_a_sweep_seed_splits_and_draws_random_masks_as_before() -> None:
     seeds = sweep_seeds("hierarchy", 3)
     assert (seeds.split_seed, seeds.random_mask_seed) == (3, 3)
     assert seeds.mask_seed == mask_seed("hierarchy", 3) != 3
+
+
+def test_a_trial_runs_on_the_sweeps_settings_with_its_datasets_mask_seed() -> None:
+    preset = load_preset("tiny")
+    split, config = preset.trial_inputs("builtin:hierarchy", 1)
+    assert config.mask_seed == sweep_seeds("hierarchy", 1).mask_seed != preset.discovery.mask_seed
+    assert dataclasses.replace(config, mask_seed=preset.discovery.mask_seed) == preset.discovery
+    assert split == preset.split_spec("builtin:hierarchy", 1)
 
 
 @pytest.mark.parametrize("dataset", sorted(PRE_REFACTOR_DIGESTS))
