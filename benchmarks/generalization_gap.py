@@ -6,7 +6,8 @@
 Runs a preset's discovery on one dataset (rows and mask seed as a sweep's seed 0 draws them) and, at each snapshot,
 measures the circuit against the full model on the first `--train-rows` training rows and on every held-out row,
 through one head: agreement of the head's decisions and the feature distance that `loss: features` trains
-(mean squared gap over each dimension's spread). Writes FILE.json after every snapshot.
+(mean squared gap over each dimension's spread), and that gap along the head's direction (`head_margins.head_error`).
+Writes FILE.json after every snapshot.
 """
 
 from __future__ import annotations
@@ -26,6 +27,9 @@ from circuitlib.jsonio import write_json
 from circuitlib.masks import apply_masks
 from circuitlib.models import load_model
 from sweeps.config import load_preset
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by file, as the tests do
+from head_margins import faithfulness_under_noise, head_error, margins  # noqa: E402  (a sibling script)
 
 
 def main() -> None:
@@ -64,11 +68,16 @@ def main() -> None:
             "step": circuit.provenance["step"],
             "reported_faithfulness": circuit.provenance["faithfulness"],
         }
+        errors: dict[str, float] = {}
         for name, tokens in rows.items():
             masked = cached_features(lm, tokens, config.feature_batch_size, weights)
             agree = task.head(masked).argmax(dim=1) == task.head(full[name]).argmax(dim=1)
             row[f"{name}_agreement"] = agree.float().mean().item()
             row[f"{name}_feature_mse"] = ((masked - full[name]) / task.feature_scale).square().mean().item()
+            errors[name] = row[f"{name}_head_error"] = head_error(task, masked, full[name])
+        # what independent noise of that size along the head would keep (head_margins): below the agreement where the
+        # error spares the rows near the boundary, above it where the error flips them
+        row["held_out_noise_agreement"] = faithfulness_under_noise(margins(task), errors["held_out"])
         report["snapshots"].append(row)
         write_json(Path(args.out), report)
         print(row, flush=True)

@@ -9,7 +9,8 @@ were off by independent noise of s spreads in every dimension (a held-out featur
 `loss: features` trains and `generalization_gap.py` measures) would keep faithfulness mean(Φ(margin / s)). The
 script writes the margins' quantiles, that curve, and the largest s (and MSE) that keeps 0.9, so sets can be
 compared before any discovery runs. Real circuits' errors are not independent noise, so the curve ranks sets
-rather than predicting a circuit's figure. Writes FILE.json and prints a markdown table.
+rather than predicting a circuit's figure (`head_error` measures how far a circuit's error leans toward the head).
+Writes FILE.json and prints a markdown table.
 """
 
 from __future__ import annotations
@@ -30,12 +31,25 @@ NOISE = (0.1, 0.2, 0.3, 0.4, 0.5)  # feature error, in spreads, at which the cur
 QUANTILES = (0.05, 0.1, 0.25, 0.5)
 
 
+def decision_direction(task: Task) -> torch.Tensor:
+    """The head's logit gap per spread of each training feature: [d_model]."""
+    weight = task.head.weight.detach()
+    return (weight[1] - weight[0]) * task.feature_scale
+
+
 def margins(task: Task) -> torch.Tensor:
     """Each held-out row's distance to the head's boundary in spreads of the training features: [n_eval]."""
-    weight = task.head.weight.detach()
-    direction = (weight[1] - weight[0]) * task.feature_scale
     gap = task.eval_full_logits[:, 1] - task.eval_full_logits[:, 0]
-    return gap.abs() / direction.norm()
+    return gap.abs() / decision_direction(task).norm()
+
+
+def head_error(task: Task, features: torch.Tensor, full: torch.Tensor) -> float:
+    """The root-mean-square of a circuit's feature error [n, d_model] along the head's direction, in the spreads
+    `margins` counts. Independent noise of s spreads per dimension gives s, as it gives a feature MSE of s²; an error
+    larger along the head than its MSE says leans toward the decision."""
+    direction = decision_direction(task)
+    along = ((features - full) / task.feature_scale) @ (direction / direction.norm())
+    return along.square().mean().sqrt().item()
 
 
 def faithfulness_under_noise(margin: torch.Tensor, noise: float) -> float:

@@ -136,6 +136,7 @@ def test_the_generalization_gap_measures_each_snapshot_as_discovery_evaluated_it
     for s in report["snapshots"]:
         assert s["held_out_agreement"] == pytest.approx(s["reported_faithfulness"])
         assert 0 <= s["train_agreement"] <= 1 and s["train_feature_mse"] > 0 and s["held_out_feature_mse"] > 0
+        assert s["held_out_head_error"] > 0 and 0 < s["held_out_noise_agreement"] <= 1
 
 
 def test_curves_read_a_discover_folder_and_choose_the_snapshots_discover_kept(tmp_path: Path) -> None:
@@ -194,6 +195,24 @@ def test_head_margins_predict_what_feature_noise_does_to_the_heads_decisions() -
     curve = [head_margins.faithfulness_under_noise(margin, s) for s in (0.1, 0.5, 2.0)]
     assert curve == sorted(curve, reverse=True) and curve[0] < 1
     assert head_margins.faithfulness_under_noise(margin, head_margins.noise_for(margin)) == pytest.approx(0.9, abs=1e-6)
+
+
+def test_head_error_is_the_error_along_the_heads_direction_in_the_margins_spreads() -> None:
+    """Independent noise of s spreads per dimension reads s; the same noise with its part along the head removed reads
+    zero, though its feature MSE is unchanged."""
+    head_margins = _load_module("head_margins")
+    generator = torch.Generator().manual_seed(0)
+    full = torch.randn(4000, 24, generator=generator) * torch.linspace(0.5, 3.0, 24)
+    head = torch.nn.Linear(24, 2)
+    torch.nn.init.normal_(head.weight, generator=generator)
+    task = SimpleNamespace(head=head, feature_scale=full.std(dim=0))
+    noise = 0.3 * torch.randn(full.shape, generator=generator)  # in spreads
+    assert head_margins.head_error(task, full + noise * task.feature_scale, full) == pytest.approx(0.3, rel=0.05)
+    unit = head_margins.decision_direction(task)
+    unit = unit / unit.norm()
+    across = noise - (noise @ unit)[:, None] * unit
+    assert head_margins.head_error(task, full + across * task.feature_scale, full) == pytest.approx(0.0, abs=1e-5)
+    assert across.square().mean() == pytest.approx(0.09, rel=0.05)
 
 
 def test_head_margins_measure_every_dataset_of_a_preset_with_the_rows_a_sweep_uses(tmp_path: Path) -> None:
