@@ -59,7 +59,7 @@ from circuitlib.discovery import (
     DiscoveryState,
     StepBuffers,
     mask_step,
-    masked_features,
+    masked_hidden,
     penalty_weight,
     prepare_task,
 )
@@ -317,7 +317,7 @@ def bench_mask_steps(lm: LoadedModel, task, dataset, args: argparse.Namespace) -
         )
         state = DiscoveryState(lm, config, len(dataset))
         buffers = StepBuffers.for_run(lm, state.layout, config)
-        forward = masked_features(lm, state.layout, precision, compiled, buffers.grad)
+        forward = masked_hidden(lm, state.layout, precision, compiled, buffers.grad)
         step = functools.partial(mask_step, lm, task, state, config, buffers, fused, forward, width)
         start = time.perf_counter()
         step()

@@ -34,7 +34,7 @@ import torch
 
 from circuitlib import data
 from circuitlib.circuits import Circuit
-from circuitlib.discovery import FUSE_ABOVE, DiscoveryState, StepBuffers, mask_step, masked_features, prepare_task
+from circuitlib.discovery import FUSE_ABOVE, DiscoveryState, StepBuffers, mask_step, masked_hidden, prepare_task
 from circuitlib.editing import edit_requests, variant_masks
 from circuitlib.models import LoadedModel, load_model
 from sweeps.config import SweepConfig, load_preset
@@ -92,7 +92,7 @@ def bench_discovery(lm: LoadedModel, sweep: SweepConfig, args: argparse.Namespac
     state = DiscoveryState(lm, config, len(rows))
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
-    forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
+    forward = masked_hidden(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None
     median, times = median_s(
         lambda: mask_step(lm, task, state, config, buffers, fused, forward, width), lm.device, args.repeats, warmup=3

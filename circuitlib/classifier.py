@@ -51,18 +51,28 @@ def tokenize(tokenizer: PreTrainedTokenizerBase, texts: Sequence[str], max_lengt
     return Tokenized([list(r) for r in ids], token_id(tokenizer, "pad"))
 
 
+def final_hidden(
+    lm: LoadedModel, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor] | None = None
+) -> torch.Tensor:
+    """Final hidden state [batch, width, d_model] at every position, optionally with `weights` swapped in."""
+    base = lm.model.base_model
+    if weights is None:
+        return base(**inputs).last_hidden_state
+    prefix = lm.model.base_model_prefix + "."
+    return call_with_weights(base, weights, prefix=prefix, **inputs).last_hidden_state
+
+
+def last_token(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """Each row's state at its last non-pad token: [batch, width, d_model] -> [batch, d_model]."""
+    last = attention_mask.sum(dim=1) - 1
+    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last]
+
+
 def last_token_features(
     lm: LoadedModel, inputs: Mapping[str, torch.Tensor], weights: Mapping[str, torch.Tensor] | None = None
 ) -> torch.Tensor:
     """Final hidden state [batch, d_model] at each row's last non-pad token, optionally with `weights` swapped in."""
-    base = lm.model.base_model
-    if weights is None:
-        hidden = base(**inputs).last_hidden_state
-    else:
-        prefix = lm.model.base_model_prefix + "."
-        hidden = call_with_weights(base, weights, prefix=prefix, **inputs).last_hidden_state
-    last = inputs["attention_mask"].sum(dim=1) - 1
-    return hidden[torch.arange(hidden.shape[0], device=hidden.device), last].float()
+    return last_token(final_hidden(lm, inputs, weights), inputs["attention_mask"]).float()
 
 
 @torch.no_grad()
@@ -71,6 +81,17 @@ def cached_features(
 ) -> torch.Tensor:
     """Features of every row in one pass: [n, d_model] float32."""
     return torch.cat([last_token_features(lm, b, weights) for b in data.batches(batch_size, lm.device)])
+
+
+@torch.no_grad()
+def cached_hidden(lm: LoadedModel, data: Tokenized, batch_size: int = 64) -> torch.Tensor:
+    """Final hidden states of every row at every token in one pass: [n, max_width, d_model] float32, 0 past each
+    row's end."""
+    states = []
+    for batch in data.batches(batch_size, lm.device):
+        hidden = final_hidden(lm, batch).float() * batch["attention_mask"].unsqueeze(-1)
+        states.append(F.pad(hidden, (0, 0, 0, data.max_width - hidden.shape[1])))
+    return torch.cat(states)
 
 
 def train_head(

@@ -16,16 +16,17 @@ from circuitlib.discovery.config import PRECISIONS, DiscoveryConfig
 from circuitlib.discovery.evaluation import SnapshotRecord, evaluate, wilson_interval
 from circuitlib.discovery.inits import INITS
 from circuitlib.discovery.loop import DiscoveryResult, discover
-from circuitlib.discovery.losses import LOSSES
+from circuitlib.discovery.losses import LOSSES, OVER_TOKENS, Run
 from circuitlib.discovery.schedules import SCHEDULES, Method, Schedule, penalty_weight
 from circuitlib.discovery.state import DiscoveryState, Hold
-from circuitlib.discovery.step import FUSE_ABOVE, StepBuffers, mask_step, masked_features
-from circuitlib.discovery.task import Task, out_of_fold_logits, prepare_task, selection_rows
+from circuitlib.discovery.step import FUSE_ABOVE, StepBuffers, mask_step, masked_hidden
+from circuitlib.discovery.task import Task, TokenTargets, out_of_fold_logits, prepare_task, selection_rows
 
 __all__ = [
     "FUSE_ABOVE",
     "INITS",
     "LOSSES",
+    "OVER_TOKENS",
     "PRECISIONS",
     "SCHEDULES",
     "DiscoveryConfig",
@@ -33,14 +34,16 @@ __all__ = [
     "DiscoveryState",
     "Hold",
     "Method",
+    "Run",
     "Schedule",
     "SnapshotRecord",
     "StepBuffers",
     "Task",
+    "TokenTargets",
     "discover",
     "evaluate",
     "mask_step",
-    "masked_features",
+    "masked_hidden",
     "out_of_fold_logits",
     "penalty_weight",
     "prepare_task",

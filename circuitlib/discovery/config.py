@@ -106,7 +106,9 @@ class DiscoveryConfig:
         "(scaled by their variance), which keeps its margins and its errors; features: squared error "
         "to the full model's last-token features (each dimension scaled by its spread), so the circuit "
         "keeps the representation the head reads, not only its verdicts on the training rows; "
-        "features+mse, features+ce: features plus that decision loss; unset: the schedule's (paper: ce, "
+        "features+mse, features+ce: features plus that decision loss; tokens: features at every token of "
+        "a row, not only the last (more targets per row, for sets of few rows); features+tokens: both; "
+        "unset: the schedule's (paper: ce, "
         "controlled: features)",
         choices=tuple(LOSSES),
     )

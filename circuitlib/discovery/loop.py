@@ -15,7 +15,7 @@ from circuitlib.discovery.evaluation import evaluate
 from circuitlib.discovery.inits import INITS
 from circuitlib.discovery.schedules import SCHEDULES, penalty_weight
 from circuitlib.discovery.state import DiscoveryState, Hold
-from circuitlib.discovery.step import FUSE_ABOVE, StepBuffers, mask_step, masked_features
+from circuitlib.discovery.step import FUSE_ABOVE, StepBuffers, mask_step, masked_hidden
 from circuitlib.discovery.task import prepare_task
 from circuitlib.masks import count_kept, density_sample, hard_masks
 from circuitlib.models import LoadedModel, require_float32, without_norms
@@ -110,7 +110,7 @@ def discover(
         record()
     buffers = StepBuffers.for_run(lm, state.layout, config)
     fused = config.fused if config.fused is not None else state.layout.total >= FUSE_ABOVE
-    forward = masked_features(lm, state.layout, config.precision, config.compile_model, buffers.grad)
+    forward = masked_hidden(lm, state.layout, config.precision, config.compile_model, buffers.grad)
     width = task.train.max_width if config.compile_model else None  # one batch width, so compiled graphs are reused
     sample = density_sample(state.layout.total, lm.device)
 

@@ -7,9 +7,9 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitlib.classifier import last_token_features
+from circuitlib.classifier import final_hidden
 from circuitlib.discovery.config import DiscoveryConfig
-from circuitlib.discovery.losses import LOSSES, uninformed
+from circuitlib.discovery.losses import LOSSES, Run, uninformed
 from circuitlib.discovery.schedules import penalty_weight
 from circuitlib.discovery.state import DiscoveryState
 from circuitlib.discovery.task import Task
@@ -18,17 +18,18 @@ from circuitlib.models import LoadedModel
 
 FUSE_ABOVE = 10_000_000  # below this, compiling the fused mask kernels costs more than it saves
 
-MaskedFeatures = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
+MaskedHidden = Callable[[torch.Tensor, dict[str, torch.Tensor]], torch.Tensor]
 
 
-def masked_features(
+def masked_hidden(
     lm: LoadedModel,
     layout: FlatLayout,
     precision: str = "fp32",
     compile_model: bool = False,
     grad_buffer: torch.Tensor | None = None,
-) -> MaskedFeatures:
-    """(flat masked weights, batch) -> last-token features [batch, d_model] (float32) with those weights swapped in.
+) -> MaskedHidden:
+    """(flat masked weights, batch) -> final hidden states [batch, width, d_model] (float32) with those weights
+    swapped in.
 
     With `compile_model`, the whole forward (and so its backward) is one torch.compile'd graph: far fewer kernel
     launches and Python calls per step, which is what bounds a mask step on a GPU. Eager, `grad_buffer` (a reused
@@ -41,7 +42,7 @@ def masked_features(
             # Vectors (norm weights, biases) back to float32: autocast runs normalisation in float32, which needs it.
             weights = {name: w if w.dim() > 1 else w.float() for name, w in weights.items()}
         with torch.autocast(lm.device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-            return last_token_features(lm, inputs, weights).float()
+            return final_hidden(lm, inputs, weights).float()
 
     return torch.compile(forward) if compile_model else forward
 
@@ -74,7 +75,7 @@ def complement_step(
     config: DiscoveryConfig,
     buffers: StepBuffers,
     fused: bool,
-    forward: MaskedFeatures,
+    forward: MaskedHidden,
     inputs: dict[str, torch.Tensor],
 ) -> torch.Tensor:
     """The completeness term's backward into the logits' gradient; returns its (detached) value.
@@ -93,7 +94,7 @@ def complement_step(
         out=buffers.masked,
         noise=method.noise,
     )
-    loss = config.completeness * uninformed(task, forward(complement, inputs))
+    loss = config.completeness * uninformed(task, Run(forward(complement, inputs), inputs["attention_mask"]))
     loss.backward()
     return loss.detach()
 
@@ -105,7 +106,7 @@ def mask_step(
     config: DiscoveryConfig,
     buffers: StepBuffers,
     fused: bool,
-    forward: MaskedFeatures | None = None,
+    forward: MaskedHidden | None = None,
     width: int | None = None,
 ) -> torch.Tensor:
     """One AdamW step of the mask logits on the next training batch; returns the (detached) loss.
@@ -113,7 +114,7 @@ def mask_step(
     With `config.samples` > 1, that many Gumbel masks each run the batch and the step follows the mean of their
     losses (the gradients add up in the logits' `.grad`; each sample's backward runs before the next sample reuses
     the buffers). With `config.completeness`, the complement of the mask runs the batch too (`complement_step`).
-    `forward` is a `masked_features` (default: an eager one), `width` a fixed width to pad batches to.
+    `forward` is a `masked_hidden` (default: an eager one), `width` a fixed width to pad batches to.
     """
     method = config.method  # derived from the schedule: read once a step
     index = state.next_batch(config.batch_size)
@@ -122,7 +123,7 @@ def mask_step(
     # The penalty lam * mean(sigmoid(logits)) enters through the mask's backward pass; here only its value (a pass
     # over every logit, skipped where there is no penalty).
     penalty = lam * mean_keep_probability(state.logits, fused) if lam else torch.zeros((), device=lm.device)
-    forward = forward or masked_features(lm, state.layout, config.precision, grad_buffer=buffers.grad)
+    forward = forward or masked_hidden(lm, state.layout, config.precision, grad_buffer=buffers.grad)
     state.optimizer.zero_grad(set_to_none=False)  # the mask backward adds into the kept gradient buffer
     task_loss, rows = torch.zeros((), device=lm.device), index.to(lm.device)
     for _ in range(config.samples):
@@ -137,7 +138,8 @@ def mask_step(
             out=buffers.masked,
             noise=method.noise,
         )
-        sample_loss = LOSSES[method.loss](task, forward(masked, inputs), rows) / config.samples
+        run = Run(forward(masked, inputs), inputs["attention_mask"])
+        sample_loss = LOSSES[method.loss](task, run, rows) / config.samples
         sample_loss.backward()
         task_loss += sample_loss.detach()
     if config.completeness:

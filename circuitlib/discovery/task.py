@@ -6,8 +6,9 @@ from dataclasses import dataclass
 
 import torch
 
-from circuitlib.classifier import Tokenized, cached_features, tokenize, train_head
+from circuitlib.classifier import Tokenized, cached_features, cached_hidden, tokenize, train_head
 from circuitlib.discovery.config import DiscoveryConfig
+from circuitlib.discovery.losses import OVER_TOKENS
 from circuitlib.errors import InputError
 from circuitlib.models import LoadedModel
 from circuitlib.types import ClassificationData
@@ -15,6 +16,22 @@ from circuitlib.types import ClassificationData
 # mask_seed + this seeds the draw of the selection rows, clear of the noise (+1), batch order (+2) and cross-fit
 # heads' (+1 + fold) streams
 SELECT_STREAM = 104_729
+
+
+@dataclass
+class TokenTargets:
+    """The full model's final hidden states at every token of the training rows, for the losses over tokens."""
+
+    hidden: torch.Tensor  # [n_train, max_width, d_model], 0 past each row's end
+    scale: torch.Tensor  # [d_model]: each dimension's spread over every token of every row
+
+    @classmethod
+    def of(cls, lm: LoadedModel, rows: Tokenized, batch_size: int) -> TokenTargets:
+        hidden = cached_hidden(lm, rows, batch_size)
+        real = torch.zeros(hidden.shape[:2], dtype=torch.bool, device=hidden.device)
+        for i, ids in enumerate(rows.ids):
+            real[i, : len(ids)] = True
+        return cls(hidden, hidden[real].std(dim=0).clamp_min(1e-6))
 
 
 @dataclass
@@ -30,6 +47,7 @@ class Task:
     train_full_features: torch.Tensor  # [n_train, d_model]
     feature_scale: torch.Tensor  # [d_model]
     select: torch.Tensor | None = None  # held-out rows (bool) that choose snapshots; the others report (select_rows)
+    train_tokens: TokenTargets | None = None  # only for a loss over tokens (OVER_TOKENS)
 
     @property
     def train_targets(self) -> torch.Tensor:
@@ -66,6 +84,7 @@ def prepare_task(
         train_features,
         train_features.std(dim=0).clamp_min(1e-6),
         selection_rows(len(eval_data), eval_data.name, config),
+        TokenTargets.of(lm, train_tok, config.feature_batch_size) if config.method.loss in OVER_TOKENS else None,
     )
 
 

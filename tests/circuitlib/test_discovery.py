@@ -12,7 +12,7 @@ import torch
 
 import circuitlib.discovery as discovery
 from circuitlib import options, settings
-from circuitlib.classifier import cached_features, last_token_features, tokenize, train_head
+from circuitlib.classifier import cached_features, last_token, last_token_features, tokenize, train_head
 from circuitlib.discovery import DiscoveryConfig, Method, discover, evaluate, evaluation, prepare_task
 from circuitlib.editing import masked_weights
 from circuitlib.errors import InputError
@@ -160,7 +160,7 @@ def test_the_completeness_term_adds_the_complements_straight_through_gradient(ti
     weights = flat_weights(tiny_lm.model, state.layout)
     complement = (weights * (start <= 0)).requires_grad_()
     inputs = task.train.batch(index.tolist(), tiny_lm.device)
-    features = discovery.masked_features(tiny_lm, state.layout)(complement, inputs)
+    features = last_token(discovery.masked_hidden(tiny_lm, state.layout)(complement, inputs), inputs["attention_mask"])
     uninformed = -task.head(features).log_softmax(dim=1).mean()
     uninformed.backward()
     assert complement.grad is not None
@@ -408,28 +408,67 @@ def test_features_loss_is_the_scaled_distance_to_the_full_models_features(tiny_l
         assert (loss == 0) == (density == 1.0), (density, loss)
 
 
-@pytest.mark.parametrize(("name", "decision"), [("features+mse", "mse"), ("features+ce", "ce")])
-def test_a_features_plus_decision_loss_is_the_sum_of_its_parts(name: str, decision: str) -> None:
-    """features+X adds X's loss on the head's logits to the feature distance, each on the same rows."""
+@pytest.mark.parametrize(
+    ("name", "other"), [("features+mse", "mse"), ("features+ce", "ce"), ("features+tokens", "tokens")]
+)
+def test_a_features_plus_loss_is_the_sum_of_its_parts(name: str, other: str) -> None:
+    """features+X adds X's loss to the last-token feature distance, each on the same rows."""
     torch.manual_seed(0)
     head = torch.nn.Linear(4, 2)
-    full = torch.randn(6, 4)
+    full = torch.randn(6, 3, 4)  # every row 3 tokens long
     task = discovery.Task(
         train=None,  # type: ignore[arg-type]  # the losses read only the cached targets and the head
         eval=None,  # type: ignore[arg-type]
         eval_labels=torch.zeros(0),
         head=head,
-        train_full_logits=head(full).detach(),
+        train_full_logits=head(full[:, -1]).detach(),
         eval_full_logits=torch.zeros(0, 2),
-        train_full_features=full,
-        feature_scale=full.std(dim=0),
+        train_full_features=full[:, -1],
+        feature_scale=full[:, -1].std(dim=0),
+        train_tokens=discovery.TokenTargets(full, full.flatten(0, 1).std(dim=0)),
     )
     index = torch.tensor([1, 3, 4])
-    features = full[index] + 0.5 * torch.randn(3, 4)
-    parts = [discovery.LOSSES[n](task, features, index) for n in ("features", decision)]
+    mask = torch.ones(3, 3, dtype=torch.long)
+    run = discovery.Run(full[index] + 0.5 * torch.randn(3, 3, 4), mask)
+    parts = [discovery.LOSSES[n](task, run, index) for n in ("features", other)]
     assert all(part > 0 for part in parts)
-    torch.testing.assert_close(discovery.LOSSES[name](task, features, index), parts[0] + parts[1])
-    assert discovery.LOSSES[name](task, full[index], index) < parts[0] + parts[1]  # the full model's own features
+    torch.testing.assert_close(discovery.LOSSES[name](task, run, index), parts[0] + parts[1])
+    own = discovery.LOSSES[name](task, discovery.Run(full[index], mask), index)  # the full model's own states
+    assert own < parts[0] + parts[1]
+
+
+def test_tokens_loss_is_the_scaled_distance_at_every_real_token(tiny_lm, tiny_data) -> None:
+    """loss=tokens: 0 for the whole model; for a mask, the mean squared state gap over every token of every row (each
+    row run alone, so no padding), each dimension over its spread across all tokens."""
+    cfg = config(loss="tokens", schedule="controlled", noise=False, temperature=1.0, batch_size=len(tiny_data))
+    task = prepare_task(tiny_lm, tiny_data, tiny_data, cfg)
+    assert task.train_tokens is not None
+    assert len({len(ids) for ids in task.train.ids}) > 1  # rows of several lengths: the batch has padding
+
+    def states(masks=None) -> list[torch.Tensor]:
+        with masked_weights(tiny_lm, masks), torch.no_grad():
+            return [tiny_lm.model.base_model(torch.tensor([ids])).last_hidden_state[0] for ids in task.train.ids]
+
+    full = states()
+    for i in (0, len(full) - 1):
+        torch.testing.assert_close(task.train_tokens.hidden[i, : len(full[i])], full[i], rtol=1e-4, atol=1e-5)
+        assert not task.train_tokens.hidden[i, len(full[i]) :].any()
+    torch.testing.assert_close(task.train_tokens.scale, torch.cat(full).std(dim=0).clamp_min(1e-6), rtol=1e-4, atol=0)
+    for density in (1.0, 0.5):
+        state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+        with torch.no_grad():
+            shift_to_density(state.logits, density)
+        circuit = states(hard_masks(state.logits, state.layout))
+        expected = ((torch.cat(circuit) - torch.cat(full)) / task.train_tokens.scale).square().mean()
+        buffers = discovery.StepBuffers.for_run(tiny_lm, state.layout, cfg)
+        loss = discovery.mask_step(tiny_lm, task, state, cfg, buffers, fused=False)
+        torch.testing.assert_close(loss, expected, rtol=1e-3, atol=1e-6)
+        assert (loss < 1e-6) == (density == 1.0), (density, loss)
+
+
+def test_only_a_loss_over_tokens_caches_the_states_at_every_token(tiny_lm, tiny_data) -> None:
+    assert prepare_task(tiny_lm, tiny_data, tiny_data, config(loss="features")).train_tokens is None
+    assert prepare_task(tiny_lm, tiny_data, tiny_data, config(loss="features+tokens")).train_tokens is not None
 
 
 def test_config_rejects_an_unknown_precision() -> None:
@@ -448,8 +487,9 @@ def test_compiled_masked_forward_matches_eager_and_padding_changes_nothing(tiny_
     width = task.train.max_width
     results = []
     for compiled, pad_to in ((False, None), (False, width), (True, width)):
-        forward = discovery.masked_features(tiny_lm, state.layout, compile_model=compiled)
-        logits = task.head(forward(flat, task.train.batch(index, tiny_lm.device, pad_to)))
+        forward = discovery.masked_hidden(tiny_lm, state.layout, compile_model=compiled)
+        inputs = task.train.batch(index, tiny_lm.device, pad_to)
+        logits = task.head(last_token(forward(flat, inputs), inputs["attention_mask"]))
         (grad,) = torch.autograd.grad(logits[:, 1].sum(), flat)
         results.append((logits.detach(), grad))
     assert task.train.batch(index, tiny_lm.device, width)["input_ids"].shape[1] == width > min(map(len, task.train.ids))
