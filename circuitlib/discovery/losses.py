@@ -59,8 +59,8 @@ def feature_mse(task: Task, run: Run, index: torch.Tensor) -> torch.Tensor:
 
 
 def token_mse(task: Task, run: Run, index: torch.Tensor) -> torch.Tensor:
-    """feature_mse over every token of each row, not only the last: a row gives the mask one target per token, so a
-    set of few rows is harder to fit by rote (each dimension over its spread across all tokens)."""
+    """feature_mse over every token of each row, not only the last: a row gives the mask one target per token rather
+    than one in all, for sets of few rows (each dimension over its spread across all tokens; padding left out)."""
     if task.train_tokens is None:
         raise ValueError("token_mse needs the full model's states at every token: prepare_task caches them")
     width = min(run.hidden.shape[1], task.train_tokens.hidden.shape[1])  # past the set's longest row is padding
