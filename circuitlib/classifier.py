@@ -101,10 +101,12 @@ def train_head(
     lr: float = 1e-3,
     batch_size: int = 128,
     seed: int = 0,
+    l2: float = 0.0,
 ) -> torch.nn.Linear:
     """Fit a 2-way linear head on cached features (the LM is frozen, so its features never change).
 
-    Features are standardised for training and the scaling is folded back into the returned layer.
+    Features are standardised for training and the scaling is folded back into the returned layer. `l2` adds
+    l2/2 * ||weight||² (over the standardised features) to the mean cross-entropy: ridge-penalised logistic regression.
     """
     gen = torch.Generator().manual_seed(seed)
     mean, std = features.mean(dim=0), features.std(dim=0).clamp_min(1e-6)
@@ -120,6 +122,8 @@ def train_head(
         for start in range(0, n, batch_size):
             idx = order[start : start + batch_size].to(features.device)
             loss = F.cross_entropy(head(features[idx]), labels[idx])
+            if l2:
+                loss = loss + 0.5 * l2 * head.weight.square().sum()
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()

@@ -55,6 +55,12 @@ class DiscoveryConfig:
     lambda_max: float = setting(1000.0, "cap on lambda", check=settings.non_negative)
     head_epochs: int = setting(400, "epochs of the classification head on cached features", check=settings.at_least(1))
     head_lr: float = setting(1e-3, "AdamW learning rate of the classification head", check=settings.positive)
+    head_l2: float = setting(
+        0.0,
+        "L2 penalty on the head's weights over standardised features, added to its mean cross-entropy "
+        "(0: none, the paper's); a larger one reads the task from more feature directions at once",
+        check=settings.non_negative,
+    )
     eval_every: int = setting(50, "steps between held-out evaluations", check=settings.at_least(1))
     checkpoint_every: int = setting(50, "steps between checkpoints", check=settings.at_least(1))
     feature_batch_size: int = setting(

@@ -68,7 +68,9 @@ def prepare_task(
     train_features = cached_features(lm, train_tok, config.feature_batch_size)
     eval_features = cached_features(lm, eval_tok, config.feature_batch_size)
     labels = torch.tensor(train.labels, device=device)
-    head = train_head(train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.mask_seed)
+    head = train_head(
+        train_features, labels, config.head_epochs, config.head_lr, config.batch_size, config.mask_seed, config.head_l2
+    )
     with torch.no_grad():
         train_full_logits = head(train_features)
         eval_full_logits = head(eval_features)
@@ -122,6 +124,7 @@ def out_of_fold_logits(features: torch.Tensor, labels: torch.Tensor, config: Dis
             config.head_lr,
             config.batch_size,
             config.mask_seed + k + 1,
+            config.head_l2,
         )
         with torch.no_grad():
             logits[held] = head(features[held])

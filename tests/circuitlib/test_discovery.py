@@ -363,6 +363,42 @@ def test_train_head_fits_badly_scaled_features_and_folds_the_scaling_back() -> N
     assert torch.equal(head.weight, again.weight) and torch.equal(head.bias, again.bias)
 
 
+def test_train_head_l2_solves_ridge_logistic_regression() -> None:
+    """With `l2`, the head minimises mean cross-entropy + l2/2 * ||weight||² over standardised features: it matches a
+    full-batch L-BFGS solution of that objective, and its weights are smaller than the unpenalised head's."""
+    gen = torch.Generator().manual_seed(0)
+    labels = torch.arange(300) % 2
+    features = 5.0 + 3.0 * (torch.randn(300, 8, generator=gen) + 0.8 * (labels.float() * 2 - 1)[:, None])
+    l2 = 0.2
+    head = train_head(features, labels, epochs=400, lr=1e-2, batch_size=300, seed=0, l2=l2)
+    mean, std = features.mean(dim=0), features.std(dim=0)
+    scaled = (features - mean) / std
+    weight = torch.zeros(2, 8, requires_grad=True)
+    bias = torch.zeros(2, requires_grad=True)
+    solver = torch.optim.LBFGS([weight, bias], max_iter=500, tolerance_grad=1e-9, line_search_fn="strong_wolfe")
+
+    def objective() -> torch.Tensor:
+        solver.zero_grad()
+        loss = torch.nn.functional.cross_entropy(scaled @ weight.T + bias, labels) + 0.5 * l2 * weight.square().sum()
+        loss.backward()
+        return loss
+
+    solver.step(objective)
+    with torch.no_grad():
+        torch.testing.assert_close(head(features), scaled @ weight.T + bias, atol=2e-3, rtol=0)
+    free = train_head(features, labels, epochs=400, lr=1e-2, batch_size=300, seed=0)
+    assert (head.weight * std).norm() < 0.5 * (free.weight * std).norm()
+
+
+def test_prepare_task_fits_the_head_with_head_l2(tiny_lm, tiny_data) -> None:
+    """`head_l2` reaches the task's head, and with it the full model's predictions discovery aims at."""
+    free = prepare_task(tiny_lm, tiny_data, tiny_data, config())
+    penalised = prepare_task(tiny_lm, tiny_data, tiny_data, config(head_l2=1.0))
+    expected = train_head(free.train_full_features, torch.tensor(tiny_data.labels), 20, 1e-3, 8, 0, 1.0)
+    assert torch.equal(penalised.head.weight, expected.weight)
+    assert penalised.head.weight.norm() < free.head.weight.norm()
+
+
 def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:
     """One mask step in bf16 autocast moves the logits like the fp32 step (same noise, same batch)."""
     cfg = config()
