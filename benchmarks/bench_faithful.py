@@ -24,11 +24,11 @@ from pathlib import Path
 
 import torch
 
-from circuitlib import data, options
-from circuitlib.discovery import DiscoveryConfig, discover
+from circuitlib import data
+from circuitlib.discovery import discover
 from circuitlib.jsonio import write_json
 from circuitlib.models import load_model
-from sweeps.config import load_preset
+from sweeps.config import add_discovery_arguments, apply_discovery_overrides, load_preset
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data"
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -64,13 +64,9 @@ def main() -> None:
     parser.add_argument("--min-eval-rows", type=int, default=None, help="held-out rows (default: the preset's)")
     parser.add_argument("--out", default=str(RESULTS))
     parser.add_argument("--name", default=None, help="file name stem (default: faithful_<preset>_<date>)")
-    options.add_options(parser, DiscoveryConfig, "discovery.")  # --discovery.densities 0.7,0.5, ... as in a sweep
+    add_discovery_arguments(parser)  # --discovery.densities 0.7,0.5, ... as in a sweep
     args = parser.parse_args()
-    preset = load_preset(args.preset)
-    changes = options.given(args, DiscoveryConfig, "discovery.")
-    preset.discovery = options.build(
-        DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes), lambda key: f"--discovery.{key}"
-    )
+    preset = apply_discovery_overrides(load_preset(args.preset), args)
     if args.min_eval_rows is not None:
         preset.split = dataclasses.replace(preset.split, min_eval_rows=args.min_eval_rows)
     specs = args.datasets.split(",") if args.datasets else shared_datasets()

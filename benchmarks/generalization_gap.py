@@ -19,14 +19,13 @@ from pathlib import Path
 
 import torch
 
-from circuitlib import options
 from circuitlib.circuits import Circuit
 from circuitlib.classifier import cached_features, tokenize
-from circuitlib.discovery import DiscoveryConfig, discover, prepare_task
+from circuitlib.discovery import discover, prepare_task
 from circuitlib.jsonio import write_json
 from circuitlib.masks import apply_masks
 from circuitlib.models import load_model
-from sweeps.config import load_preset
+from sweeps.config import add_discovery_arguments, apply_discovery_overrides, load_preset
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))  # run as a script or loaded by file, as the tests do
 from head_margins import faithfulness_under_noise, head_error, margins  # noqa: E402  (a sibling script)
@@ -38,13 +37,9 @@ def main() -> None:
     parser.add_argument("--dataset", required=True, help="a dataset spec, e.g. csv:PATH")
     parser.add_argument("--train-rows", type=int, default=400, help="training rows measured (the first ones)")
     parser.add_argument("--out", required=True, help="JSON file of the measurements")
-    options.add_options(parser, DiscoveryConfig, "discovery.")
+    add_discovery_arguments(parser)
     args = parser.parse_args()
-    preset = load_preset(args.preset)
-    changes = options.given(args, DiscoveryConfig, "discovery.")
-    preset.discovery = options.build(
-        DiscoveryConfig, options.merged(dataclasses.asdict(preset.discovery), changes), lambda key: f"--discovery.{key}"
-    )
+    preset = apply_discovery_overrides(load_preset(args.preset), args)
     split, config = preset.trial_inputs(args.dataset, 0)  # the rows and config of a sweep's seed-0 trial
     train, held_out = split.load()
     lm = load_model(preset.model)

@@ -1,6 +1,7 @@
 """How hard is a dataset to be faithful on? Its head's margins, in the feature spreads that `loss: features` counts.
 
-    python benchmarks/head_margins.py [--preset smollm2-window] [--datasets csv:A.csv,csv:B.csv] --out FILE.json
+    python benchmarks/head_margins.py [--preset smollm2-window] [--datasets csv:A.csv,csv:B.csv]
+        [--discovery.SETTING VALUE ...] --out FILE.json
 
 For each dataset (rows and mask seed as a sweep's seed 0 draws them, the head as discovery fits it): each held-out
 row's margin, |logit gap| / ||(w1 - w0) * spread||, is how far the row's features may move along the head's
@@ -25,7 +26,7 @@ from circuitlib import data
 from circuitlib.discovery import Task, prepare_task
 from circuitlib.jsonio import write_json
 from circuitlib.models import load_model
-from sweeps.config import load_preset
+from sweeps.config import add_discovery_arguments, apply_discovery_overrides, load_preset
 
 NOISE = (0.1, 0.2, 0.3, 0.4, 0.5)  # feature error, in spreads, at which the curve is written
 QUANTILES = (0.05, 0.1, 0.25, 0.5)
@@ -103,8 +104,9 @@ def main() -> None:
     parser.add_argument("--preset", default="smollm2-window")
     parser.add_argument("--datasets", default=None, help="comma-separated dataset specs (default: the preset's)")
     parser.add_argument("--out", required=True, help="JSON file of the measurements")
+    add_discovery_arguments(parser)
     args = parser.parse_args()
-    preset = load_preset(args.preset)
+    preset = apply_discovery_overrides(load_preset(args.preset), args)
     specs = args.datasets.split(",") if args.datasets else list(preset.datasets)
     lm = load_model(preset.model)
     report = {

@@ -277,6 +277,20 @@ def add_override_arguments(parser: argparse.ArgumentParser) -> None:
     options.add_options(parser, SweepConfig)
 
 
+def add_discovery_arguments(parser: argparse.ArgumentParser) -> None:
+    """One option per discovery setting only (`--discovery.lr`, ...): what the benchmarks that run discovery take."""
+    options.add_options(parser, DiscoveryConfig, "discovery.")
+
+
+def apply_discovery_overrides(config: SweepConfig, args: argparse.Namespace) -> SweepConfig:
+    """The config with every `--discovery.*` setting given on the command line replaced (and checked)."""
+    changes = options.given(args, DiscoveryConfig, "discovery.")
+    values = options.merged(dataclasses.asdict(config.discovery), changes)
+    return dataclasses.replace(
+        config, discovery=options.build(DiscoveryConfig, values, lambda key: f"--discovery.{key}")
+    )
+
+
 def apply_overrides(config: SweepConfig, args: argparse.Namespace) -> SweepConfig:
     """The config with every setting given on the command line replaced (and checked)."""
     changes: dict[str, Any] = options.given(args, SweepConfig)

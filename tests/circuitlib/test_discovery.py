@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import math
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +18,7 @@ from circuitlib.discovery import DiscoveryConfig, Method, discover, evaluate, ev
 from circuitlib.editing import masked_weights
 from circuitlib.errors import InputError
 from circuitlib.masks import FlatLayout, flat_weights, hard_masks, init_logits, shift_to_density
+from circuitlib.models import load_model
 from circuitlib.types import PAPER_DENSITIES
 
 TARGETS = (0.8, 0.5, 0.2)
@@ -397,6 +399,20 @@ def test_prepare_task_fits_the_head_with_head_l2(tiny_lm, tiny_data) -> None:
     expected = train_head(free.train_full_features, torch.tensor(tiny_data.labels), 20, 1e-3, 8, 0, 1.0)
     assert torch.equal(penalised.head.weight, expected.weight)
     assert penalised.head.weight.norm() < free.head.weight.norm()
+
+
+def test_a_loss_that_never_reads_the_head_learns_the_same_masks_under_any_head(tiny_data) -> None:
+    """`loss: features` targets the full model's features, so `head_l2` changes the figures, never the masks: the
+    ridge head can be compared with the plain one on one trajectory."""
+    method = dict(schedule="controlled", init="importance", noise=False, temperature=1.0, loss="features")
+    plain, ridge = (
+        discover(load_model("tiny-gpt2", device="cpu"), tiny_data, tiny_data, config(**method, head_l2=l2)).history
+        for l2 in (0.0, 1.0)
+    )
+    for a, b in zip(plain, ridge, strict=True):
+        assert (a["step"], a["density"]) == (b["step"], b["density"])
+        assert a["loss"] == b["loss"] or math.isnan(a["loss"]) and math.isnan(b["loss"])
+    assert any(a["kl"] != b["kl"] for a, b in zip(plain, ridge, strict=True))
 
 
 def test_bfloat16_mask_step_follows_the_float32_one(tiny_lm, tiny_data) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import subprocess
@@ -115,6 +116,20 @@ def test_the_papers_own_procedure_is_one_setting_away():
     paper = apply_overrides(load_preset("paper"), args).discovery
     assert paper.schedule == "paper"
     assert paper.method == Method(init="uniform", noise=True, temperature=0.01, loss="ce", hold_steps=0)
+
+
+def test_a_benchmark_takes_discovery_settings_over_its_preset():
+    """The benchmarks that run discovery take `--discovery.*` only; a bad value names its option in one line."""
+    parser = argparse.ArgumentParser()
+    sweep_config.add_discovery_arguments(parser)
+    preset = load_preset("smollm2-window")
+    args = parser.parse_args(["--discovery.head-l2", "0.125", "--discovery.densities", "0.5,0.05"])
+    changed = sweep_config.apply_discovery_overrides(preset, args)
+    assert (changed.discovery.head_l2, changed.discovery.densities) == (0.125, (0.5, 0.05))
+    assert changed.discovery.lr == preset.discovery.lr and changed.datasets == preset.datasets
+    assert sweep_config.apply_discovery_overrides(preset, parser.parse_args([])) == preset
+    with pytest.raises(InputError, match=r"--discovery\.head_l2.*-1"):
+        sweep_config.apply_discovery_overrides(preset, parser.parse_args(["--discovery.head-l2", "-1"]))
 
 
 def test_overrides_parse_lists_numbers_bools_and_strings(tmp_path):
