@@ -58,7 +58,7 @@ class DiscoveryConfig:
     head_l2: float = setting(
         0.0,
         "L2 penalty on the head's weights over standardised features, added to its mean cross-entropy "
-        "(0: none, the paper's); a larger one reads the task from more feature directions at once",
+        "(0: none, as before); a larger one spreads the head's weight over more features",
         check=settings.non_negative,
     )
     eval_every: int = setting(50, "steps between held-out evaluations", check=settings.at_least(1))
