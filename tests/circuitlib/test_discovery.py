@@ -401,9 +401,10 @@ def test_prepare_task_fits_the_head_with_head_l2(tiny_lm, tiny_data) -> None:
     assert penalised.head.weight.norm() < free.head.weight.norm()
 
 
-def test_a_loss_that_never_reads_the_head_learns_the_same_masks_under_any_head(tiny_data) -> None:
-    """`loss: features` targets the full model's features, so `head_l2` changes the figures, never the masks: the
-    ridge head can be compared with the plain one on one trajectory."""
+def test_a_loss_that_never_reads_the_head_descends_the_same_way_under_any_head(tiny_data) -> None:
+    """`loss: features` targets the full model's features, so `head_l2` changes the figures, never the mask's descent
+    (its loss and density at every evaluation): two heads can be compared on one trajectory. Which snapshot a hold
+    keeps may differ, since the head's figures choose it."""
     method = dict(schedule="controlled", init="importance", noise=False, temperature=1.0, loss="features")
     plain, ridge = (
         discover(load_model("tiny-gpt2", device="cpu"), tiny_data, tiny_data, config(**method, head_l2=l2)).history
