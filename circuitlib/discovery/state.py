@@ -15,6 +15,7 @@ from circuitlib.discovery.config import DiscoveryConfig
 from circuitlib.errors import CorruptCheckpoint
 from circuitlib.masks import FlatLayout, init_logits
 from circuitlib.models import LoadedModel
+from circuitlib.types import density_key
 
 
 @dataclass
@@ -69,9 +70,10 @@ class DiscoveryState:
         directory.mkdir(parents=True, exist_ok=True)
         for i, circuit in enumerate(self.circuits):
             circuits.save(circuit, directory / f"snapshot{i}.safetensors")
-        for i, hold in enumerate(self.holds):
-            if hold.target in self.candidates:
-                circuits.save(self.candidates[hold.target], directory / f"candidate{i}.safetensors")
+        candidate_files = {}  # target -> file: named by the step that chose it, so a newer one never overwrites it
+        for target, candidate in self.candidates.items():
+            name = f"candidate_d{density_key(target)}_step{int(candidate.provenance['step'])}.safetensors"
+            candidate_files[target] = circuits.save(candidate, directory / name).name
         state = {
             "logits": self.logits.detach(),
             "optimizer": self.optimizer.state_dict(),
@@ -88,10 +90,15 @@ class DiscoveryState:
             "slowdown": self.slowdown,
             "backoffs": self.backoffs,
             "kept_score": self.kept.score if self.kept is not None else None,
+            "candidate_files": candidate_files,
         }
         tmp = directory / "state.pt.tmp"
         torch.save(state, tmp)
         tmp.replace(directory / "state.pt")
+        # Only now are older candidates unreferenced: a crash before the replace leaves the last state's own.
+        for path in directory.glob("candidate*.safetensors"):
+            if path.name not in candidate_files.values():
+                path.unlink()
 
     def load(self, directory: Path) -> None:
         """Restore from `save`; a file that cannot be read raises CorruptCheckpoint naming it."""
@@ -103,11 +110,14 @@ class DiscoveryState:
                 path = directory / f"snapshot{i}.safetensors"
                 snapshots.append(circuits.load(path))
             holds = [Hold(**h) for h in state["windows"]]
+            files = state.get("candidate_files")
+            if files is None:  # older checkpoints: one file per open hold, by its index
+                files = {h.target: f"candidate{i}.safetensors" for i, h in enumerate(holds)}
+                files = {t: name for t, name in files.items() if (directory / name).is_file()}
             candidates = {}
-            for i, h in enumerate(holds):
-                path = directory / f"candidate{i}.safetensors"
-                if path.is_file():
-                    candidates[h.target] = circuits.load(path)
+            for target, name in files.items():
+                path = directory / name
+                candidates[target] = circuits.load(path)
         except (OSError, RuntimeError, EOFError, KeyError, TypeError, ValueError, pickle.UnpicklingError) as exc:
             raise CorruptCheckpoint(
                 path, str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__

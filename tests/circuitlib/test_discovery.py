@@ -13,6 +13,7 @@ import torch
 
 import circuitlib.discovery as discovery
 from circuitlib import options, settings
+from circuitlib.circuits import Circuit
 from circuitlib.classifier import cached_features, last_token, last_token_features, tokenize, train_head
 from circuitlib.discovery import DiscoveryConfig, Method, discover, evaluate, evaluation, prepare_task
 from circuitlib.editing import masked_weights
@@ -274,6 +275,66 @@ def test_finished_checkpoint_is_not_rerun(tiny_lm, tiny_data, tmp_path: Path) ->
     )
     assert rows == []  # nothing left to do: no new steps, no new evaluations
     assert same_circuits(first, again)
+
+
+def test_a_checkpoint_cut_while_saving_keeps_the_candidate_its_state_chose(
+    tiny_lm, tiny_data, tmp_path: Path, monkeypatch
+) -> None:
+    """A run killed between writing its candidates and its state resumes with the last state's candidate, not a newer
+    one the state never saw (a newer candidate file once overwrote the older under the same name)."""
+    cfg = config()
+    state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+
+    def candidate(step: int, density: float) -> Circuit:
+        return Circuit.from_masks(
+            tiny_lm.params,
+            random_masks(tiny_lm, step, density),
+            tiny_lm.model_id,
+            tiny_lm.revision,
+            target_density=0.5,
+            provenance={"step": step},
+        )
+
+    older, newer = candidate(5, 0.5), candidate(10, 0.4)
+    state.holds, state.candidates = [discovery.Hold(0.5, 100, best=0.9)], {0.5: older}
+    state.save(tmp_path)
+    state.step, state.candidates[0.5] = 10, newer
+
+    def cut(*args, **kwargs) -> None:
+        raise OSError("killed")
+
+    monkeypatch.setattr(torch, "save", cut)
+    with pytest.raises(OSError, match="killed"):
+        state.save(tmp_path)
+    monkeypatch.undo()
+    resumed = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+    resumed.load(tmp_path)
+    assert resumed.step == 0 and resumed.candidates[0.5].digest == older.digest != newer.digest
+
+    state.save(tmp_path)  # a save that lands leaves only its own candidate
+    resumed.load(tmp_path)
+    assert resumed.step == 10 and resumed.candidates[0.5].digest == newer.digest
+    assert [p.name for p in tmp_path.glob("candidate*")] == ["candidate_d0.5_step10.safetensors"]
+
+
+def test_a_checkpoint_from_before_candidate_files_resumes_with_its_candidate(
+    tiny_lm, tiny_data, tmp_path: Path
+) -> None:
+    """Older checkpoints named an open hold's candidate by the hold's index and had no `candidate_files`."""
+    cfg = config()
+    state = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+    masks = random_masks(tiny_lm, 3, 0.3)
+    chosen = Circuit.from_masks(tiny_lm.params, masks, tiny_lm.model_id, target_density=0.2, provenance={"step": 3})
+    state.holds = [discovery.Hold(0.5, 100), discovery.Hold(0.2, 100, best=0.8)]
+    state.candidates = {0.2: chosen}
+    state.save(tmp_path)
+    saved = torch.load(tmp_path / "state.pt", weights_only=True)
+    del saved["candidate_files"]
+    torch.save(saved, tmp_path / "state.pt")
+    (tmp_path / "candidate_d0.2_step3.safetensors").rename(tmp_path / "candidate1.safetensors")
+    resumed = discovery.DiscoveryState(tiny_lm, cfg, len(tiny_data))
+    resumed.load(tmp_path)
+    assert list(resumed.candidates) == [0.2] and resumed.candidates[0.2].digest == chosen.digest
 
 
 # --- evaluation ---------------------------------------------------------------------------------------
